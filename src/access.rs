@@ -1,0 +1,57 @@
+//! The access log: one structured event per finished request, whatever the
+//! transport, plus the per-status counters behind `/status`.
+//!
+//! Under journald each field becomes a journal field (METHOD, URI, STATUS,
+//! DURATION_US, BYTES_OUT, REQUEST_ID, PEER, TRANSPORT), so
+//! `journalctl -u myflask STATUS=500` finds the failures.
+
+use crate::stats::Stats;
+use std::time::Instant;
+
+#[derive(Debug)]
+pub(crate) struct AccessLog {
+    pub transport: &'static str,
+    pub method: String,
+    pub uri: String,
+    pub peer: String,
+    pub request_id: u64,
+    pub started: Instant,
+}
+
+impl AccessLog {
+    /// Logs the request and counts it. `note` explains an unusual end
+    /// (aborted, panicked, body failed) and raises the level to warn.
+    pub fn finish(&self, stats: &Stats, status: u16, bytes_out: u64, note: Option<&str>) {
+        stats.finished(status);
+        let duration_us = self.started.elapsed().as_micros() as u64;
+        match note {
+            None => tracing::info!(
+                target: "myflask::access",
+                transport = self.transport,
+                method = %self.method,
+                uri = %self.uri,
+                status,
+                duration_us,
+                bytes_out,
+                request_id = self.request_id,
+                peer = %self.peer,
+                "{} {} {} {}B {}us",
+                self.method, self.uri, status, bytes_out, duration_us
+            ),
+            Some(note) => tracing::warn!(
+                target: "myflask::access",
+                transport = self.transport,
+                method = %self.method,
+                uri = %self.uri,
+                status,
+                duration_us,
+                bytes_out,
+                request_id = self.request_id,
+                peer = %self.peer,
+                note,
+                "{} {} {} {}B {}us: {}",
+                self.method, self.uri, status, bytes_out, duration_us, note
+            ),
+        }
+    }
+}

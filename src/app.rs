@@ -1,0 +1,202 @@
+//! The built-in application: what `myflask serve` answers with no app of
+//! your own. It is an ordinary hyper service; it reads the request
+//! extensions (`RequestInfo`, `CgiParams`) but knows nothing of FastCGI
+//! records or systemd.
+//!
+//! - `GET /`        a small HTML page saying what serves it
+//! - `GET /healthz` `200 ok`
+//! - `GET /status`  JSON with php-fpm status-page parity
+//! - `GET /request` JSON of the request and every CGI param received (the
+//!   tool to debug an nginx `fastcgi_param` setup)
+//! - `POST /echo`   the body back, byte for byte, with its Content-Type
+//! - anything else  404
+
+use crate::body::Body;
+use crate::service::{App, ResponseBody, box_body};
+use crate::stats::Stats;
+use crate::{CgiParams, RequestInfo};
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// A complete text response (also used by the server for its own errors).
+pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
+    let mut r = Response::new(box_body(Full::new(text.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(v: &Value) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(box_body(Full::new(Bytes::from(body))));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut r = text_response(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn index(req: &Request<Body>) -> Response<ResponseBody> {
+    let info = req.extensions().get::<RequestInfo>();
+    let (transport, listener, origin) = match info {
+        Some(i) => (
+            i.transport.as_str(),
+            html_escape(&i.listener),
+            if i.inherited {
+                "a socket inherited from systemd"
+            } else {
+                "a socket myflask bound itself"
+            },
+        ),
+        None => ("an unknown transport", String::new(), "an unknown socket"),
+    };
+    let page = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>myflask</title></head>\n\
+         <body><h1>myflask {version}</h1>\n\
+         <p>Served over <strong>{transport}</strong> on <code>{listener}</code>, {origin}.</p>\n\
+         <ul><li><a href=\"/healthz\">/healthz</a></li><li><a href=\"/status\">/status</a></li>\
+         <li><a href=\"/request\">/request</a></li></ul>\n</body></html>\n",
+        version = env!("CARGO_PKG_VERSION"),
+    );
+    let mut r = Response::new(box_body(Full::new(Bytes::from(page))));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn status(stats: &Stats) -> Response<ResponseBody> {
+    let s = stats.snapshot();
+    let mut v = serde_json::to_value(&s).unwrap_or_else(|_| json!({}));
+    if let Value::Object(m) = &mut v {
+        m.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        m.insert("pid".into(), json!(std::process::id()));
+    }
+    json_response(&v)
+}
+
+fn request_dump(req: &Request<Body>) -> Response<ResponseBody> {
+    let headers: Vec<Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), lossy(v.as_bytes())]))
+        .collect();
+    let params: Option<Vec<Value>> = req.extensions().get::<CgiParams>().map(|p| {
+        p.0.iter()
+            .map(|(k, v)| json!([lossy(k), lossy(v)]))
+            .collect()
+    });
+    let info = req.extensions().get::<RequestInfo>();
+    json_response(&json!({
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "transport": info.map(|i| i.transport.as_str()),
+        "scheme": info.map(|i| i.scheme.as_str().to_string()),
+        "peer": info.and_then(|i| i.peer.clone()),
+        "request_id": info.map(|i| i.request_id),
+        "headers": headers,
+        "params": params,
+    }))
+}
+
+/// Reads the whole body, then answers with it.
+///
+/// Collecting first is deliberate: nginx stops sending a request body as
+/// soon as the response head arrives, so an echo that answers while the
+/// body still streams in comes back truncated behind nginx (Go's
+/// net/http/fcgi does exactly that). The server caps the body size.
+async fn echo(req: Request<Body>) -> Response<ResponseBody> {
+    let ct = req.headers().get(CONTENT_TYPE).cloned();
+    match req.into_body().collect().await {
+        Ok(c) => {
+            let mut r = Response::new(box_body(Full::new(c.to_bytes())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                ct.unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            );
+            r
+        }
+        Err(e) => {
+            let status = match e {
+                crate::BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            text_response(status, format!("{} {e}\n", status.as_u16()))
+        }
+    }
+}
+
+/// The built-in service.
+#[derive(Clone)]
+pub struct Builtin {
+    stats: Arc<Stats>,
+}
+
+impl Builtin {
+    pub fn new(stats: Arc<Stats>) -> Builtin {
+        Builtin { stats }
+    }
+
+    pub async fn handle(&self, req: Request<Body>) -> Response<ResponseBody> {
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        match req.uri().path() {
+            "/" if get => index(&req),
+            "/healthz" if get => text_response(StatusCode::OK, "ok\n"),
+            "/status" if get => status(&self.stats),
+            "/request" => request_dump(&req),
+            "/echo" if req.method() == Method::POST || req.method() == Method::PUT => {
+                echo(req).await
+            }
+            "/" | "/healthz" | "/status" => method_not_allowed("GET, HEAD"),
+            "/echo" => method_not_allowed("POST, PUT"),
+            _ => text_response(StatusCode::NOT_FOUND, "404 not found\n"),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Body>> for Builtin {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+/// The built-in application, ready to serve.
+pub fn builtin(stats: Arc<Stats>) -> App {
+    App::from_hyper(Builtin::new(stats))
+}

@@ -1,0 +1,1189 @@
+//! One FastCGI connection: reads records, demultiplexes them into requests,
+//! runs each request's handler as its own task, and writes the responses.
+//!
+//! Shape (data flows one way):
+//!
+//! ```text
+//!  socket ──read──> Reader ──STDIN chunks──> Body (per request, bounded)
+//!                     │  └─spawn──> request task ──> service ──> response
+//!                     │                                │
+//!                     └──management replies──┐         │ records
+//!                                            v         v
+//!                                   out queue (bounded) ──> Writer ──> socket
+//! ```
+//!
+//! - The reader owns the per-request state table. It never waits on a
+//!   handler except when a body's window is full: that is the backpressure
+//!   that keeps a slow handler from making the server read unbounded data.
+//! - All output of a connection goes through one queue and one writer task.
+//!   The writer takes everything queued (up to a batch limit) and writes it
+//!   with one vectored write, so a response's records, and the records of
+//!   concurrent responses, share syscalls instead of costing one each.
+//! - Each request task sends its own END_REQUEST, also when it is aborted
+//!   (the abort reaches it as a cancellation), so exactly one END_REQUEST per
+//!   request is structural, not a race between two writers.
+//! - A response is held back until its request's STDIN is complete: nginx
+//!   stops sending a request body the moment a response header arrives
+//!   (`ngx_http_upstream_send_response` closes the body's temp file), which
+//!   is how Go's net/http/fcgi truncates echoes behind nginx.
+
+use super::params::{self, Params};
+use super::record::{self, BeginRequest, Record};
+use super::{request, response};
+use crate::access::AccessLog;
+use crate::body::{Body, BodyError, BodyShared};
+use crate::service::App;
+use crate::stats::Stats;
+use crate::{CgiParams, RequestInfo, Transport};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::StatusCode;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+/// STDIN records a request may have queued before the reader waits for its
+/// handler (nginx sends 32 KiB records: 4 of them is 128 KiB per request).
+const BODY_WINDOW: usize = 4;
+/// Output batches a connection may have queued before handlers wait for
+/// the peer to read.
+const OUT_QUEUE: usize = 16;
+/// A request task hands its output to the writer once it has this much.
+const FLUSH_AT: usize = 64 * 1024;
+/// Body chunks at least this large are written from the service's own
+/// buffer (a vectored write) instead of being copied.
+const ZERO_COPY_MIN: usize = 8 * 1024;
+/// The writer stops collecting a batch at this size.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How long a closing connection drains what the peer still sends, so the
+/// peer gets a FIN and not a reset (golang.org/issue/4183).
+const LINGER: Duration = Duration::from_secs(2);
+/// Read size when the buffer has no partial record to complete.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Limits and timeouts of the protocol engine.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    pub max_requests_per_conn: usize,
+    pub max_params_bytes: usize,
+    pub max_body_bytes: u64,
+    /// A record, a PARAMS stream, or a gap in a STDIN stream may take no
+    /// longer than this (slowloris); also how long a handler may leave its
+    /// body unread, and how long the peer may leave our output unread.
+    pub stall_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Advertised through FCGI_GET_VALUES.
+    pub max_conns: usize,
+    pub max_requests: usize,
+}
+
+/// What every connection shares.
+pub struct Engine {
+    pub app: App,
+    pub config: ConnConfig,
+    pub stats: Arc<Stats>,
+    /// Server-wide cap on requests being handled.
+    pub permits: Arc<Semaphore>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+/// Where a connection came from, for `RequestInfo` and logs.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    pub listener: Arc<str>,
+    pub inherited: bool,
+}
+
+/// The read half of a connection. `readable` lets an idle connection wait
+/// without holding a read buffer (10,000 idle connections cost no buffers).
+pub trait ConnRead: AsyncRead + Unpin + Send + 'static {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl ConnRead for tokio::net::unix::OwnedReadHalf {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        tokio::net::unix::OwnedReadHalf::readable(self)
+    }
+}
+
+impl ConnRead for tokio::net::tcp::OwnedReadHalf {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        tokio::net::tcp::OwnedReadHalf::readable(self)
+    }
+}
+
+impl<T: AsyncRead + Send + 'static> ConnRead for tokio::io::ReadHalf<T> {}
+
+enum Out {
+    Batch(Vec<Bytes>),
+    /// Write what is queued, shut down writing, linger, close.
+    Close,
+}
+
+/// Connection-wide signals between the reader, the writer and the tasks.
+#[derive(Default)]
+struct Signals {
+    /// The writer failed: the peer is gone.
+    dead: CancellationToken,
+    /// The writer has shut down its side after a request without KEEP_CONN.
+    closing: CancellationToken,
+    /// A request task finished (the reader re-evaluates its state).
+    request_done: Notify,
+}
+
+/// State a request task and the reader share.
+#[derive(Default)]
+struct ReqShared {
+    /// Set just before END_REQUEST is queued: from then on the id is free.
+    ended: AtomicBool,
+    /// The request's STDIN is complete (or will never be read): the gate
+    /// for its response is open.
+    input_done: AtomicBool,
+    gate: Notify,
+}
+
+impl ReqShared {
+    fn open_gate(&self) {
+        self.input_done.store(true, Ordering::Release);
+        self.gate.notify_waiters();
+    }
+
+    async fn wait_gate(&self) {
+        loop {
+            let notified = self.gate.notified();
+            if self.input_done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+}
+
+/// Why a request is answered by the server itself.
+struct Reject {
+    status: StatusCode,
+    reason: String,
+}
+
+enum Phase {
+    Params {
+        buf: BytesMut,
+        reject: Option<Reject>,
+    },
+    Running {
+        tx: Option<mpsc::Sender<Bytes>>,
+        body: Arc<BodyShared>,
+        received: u64,
+        declared: Option<u64>,
+        cancel: Option<oneshot::Sender<()>>,
+    },
+}
+
+struct Entry {
+    id: u16,
+    keep_conn: bool,
+    shared: Arc<ReqShared>,
+    phase: Phase,
+    /// When the current input phase began or last progressed.
+    input_since: Instant,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // Whatever happens to the reader, a task waiting to respond must not
+        // wait forever.
+        self.shared.open_gate();
+    }
+}
+
+/// Serves one connection until it closes.
+pub async fn serve<R, W>(reader: R, writer: W, engine: Arc<Engine>, meta: ConnMeta)
+where
+    R: ConnRead,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let signals = Arc::new(Signals::default());
+    let reader = Reader {
+        io: reader,
+        buf: BytesMut::new(),
+        partial_since: None,
+        idle_since: Instant::now(),
+        engine: engine.clone(),
+        meta,
+        out: out_tx,
+        signals: signals.clone(),
+        reqs: Vec::new(),
+        shutting_down: false,
+    };
+    tokio::join!(reader.run(), write_loop(writer, out_rx, engine, signals));
+}
+
+struct Reader<R> {
+    io: R,
+    buf: BytesMut,
+    /// When the partial record at the front of `buf` began to arrive.
+    partial_since: Option<Instant>,
+    idle_since: Instant,
+    engine: Arc<Engine>,
+    meta: ConnMeta,
+    out: mpsc::Sender<Out>,
+    signals: Arc<Signals>,
+    reqs: Vec<Entry>,
+    shutting_down: bool,
+}
+
+/// Why the reader closes the connection (logged once, with context).
+enum Stop {
+    Eof,
+    Quiet(&'static str),
+    Protocol(String),
+}
+
+impl<R: ConnRead> Reader<R> {
+    async fn run(mut self) {
+        let stop = self.run_inner().await;
+        let live = self.live();
+        match &stop {
+            Stop::Eof if live > 0 => debug!(
+                listener = %self.meta.listener,
+                live,
+                "peer closed the connection; cancelling its requests"
+            ),
+            Stop::Eof => debug!(listener = %self.meta.listener, "peer closed the connection"),
+            Stop::Quiet(why) => debug!(listener = %self.meta.listener, "closing connection: {why}"),
+            Stop::Protocol(why) => warn!(
+                listener = %self.meta.listener,
+                live,
+                buffered = self.buf.len(),
+                "closing FastCGI connection: {why}"
+            ),
+        }
+        // Dropping the entries cancels their tasks and opens their gates.
+        self.reqs.clear();
+    }
+
+    fn live(&self) -> usize {
+        self.reqs.iter().filter(|e| !e.shared.ended()).count()
+    }
+
+    fn reap(&mut self) {
+        self.reqs.retain(|e| !e.shared.ended());
+    }
+
+    fn find(&self, id: u16) -> Option<usize> {
+        self.reqs
+            .iter()
+            .position(|e| e.id == id && !e.shared.ended())
+    }
+
+    /// The earliest moment something must have happened, if any.
+    fn deadline(&self) -> Option<Instant> {
+        let stall = self.engine.config.stall_timeout;
+        let mut d: Option<Instant> = self.partial_since.map(|t| t + stall);
+        let mut live = 0;
+        for e in &self.reqs {
+            if e.shared.ended() {
+                continue;
+            }
+            live += 1;
+            if !e.shared.input_done.load(Ordering::Acquire) {
+                let t = e.input_since + stall;
+                d = Some(d.map_or(t, |d| d.min(t)));
+            }
+        }
+        if live == 0 && self.buf.is_empty() {
+            let t = self.idle_since + self.engine.config.idle_timeout;
+            d = Some(d.map_or(t, |d| d.min(t)));
+        }
+        d
+    }
+
+    async fn run_inner(&mut self) -> Stop {
+        loop {
+            loop {
+                match record::decode(&mut self.buf) {
+                    Ok(Some(rec)) => {
+                        if let Err(stop) = self.on_record(rec).await {
+                            return stop;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Stop::Protocol(e.to_string()),
+                }
+            }
+            self.partial_since = if self.buf.is_empty() {
+                None
+            } else {
+                self.partial_since.or(Some(Instant::now()))
+            };
+            self.reap();
+            let live = self.live();
+            if live == 0 && self.buf.is_empty() {
+                if self.shutting_down {
+                    return Stop::Quiet("server is shutting down and the connection is idle");
+                }
+                // Hold no buffer while idle.
+                if self.buf.capacity() > 0 {
+                    self.buf = BytesMut::new();
+                }
+            }
+            let deadline = self.deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.signals.dead.cancelled() => return Stop::Quiet("write side failed"),
+                _ = self.signals.closing.cancelled() => {
+                    self.linger().await;
+                    return Stop::Quiet("request without FCGI_KEEP_CONN finished");
+                }
+                _ = self.engine.shutdown.cancelled(), if !self.shutting_down => {
+                    self.shutting_down = true;
+                }
+                _ = self.signals.request_done.notified(), if live > 0 => {
+                    if self.live() == 0 {
+                        self.idle_since = Instant::now();
+                    }
+                }
+                r = read_some(&mut self.io, &mut self.buf) => match r {
+                    Ok(0) => return Stop::Eof,
+                    Ok(n) => {
+                        self.engine.stats.add_bytes_in(n as u64);
+                    }
+                    Err(e) => return Stop::Protocol(format!("read failed: {e}")),
+                },
+                _ = sleep => {
+                    return if live == 0 && self.buf.is_empty() {
+                        Stop::Quiet("idle keep-alive timeout")
+                    } else {
+                        Stop::Protocol(format!(
+                            "peer stalled for {:?} in the middle of a record or request \
+                             ({} bytes of a partial record buffered)",
+                            self.engine.config.stall_timeout,
+                            self.buf.len()
+                        ))
+                    };
+                }
+            }
+        }
+    }
+
+    /// Reads and discards for a short while after our side has shut down.
+    async fn linger(&mut self) {
+        let mut scratch = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.io.read(&mut scratch)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    async fn send(&self, out: Out) -> Result<(), Stop> {
+        self.out
+            .send(out)
+            .await
+            .map_err(|_| Stop::Quiet("writer is gone"))
+    }
+
+    async fn on_record(&mut self, rec: Record) -> Result<(), Stop> {
+        match rec.kind {
+            record::BEGIN_REQUEST => self.on_begin(rec).await,
+            record::PARAMS => self.on_params(rec).await,
+            record::STDIN => self.on_stdin(rec).await,
+            record::ABORT_REQUEST => self.on_abort(rec).await,
+            record::GET_VALUES => self.on_get_values(rec).await,
+            record::DATA => Ok(()), // filter role only; a responder ignores it
+            record::END_REQUEST
+            | record::STDOUT
+            | record::STDERR
+            | record::GET_VALUES_RESULT
+            | record::UNKNOWN_TYPE
+                if rec.request_id != 0 =>
+            {
+                debug!(
+                    kind = rec.kind,
+                    id = rec.request_id,
+                    "ignoring record sent in the wrong direction"
+                );
+                Ok(())
+            }
+            other => {
+                debug!(
+                    kind = other,
+                    id = rec.request_id,
+                    "answering FCGI_UNKNOWN_TYPE"
+                );
+                let mut b = BytesMut::with_capacity(16);
+                record::put_unknown_type(&mut b, other);
+                self.send(Out::Batch(vec![b.freeze()])).await
+            }
+        }
+    }
+
+    async fn on_get_values(&mut self, rec: Record) -> Result<(), Stop> {
+        let cfg = &self.engine.config;
+        let mut body = BytesMut::new();
+        // An unparsable query gets an empty answer, like an unknown name.
+        if let Ok(query) = Params::parse(rec.content) {
+            for (name, _) in query.iter() {
+                let value = match name {
+                    b"FCGI_MAX_CONNS" => cfg.max_conns.to_string(),
+                    b"FCGI_MAX_REQS" => cfg.max_requests.to_string(),
+                    b"FCGI_MPXS_CONNS" => "1".to_string(),
+                    _ => continue,
+                };
+                params::encode_pair(&mut body, name, value.as_bytes());
+            }
+        }
+        let mut b = BytesMut::with_capacity(body.len() + 16);
+        // The three answers are a few dozen bytes: always one record.
+        record::put_record(&mut b, record::GET_VALUES_RESULT, 0, &body);
+        self.send(Out::Batch(vec![b.freeze()])).await
+    }
+
+    async fn on_begin(&mut self, rec: Record) -> Result<(), Stop> {
+        let id = rec.request_id;
+        if id == 0 {
+            return Err(Stop::Protocol("BEGIN_REQUEST with request id 0".into()));
+        }
+        let Some(begin) = BeginRequest::parse(&rec.content) else {
+            return Err(Stop::Protocol(format!(
+                "BEGIN_REQUEST for id {id} has a {}-byte body",
+                rec.content.len()
+            )));
+        };
+        self.reap();
+        if self.find(id).is_some() {
+            return Err(Stop::Protocol(format!(
+                "BEGIN_REQUEST for request id {id}, which is still active"
+            )));
+        }
+        if begin.role != record::ROLE_RESPONDER {
+            warn!(
+                id,
+                role = begin.role,
+                "refusing a role other than responder"
+            );
+            let mut b = BytesMut::with_capacity(16);
+            record::put_end_request(&mut b, id, 0, record::UNKNOWN_ROLE);
+            self.send(Out::Batch(vec![b.freeze()])).await?;
+            if !begin.keep_conn() {
+                self.send(Out::Close).await?;
+            }
+            return Ok(());
+        }
+        let max = self.engine.config.max_requests_per_conn;
+        let reject = (self.live() >= max).then(|| Reject {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: format!("too many concurrent requests on this connection (limit {max})"),
+        });
+        self.reqs.push(Entry {
+            id,
+            keep_conn: begin.keep_conn(),
+            shared: Arc::new(ReqShared::default()),
+            phase: Phase::Params {
+                buf: BytesMut::new(),
+                reject,
+            },
+            input_since: Instant::now(),
+        });
+        Ok(())
+    }
+
+    async fn on_params(&mut self, rec: Record) -> Result<(), Stop> {
+        let Some(i) = self.find(rec.request_id) else {
+            return Ok(()); // inactive id: ignored, as the spec says
+        };
+        let cap = self.engine.config.max_params_bytes;
+        let entry = &mut self.reqs[i];
+        let Phase::Params { buf, reject } = &mut entry.phase else {
+            return Err(Stop::Protocol(format!(
+                "PARAMS for request id {} after its PARAMS stream ended",
+                rec.request_id
+            )));
+        };
+        if rec.content.is_empty() {
+            return self.params_complete(i).await;
+        }
+        if reject.is_none() {
+            if buf.len() + rec.content.len() > cap {
+                *reject = Some(Reject {
+                    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    reason: format!("FastCGI params exceed the limit of {cap} bytes"),
+                });
+                // Keep nothing of a flood.
+                *buf = BytesMut::new();
+            } else {
+                buf.extend_from_slice(&rec.content);
+            }
+        }
+        Ok(())
+    }
+
+    async fn params_complete(&mut self, i: usize) -> Result<(), Stop> {
+        let (buf, reject) = match &mut self.reqs[i].phase {
+            Phase::Params { buf, reject } => (std::mem::take(buf), reject.take()),
+            Phase::Running { .. } => return Ok(()),
+        };
+        if let Some(r) = reject {
+            return self.answer(i, r, None).await;
+        }
+        let params = match Params::parse(buf.freeze()) {
+            Ok(p) => p,
+            Err(e) => {
+                let r = Reject {
+                    status: StatusCode::BAD_REQUEST,
+                    reason: format!("malformed FastCGI params: {e}"),
+                };
+                return self.answer(i, r, None).await;
+            }
+        };
+        let mapped = match request::build(&params) {
+            Ok(m) => m,
+            Err(e) => {
+                let r = Reject {
+                    status: StatusCode::BAD_REQUEST,
+                    reason: e.0,
+                };
+                return self.answer(i, r, Some(&params)).await;
+            }
+        };
+        let limit = self.engine.config.max_body_bytes;
+        if mapped.content_length.is_some_and(|n| n > limit) {
+            let r = Reject {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                reason: format!("request body exceeds the limit of {limit} bytes"),
+            };
+            return self.answer(i, r, Some(&params)).await;
+        }
+        let Ok(permit) = self.engine.permits.clone().try_acquire_owned() else {
+            self.engine.stats.refused_overloaded();
+            let r = Reject {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: format!(
+                    "server is at its limit of {} concurrent requests",
+                    self.engine.config.max_requests
+                ),
+            };
+            return self.answer(i, r, Some(&params)).await;
+        };
+        self.start(i, params, mapped, permit);
+        Ok(())
+    }
+
+    /// Spawns the handler task for entry `i`.
+    fn start(
+        &mut self,
+        i: usize,
+        params: Params,
+        mapped: request::Mapped,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let engine = self.engine.clone();
+        let request_id = engine.stats.next_request_id();
+        let (tx, rx) = mpsc::channel(BODY_WINDOW);
+        let body_shared = Arc::new(BodyShared::default());
+        let body = if mapped.content_length == Some(0) {
+            Body::empty()
+        } else {
+            Body::channel(rx, body_shared.clone(), mapped.content_length)
+        };
+        let (parts, ()) = mapped.request.into_parts();
+        let mut req = http::Request::from_parts(parts, body);
+        let peer = mapped.peer.clone().unwrap_or_else(|| "-".into());
+        let log = AccessLog {
+            transport: "fastcgi",
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            peer: peer.clone(),
+            request_id,
+            started: Instant::now(),
+        };
+        req.extensions_mut().insert(RequestInfo {
+            transport: Transport::FastCgi,
+            listener: self.meta.listener.clone(),
+            inherited: self.meta.inherited,
+            request_id,
+            peer: mapped.peer,
+            scheme: mapped.scheme,
+        });
+        req.extensions_mut().insert(CgiParams(Arc::new(params)));
+
+        let entry = &mut self.reqs[i];
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let task = RequestTask {
+            id: entry.id,
+            keep_conn: entry.keep_conn,
+            head_only: req.method() == http::Method::HEAD,
+            engine: engine.clone(),
+            body: body_shared.clone(),
+            signals: self.signals.clone(),
+            log,
+            status: 0,
+            _permit: permit,
+            _guard: engine.stats.request(),
+        };
+        let out = Output::new(entry.id, self.out.clone(), entry.shared.clone());
+        entry.phase = Phase::Running {
+            tx: (mapped.content_length != Some(0)).then_some(tx),
+            body: body_shared,
+            received: 0,
+            declared: mapped.content_length,
+            cancel: Some(cancel_tx),
+        };
+        entry.input_since = Instant::now();
+        tokio::spawn(task.run(req, out, cancel_rx));
+    }
+
+    /// Answers entry `i` with an error response written by the server.
+    async fn answer(&mut self, i: usize, r: Reject, params: Option<&Params>) -> Result<(), Stop> {
+        let entry = &self.reqs[i];
+        let (id, keep_conn) = (entry.id, entry.keep_conn);
+        let get = |n: &str| params.and_then(|p| p.get_str(n)).unwrap_or("-").to_string();
+        let log = AccessLog {
+            transport: "fastcgi",
+            method: get("REQUEST_METHOD"),
+            uri: get("REQUEST_URI"),
+            peer: get("REMOTE_ADDR"),
+            request_id: self.engine.stats.next_request_id(),
+            started: Instant::now(),
+        };
+        let mut b = BytesMut::with_capacity(256);
+        let body_len = encode_error(&mut b, id, r.status, &r.reason);
+        record::put_stream_end(&mut b, record::STDOUT, id);
+        record::put_end_request(&mut b, id, 0, record::REQUEST_COMPLETE);
+        // Ended before queued: the peer may reuse the id once it reads this.
+        entry.shared.ended.store(true, Ordering::Release);
+        log.finish(
+            &self.engine.stats,
+            r.status.as_u16(),
+            body_len,
+            Some(&r.reason),
+        );
+        self.send(Out::Batch(vec![b.freeze()])).await?;
+        if !keep_conn {
+            self.send(Out::Close).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_stdin(&mut self, rec: Record) -> Result<(), Stop> {
+        let id = rec.request_id;
+        let Some(i) = self.find(id) else {
+            return Ok(()); // inactive (e.g. already answered with an error)
+        };
+        let limit = self.engine.config.max_body_bytes;
+        let stall = self.engine.config.stall_timeout;
+        let entry = &mut self.reqs[i];
+        let shared = entry.shared.clone();
+        let Phase::Running {
+            tx,
+            body,
+            received,
+            declared,
+            ..
+        } = &mut entry.phase
+        else {
+            return Err(Stop::Protocol(format!(
+                "STDIN for request id {id} before its PARAMS stream ended"
+            )));
+        };
+        entry.input_since = Instant::now();
+        if shared.input_done.load(Ordering::Acquire) {
+            return Ok(()); // after the end of the stream, or after a failure
+        }
+        if rec.content.is_empty() {
+            tx.take();
+            shared.open_gate();
+            return Ok(());
+        }
+        *received += rec.content.len() as u64;
+        if *received > limit {
+            body.fail(BodyError::TooLarge { limit });
+            tx.take();
+            shared.open_gate();
+            return Ok(());
+        }
+        if let Some(d) = *declared {
+            if *received > d {
+                body.fail(BodyError::LengthMismatch {
+                    declared: d,
+                    received: *received,
+                });
+                tx.take();
+                shared.open_gate();
+                return Ok(());
+            }
+        }
+        let Some(sender) = tx.clone() else {
+            return Ok(()); // the handler dropped its body: discard
+        };
+        let body = body.clone();
+        let dead = self.signals.dead.clone();
+        let outcome = tokio::select! {
+            r = sender.send(rec.content) => Some(r.is_ok()),
+            _ = tokio::time::sleep(stall) => None,
+            _ = dead.cancelled() => return Err(Stop::Quiet("write side failed")),
+        };
+        let still_wanted = match outcome {
+            Some(ok) => ok,
+            None => {
+                warn!(
+                    id,
+                    "handler left its request body unread for {stall:?}; discarding the rest \
+                     (responses wait for the whole body, so a handler must read it before answering)"
+                );
+                body.fail(BodyError::Aborted);
+                false
+            }
+        };
+        if !still_wanted {
+            if let Some(i) = self.find(id) {
+                if let Phase::Running { tx, .. } = &mut self.reqs[i].phase {
+                    tx.take();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_abort(&mut self, rec: Record) -> Result<(), Stop> {
+        let id = rec.request_id;
+        let Some(i) = self.find(id) else {
+            return Ok(());
+        };
+        let entry = &mut self.reqs[i];
+        match &mut entry.phase {
+            Phase::Params { .. } => {
+                // No handler yet: the reader answers for it.
+                let keep_conn = entry.keep_conn;
+                entry.shared.ended.store(true, Ordering::Release);
+                debug!(id, "request aborted before its params were complete");
+                let mut b = BytesMut::with_capacity(16);
+                record::put_end_request(&mut b, id, 1, record::REQUEST_COMPLETE);
+                self.send(Out::Batch(vec![b.freeze()])).await?;
+                if !keep_conn {
+                    self.send(Out::Close).await?;
+                }
+            }
+            Phase::Running {
+                tx, body, cancel, ..
+            } => {
+                body.fail(BodyError::Aborted);
+                tx.take();
+                if let Some(c) = cancel.take() {
+                    let _ = c.send(());
+                }
+                entry.shared.open_gate();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for data and reads it, holding a buffer only once data is there.
+async fn read_some<R: ConnRead>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.is_empty() {
+        io.readable().await?;
+    }
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    io.read_buf(buf).await
+}
+
+/// Writes an error response's head and body as STDOUT records; returns the
+/// body length.
+fn encode_error(b: &mut BytesMut, id: u16, status: StatusCode, reason: &str) -> u64 {
+    let text = format!("{} {}\n", status.as_u16(), reason);
+    let mut head = BytesMut::with_capacity(128);
+    let mut builder = http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        builder = builder.header(http::header::RETRY_AFTER, "1");
+    }
+    let (parts, ()) = builder.body(()).unwrap_or_default().into_parts();
+    response::encode_head(&mut head, &parts, Some(text.len() as u64));
+    head.extend_from_slice(text.as_bytes());
+    record::put_stream(b, record::STDOUT, id, &head);
+    text.len() as u64
+}
+
+/// A request's output on its way to the writer.
+struct Output {
+    id: u16,
+    tx: mpsc::Sender<Out>,
+    shared: Arc<ReqShared>,
+    buf: BytesMut,
+    parts: Vec<Bytes>,
+    parts_len: usize,
+    opened: bool,
+}
+
+struct Gone;
+
+impl Output {
+    fn new(id: u16, tx: mpsc::Sender<Out>, shared: Arc<ReqShared>) -> Output {
+        Output {
+            id,
+            tx,
+            shared,
+            buf: BytesMut::new(),
+            parts: Vec::new(),
+            parts_len: 0,
+            opened: false,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.buf.len() + self.parts_len
+    }
+
+    /// Drops everything not yet handed to the writer.
+    fn discard(&mut self) {
+        self.buf.clear();
+        self.parts.clear();
+        self.parts_len = 0;
+    }
+
+    fn stdout_copy(&mut self, data: &[u8]) {
+        record::put_stream(&mut self.buf, record::STDOUT, self.id, data);
+    }
+
+    fn stdout(&mut self, data: Bytes) {
+        if data.len() < ZERO_COPY_MIN {
+            self.stdout_copy(&data);
+            return;
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let chunk = rest.split_to(rest.len().min(record::STREAM_CHUNK));
+            let pad = record::put_header(&mut self.buf, record::STDOUT, self.id, chunk.len());
+            let head = self.buf.split().freeze();
+            self.parts_len += head.len() + chunk.len();
+            self.parts.push(head);
+            self.parts.push(chunk);
+            self.buf.extend_from_slice(&[0u8; 8][..pad]);
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if !self.opened {
+            self.shared.wait_gate().await;
+            self.opened = true;
+        }
+        if !self.buf.is_empty() {
+            let b = self.buf.split().freeze();
+            self.parts.push(b);
+        }
+        if self.parts.is_empty() {
+            return Ok(());
+        }
+        self.parts_len = 0;
+        let batch = std::mem::take(&mut self.parts);
+        self.tx.send(Out::Batch(batch)).await.map_err(|_| Gone)
+    }
+
+    /// Ends STDOUT and the request. Waits for the gate first, then marks the
+    /// request ended, then queues END_REQUEST: in that order the reader
+    /// never frees the id while its STDIN is still wanted, and the peer
+    /// never sees END_REQUEST before the id is free.
+    async fn finish(&mut self, app_status: u32, stdout_end: bool, close: bool) {
+        if !self.opened {
+            self.shared.wait_gate().await;
+            self.opened = true;
+        }
+        if stdout_end {
+            record::put_stream_end(&mut self.buf, record::STDOUT, self.id);
+        }
+        record::put_end_request(&mut self.buf, self.id, app_status, record::REQUEST_COMPLETE);
+        self.shared.ended.store(true, Ordering::Release);
+        let _ = self.flush().await;
+        if close {
+            let _ = self.tx.send(Out::Close).await;
+        }
+    }
+}
+
+enum Outcome {
+    Done,
+    BodyFailed(String),
+    Gone,
+}
+
+struct RequestTask {
+    id: u16,
+    keep_conn: bool,
+    head_only: bool,
+    engine: Arc<Engine>,
+    body: Arc<BodyShared>,
+    signals: Arc<Signals>,
+    log: AccessLog,
+    status: u16,
+    _permit: OwnedSemaphorePermit,
+    _guard: crate::stats::RequestGuard,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+impl RequestTask {
+    async fn run(
+        mut self,
+        req: http::Request<Body>,
+        mut out: Output,
+        cancel: oneshot::Receiver<()>,
+    ) {
+        let mut bytes_out = 0u64;
+        let result = {
+            let respond =
+                AssertUnwindSafe(self.respond(req, &mut out, &mut bytes_out)).catch_unwind();
+            tokio::select! {
+                biased;
+                _ = cancel => None,
+                r = respond => Some(r),
+            }
+        };
+        let close = !self.keep_conn;
+        let note: Option<String> = match result {
+            Some(Ok(Outcome::Done)) => {
+                out.finish(0, true, close).await;
+                None
+            }
+            Some(Ok(Outcome::BodyFailed(e))) => {
+                out.finish(1, true, close).await;
+                Some(format!("response body failed after the head was sent: {e}"))
+            }
+            Some(Ok(Outcome::Gone)) => Some("connection closed while responding".into()),
+            Some(Err(panic)) => {
+                let msg = panic_message(&*panic);
+                error!(
+                    request_id = self.log.request_id,
+                    uri = %self.log.uri,
+                    "handler panicked: {msg}"
+                );
+                if self.status == 0 {
+                    out.discard();
+                    bytes_out = encode_error(
+                        &mut out.buf,
+                        self.id,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal server error",
+                    );
+                    self.status = 500;
+                }
+                out.finish(1, true, close).await;
+                Some(format!("handler panicked: {msg}"))
+            }
+            None => {
+                // Aborted by the web server, or the connection is gone.
+                out.discard();
+                out.finish(1, false, close).await;
+                if self.status == 0 {
+                    self.status = 499;
+                }
+                Some("request aborted".into())
+            }
+        };
+        self.signals.request_done.notify_one();
+        self.log.finish(
+            &self.engine.stats,
+            if self.status == 0 { 499 } else { self.status },
+            bytes_out,
+            note.as_deref(),
+        );
+    }
+
+    async fn respond(
+        &mut self,
+        req: http::Request<Body>,
+        out: &mut Output,
+        bytes_out: &mut u64,
+    ) -> Outcome {
+        let resp = match self.engine.app.call(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(
+                    request_id = self.log.request_id,
+                    "service returned an error: {e}"
+                );
+                crate::app::text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal server error\n",
+                )
+            }
+        };
+        let resp = if self.body.failed_too_large() {
+            let limit = self.engine.config.max_body_bytes;
+            crate::app::text_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("413 request body exceeds the limit of {limit} bytes\n"),
+            )
+        } else {
+            resp
+        };
+        let (parts, mut body) = resp.into_parts();
+        self.status = parts.status.as_u16();
+        let mut head = BytesMut::with_capacity(256);
+        response::encode_head(&mut head, &parts, body.size_hint().exact());
+        out.stdout_copy(&head);
+        if self.head_only {
+            return match out.flush().await {
+                Ok(()) => Outcome::Done,
+                Err(Gone) => Outcome::Gone,
+            };
+        }
+        loop {
+            // Take every frame that is ready now; hand the batch to the
+            // writer only when the body would wait (or the batch is big).
+            let frame = match body.frame().now_or_never() {
+                Some(f) => f,
+                None => {
+                    if out.flush().await.is_err() {
+                        return Outcome::Gone;
+                    }
+                    body.frame().await
+                }
+            };
+            match frame {
+                None => return Outcome::Done,
+                Some(Err(e)) => return Outcome::BodyFailed(e.to_string()),
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        *bytes_out += data.remaining() as u64;
+                        out.stdout(data.copy_to_bytes(data.remaining()));
+                        if out.buffered() >= FLUSH_AT && out.flush().await.is_err() {
+                            return Outcome::Gone;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Out>,
+    engine: Arc<Engine>,
+    signals: Arc<Signals>,
+) {
+    let stall = engine.config.stall_timeout;
+    let mut batch: Vec<Bytes> = Vec::with_capacity(32);
+    loop {
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut close = false;
+        let mut size = 0usize;
+        take(first, &mut batch, &mut size, &mut close);
+        while !close && size < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(m) => take(m, &mut batch, &mut size, &mut close),
+                Err(_) => break,
+            }
+        }
+        if size > 0 {
+            match tokio::time::timeout(stall, write_all_vectored(&mut w, &mut batch)).await {
+                Ok(Ok(())) => engine.stats.add_bytes_out(size as u64),
+                Ok(Err(e)) => {
+                    debug!("write failed, closing connection: {e}");
+                    signals.dead.cancel();
+                    return;
+                }
+                Err(_) => {
+                    warn!("peer left our output unread for {stall:?}; closing connection");
+                    signals.dead.cancel();
+                    return;
+                }
+            }
+        }
+        batch.clear();
+        if close {
+            let _ = tokio::time::timeout(LINGER, w.shutdown()).await;
+            signals.closing.cancel();
+            return;
+        }
+    }
+}
+
+fn take(m: Out, batch: &mut Vec<Bytes>, size: &mut usize, close: &mut bool) {
+    match m {
+        Out::Batch(v) => {
+            for b in v {
+                *size += b.len();
+                batch.push(b);
+            }
+        }
+        Out::Close => *close = true,
+    }
+}
+
+/// Writes every buffer with as few syscalls as the socket allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bufs: &mut [Bytes],
+) -> io::Result<()> {
+    let mut i = 0;
+    while i < bufs.len() {
+        if bufs[i].is_empty() {
+            i += 1;
+            continue;
+        }
+        let n = {
+            let slices: Vec<IoSlice<'_>> = bufs[i..]
+                .iter()
+                .filter(|b| !b.is_empty())
+                .take(64)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 && i < bufs.len() {
+            let len = bufs[i].len();
+            if n >= len {
+                n -= len;
+                i += 1;
+            } else {
+                bufs[i].advance(n);
+                n = 0;
+            }
+        }
+    }
+    w.flush().await
+}

@@ -1,0 +1,334 @@
+//! CGI params -> `http::Request`: the request half of the CGI/1.1 mapping.
+//!
+//! Rules (RFC 3875 plus what nginx actually sends):
+//! - method from `REQUEST_METHOD`;
+//! - URI from `REQUEST_URI` (Debian's stock `fastcgi_params` sends it, raw,
+//!   with the query), else `DOCUMENT_URI` or `SCRIPT_NAME`+`PATH_INFO`, plus
+//!   `?QUERY_STRING`;
+//! - headers from `HTTP_*` (upper case, `_` for `-`) plus `CONTENT_TYPE` and
+//!   `CONTENT_LENGTH`; an empty `CONTENT_LENGTH` means no body;
+//! - `Host` from `HTTP_HOST`, else `SERVER_NAME[:SERVER_PORT]` (HTTP/2 and 3
+//!   requests may carry no Host header);
+//! - scheme from `HTTPS` / `REQUEST_SCHEME`, exposed through [`crate::RequestInfo`];
+//! - every param stays reachable through the [`crate::CgiParams`] extension.
+//!
+//! A request that cannot be built is a 400 whose body says why.
+
+use super::params::Params;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Uri, Version};
+use std::fmt;
+
+/// Why params did not make a valid request (sent back as the 400 body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+impl fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn bad(msg: impl Into<String>) -> BadRequest {
+    BadRequest(msg.into())
+}
+
+/// What the connection needs besides the request itself.
+#[derive(Debug)]
+pub struct Mapped {
+    pub request: Request<()>,
+    /// Declared body length (`None` when absent or empty: the body then runs
+    /// until the empty STDIN record).
+    pub content_length: Option<u64>,
+    pub scheme: Scheme,
+    /// `REMOTE_ADDR:REMOTE_PORT` as nginx saw the client, for logs.
+    pub peer: Option<String>,
+}
+
+/// Percent-encodes the bytes `http::Uri` refuses (raw UTF-8 and controls
+/// that nginx lets through in `$request_uri`), keeping everything else.
+fn escape_uri(raw: &[u8]) -> String {
+    let mut s = String::with_capacity(raw.len() + 16);
+    for &b in raw {
+        if b.is_ascii_graphic()
+            && !matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+            )
+        {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+fn parse_uri(raw: &[u8]) -> Result<Uri, BadRequest> {
+    if let Ok(u) = Uri::try_from(raw) {
+        if u.path().starts_with('/') || u.scheme().is_some() || raw == b"*" {
+            return Ok(u);
+        }
+    }
+    let escaped = escape_uri(raw);
+    match Uri::try_from(escaped.as_str()) {
+        Ok(u) if u.path().starts_with('/') || u.scheme().is_some() => Ok(u),
+        _ => Err(bad(format!(
+            "request URI {:?} is not a valid origin-form URI",
+            String::from_utf8_lossy(raw)
+        ))),
+    }
+}
+
+fn uri_from_params(p: &Params) -> Result<Uri, BadRequest> {
+    if let Some(raw) = p.get("REQUEST_URI").filter(|v| !v.is_empty()) {
+        return parse_uri(raw);
+    }
+    let mut raw: Vec<u8> = match p.get("DOCUMENT_URI").filter(|v| !v.is_empty()) {
+        Some(d) => d.to_vec(),
+        None => {
+            let mut v = p.get("SCRIPT_NAME").unwrap_or_default().to_vec();
+            v.extend_from_slice(p.get("PATH_INFO").unwrap_or_default());
+            v
+        }
+    };
+    if raw.is_empty() {
+        raw.push(b'/');
+    } else if raw[0] != b'/' {
+        raw.insert(0, b'/');
+    }
+    if let Some(q) = p.get("QUERY_STRING").filter(|q| !q.is_empty()) {
+        raw.push(b'?');
+        raw.extend_from_slice(q);
+    }
+    parse_uri(&raw)
+}
+
+fn version_from(p: &Params) -> Version {
+    match p.get("SERVER_PROTOCOL") {
+        Some(b"HTTP/1.0") => Version::HTTP_10,
+        Some(b"HTTP/0.9") => Version::HTTP_09,
+        Some(b"HTTP/2.0") | Some(b"HTTP/2") => Version::HTTP_2,
+        Some(b"HTTP/3.0") | Some(b"HTTP/3") => Version::HTTP_3,
+        _ => Version::HTTP_11,
+    }
+}
+
+/// `HTTP_ACCEPT_LANGUAGE` -> `accept-language`.
+fn header_name(cgi: &[u8]) -> Option<HeaderName> {
+    let rest = cgi.strip_prefix(b"HTTP_")?;
+    let name: Vec<u8> = rest
+        .iter()
+        .map(|&b| {
+            if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    HeaderName::from_bytes(&name).ok()
+}
+
+fn scheme_from(p: &Params) -> Scheme {
+    match p.get("HTTPS") {
+        Some(v) if !v.is_empty() && !v.eq_ignore_ascii_case(b"off") => return Scheme::HTTPS,
+        _ => {}
+    }
+    match p.get("REQUEST_SCHEME") {
+        Some(v) if v.eq_ignore_ascii_case(b"https") => Scheme::HTTPS,
+        _ => Scheme::HTTP,
+    }
+}
+
+/// Builds the request head from a complete PARAMS stream.
+pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
+    let method = match p.get("REQUEST_METHOD") {
+        None | Some(b"") => return Err(bad("REQUEST_METHOD is missing")),
+        Some(m) => Method::from_bytes(m).map_err(|_| {
+            bad(format!(
+                "REQUEST_METHOD {:?} is not a valid method",
+                String::from_utf8_lossy(m)
+            ))
+        })?,
+    };
+    let uri = uri_from_params(p)?;
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .version(version_from(p));
+    let headers = builder
+        .headers_mut()
+        .ok_or_else(|| bad("invalid request head"))?;
+
+    for (name, value) in p.iter() {
+        // CONTENT_* are authoritative; nginx may also send HTTP_CONTENT_*.
+        if name == b"HTTP_CONTENT_LENGTH" || name == b"HTTP_CONTENT_TYPE" {
+            continue;
+        }
+        if !name.starts_with(b"HTTP_") {
+            continue;
+        }
+        let hn = header_name(name).ok_or_else(|| {
+            bad(format!(
+                "param {:?} does not make a valid header name",
+                String::from_utf8_lossy(name)
+            ))
+        })?;
+        let hv = HeaderValue::from_bytes(value)
+            .map_err(|_| bad(format!("header {hn} has a value with forbidden bytes")))?;
+        // append, not insert: repeated params are repeated headers.
+        headers.append(hn, hv);
+    }
+
+    match headers.get(HOST) {
+        Some(h) => {
+            if h.to_str()
+                .ok()
+                .and_then(|s| s.parse::<Authority>().ok())
+                .is_none()
+            {
+                return Err(bad(format!("Host header {h:?} is not a valid authority")));
+            }
+        }
+        None => {
+            if let Some(name) = p.get_str("SERVER_NAME").filter(|s| !s.is_empty()) {
+                let host = match p.get_str("SERVER_PORT").filter(|s| !s.is_empty()) {
+                    Some(port) if port != "80" && port != "443" => format!("{name}:{port}"),
+                    _ => name.to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&host) {
+                    if host.parse::<Authority>().is_ok() {
+                        headers.insert(HOST, v);
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some(ct) = p.get("CONTENT_TYPE").filter(|v| !v.is_empty()) {
+        let v = HeaderValue::from_bytes(ct).map_err(|_| bad("CONTENT_TYPE has forbidden bytes"))?;
+        headers.insert(CONTENT_TYPE, v);
+    }
+
+    let content_length = match p.get("CONTENT_LENGTH").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => {
+            let n = std::str::from_utf8(v)
+                .ok()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "CONTENT_LENGTH {:?} is not a number",
+                        String::from_utf8_lossy(v)
+                    ))
+                })?;
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            Some(n)
+        }
+    };
+
+    let peer = p.get_str("REMOTE_ADDR").filter(|s| !s.is_empty()).map(|a| {
+        match p.get_str("REMOTE_PORT").filter(|s| !s.is_empty()) {
+            Some(port) if a.contains(':') => format!("[{a}]:{port}"),
+            Some(port) => format!("{a}:{port}"),
+            None => a.to_string(),
+        }
+    });
+
+    let request = builder
+        .body(())
+        .map_err(|e| bad(format!("invalid request: {e}")))?;
+    Ok(Mapped {
+        request,
+        content_length,
+        scheme: scheme_from(p),
+        peer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::from_pairs(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+    }
+
+    #[test]
+    fn debian_fastcgi_params_request() {
+        let p = params(&[
+            ("QUERY_STRING", "a=1"),
+            ("REQUEST_METHOD", "POST"),
+            ("CONTENT_TYPE", "text/plain"),
+            ("CONTENT_LENGTH", "5"),
+            ("SCRIPT_NAME", "/x/y"),
+            ("REQUEST_URI", "/x/y?a=1"),
+            ("DOCUMENT_URI", "/x/y"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("REQUEST_SCHEME", "https"),
+            ("REMOTE_ADDR", "10.0.0.1"),
+            ("REMOTE_PORT", "5555"),
+            ("HTTP_HOST", "example.org"),
+            ("HTTP_X_FORWARDED_FOR", "1.1.1.1"),
+            ("HTTP_ACCEPT", "a"),
+            ("HTTP_ACCEPT", "b"),
+        ]);
+        let m = build(&p).unwrap();
+        let r = &m.request;
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(r.uri(), "/x/y?a=1");
+        assert_eq!(r.headers()["host"], "example.org");
+        assert_eq!(r.headers()["x-forwarded-for"], "1.1.1.1");
+        assert_eq!(r.headers().get_all("accept").iter().count(), 2);
+        assert_eq!(r.headers()["content-length"], "5");
+        assert_eq!(m.content_length, Some(5));
+        assert_eq!(m.scheme, Scheme::HTTPS);
+        assert_eq!(m.peer.as_deref(), Some("10.0.0.1:5555"));
+    }
+
+    #[test]
+    fn script_name_path_info_fallback_and_empty_content_length() {
+        let p = params(&[
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", "/app"),
+            ("PATH_INFO", "/users/1"),
+            ("QUERY_STRING", "x=y"),
+            ("CONTENT_LENGTH", ""),
+            ("SERVER_NAME", "h"),
+            ("SERVER_PORT", "8080"),
+            ("HTTPS", "on"),
+        ]);
+        let m = build(&p).unwrap();
+        assert_eq!(m.request.uri(), "/app/users/1?x=y");
+        assert_eq!(m.content_length, None);
+        assert_eq!(m.request.headers()["host"], "h:8080");
+        assert_eq!(m.scheme, Scheme::HTTPS);
+    }
+
+    #[test]
+    fn raw_utf8_uri_is_escaped_not_refused() {
+        let p = params(&[("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/caf\u{e9} x")]);
+        assert_eq!(build(&p).unwrap().request.uri(), "/caf%C3%A9%20x");
+    }
+
+    #[test]
+    fn bad_params_give_reasons() {
+        let e = build(&params(&[("REQUEST_URI", "/")])).unwrap_err();
+        assert!(e.0.contains("REQUEST_METHOD"));
+        let e = build(&params(&[("REQUEST_METHOD", "G T")])).unwrap_err();
+        assert!(e.0.contains("not a valid method"), "{e}");
+        let e = build(&params(&[
+            ("REQUEST_METHOD", "GET"),
+            ("CONTENT_LENGTH", "-1"),
+        ]))
+        .unwrap_err();
+        assert!(e.0.contains("CONTENT_LENGTH"));
+        let e = build(&params(&[("REQUEST_METHOD", "GET"), ("HTTP_X", "a\x01b")])).unwrap_err();
+        assert!(e.0.contains("forbidden"), "{e}");
+        let e = build(&params(&[("REQUEST_METHOD", "GET"), ("HTTP_HOST", "a b")])).unwrap_err();
+        assert!(e.0.contains("Host"), "{e}");
+    }
+}

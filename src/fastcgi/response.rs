@@ -1,0 +1,97 @@
+//! `http::Response` -> CGI response head: the response half of the mapping.
+//!
+//! FastCGI responders speak CGI, not HTTP: a `Status:` header instead of a
+//! status line, and no hop-by-hop headers. nginx's FastCGI module does not
+//! de-chunk, so a `Transfer-Encoding` header here would corrupt the response;
+//! `Connection`, `Keep-Alive`, `Upgrade` and friends describe a connection
+//! that does not exist on this side of nginx. They are all dropped.
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderName};
+use http::response::Parts;
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Appends the CGI head (status, headers, blank line) to `out`.
+///
+/// `exact_len` is the body's exact size when known: it becomes a
+/// `Content-Length` if the service set none, which lets nginx keep the
+/// client connection alive without chunking.
+pub fn encode_head(out: &mut BytesMut, parts: &Parts, exact_len: Option<u64>) {
+    out.put_slice(b"Status: ");
+    out.put_slice(parts.status.as_str().as_bytes());
+    if let Some(reason) = parts.status.canonical_reason() {
+        out.put_u8(b' ');
+        out.put_slice(reason.as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    for (name, value) in parts.headers.iter() {
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    let bodiless = parts.status.is_informational()
+        || parts.status == http::StatusCode::NO_CONTENT
+        || parts.status == http::StatusCode::NOT_MODIFIED;
+    if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(n) = exact_len {
+            out.put_slice(b"content-length: ");
+            out.put_slice(n.to_string().as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_and_no_hop_by_hop() {
+        let resp = http::Response::builder()
+            .status(404)
+            .header("content-type", "text/plain")
+            .header("transfer-encoding", "chunked")
+            .header("connection", "close")
+            .header("set-cookie", "a=1")
+            .header("set-cookie", "b=2")
+            .body(())
+            .unwrap();
+        let (parts, _) = resp.into_parts();
+        let mut out = BytesMut::new();
+        encode_head(&mut out, &parts, Some(3));
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("Status: 404 Not Found\r\n"), "{text}");
+        assert!(!text.to_lowercase().contains("transfer-encoding"));
+        assert!(!text.to_lowercase().contains("connection"));
+        assert_eq!(text.matches("set-cookie").count(), 2);
+        assert!(text.contains("content-length: 3\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn no_length_for_204() {
+        let (parts, _) = http::Response::builder()
+            .status(204)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = BytesMut::new();
+        encode_head(&mut out, &parts, Some(0));
+        assert_eq!(&out[..], b"Status: 204 No Content\r\n\r\n");
+    }
+}

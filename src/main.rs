@@ -1,0 +1,5 @@
+//! The `myflask` binary: a thin shell over the library's CLI.
+
+fn main() -> std::process::ExitCode {
+    myflask::cli::main()
+}

@@ -1,0 +1,145 @@
+//! The service boundary: how any hyper or tower service becomes the thing
+//! both transports call.
+//!
+//! Services receive `http::Request<myflask::Body>` and may answer with any
+//! `http_body::Body`. Two doors lead in:
+//! - [`App::from_hyper`] for a `hyper::service::Service` (`&self`, e.g.
+//!   `service_fn`);
+//! - [`App::from_tower`] for a `tower::Service` such as an axum `Router`,
+//!   unchanged: it is cloned per request and driven through `poll_ready`.
+//!
+//! Behind both is one object-safe trait, so the connection code is not
+//! generic over the application (one copy of it in the binary, and the
+//! service's future is boxed once per request, nothing more).
+
+use crate::body::Body;
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Errors services and bodies may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type after erasure.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+
+trait Call: Send + Sync + 'static {
+    fn call(&self, req: Request<Body>) -> BoxFuture;
+}
+
+/// A service ready to be served: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct App(Arc<dyn Call>);
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("App")
+    }
+}
+
+/// Erases a response body: any `Buf` data becomes `Bytes` (zero-copy when it
+/// already is `Bytes`), any error a `BoxError`.
+pub fn box_body<B>(body: B) -> ResponseBody
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    body.map_frame(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+        .map_err(Into::into)
+        .boxed_unsync()
+}
+
+struct Hyper<S>(S);
+
+impl<S, B> Call for Hyper<S>
+where
+    S: hyper::service::Service<Request<Body>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn call(&self, req: Request<Body>) -> BoxFuture {
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(resp) => Ok(resp.map(box_body)),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+struct Tower<S>(S);
+
+impl<S, B> Call for Tower<S>
+where
+    S: tower_service::Service<Request<Body>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn call(&self, req: Request<Body>) -> BoxFuture {
+        let mut svc = self.0.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| svc.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
+            match svc.call(req).await {
+                Ok(resp) => Ok(resp.map(box_body)),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+impl App {
+    /// Serves a hyper service (`hyper::service::service_fn(...)` and the like).
+    pub fn from_hyper<S, B>(svc: S) -> App
+    where
+        S: hyper::service::Service<Request<Body>, Response = Response<B>> + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        App(Arc::new(Hyper(svc)))
+    }
+
+    /// Serves a tower service such as an axum `Router`.
+    pub fn from_tower<S, B>(svc: S) -> App
+    where
+        S: tower_service::Service<Request<Body>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        App(Arc::new(Tower(svc)))
+    }
+
+    pub(crate) fn call(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + use<> {
+        self.0.call(req)
+    }
+}

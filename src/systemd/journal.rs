@@ -1,0 +1,96 @@
+//! Logging: native journald when stderr is the journal, readable lines on
+//! stderr otherwise.
+//!
+//! systemd sets `JOURNAL_STREAM=<dev>:<ino>` for a service whose stderr is
+//! connected to the journal; comparing it with stderr's own device and inode
+//! (systemd.exec(5)) tells "our stderr is the journal" apart from "a child of
+//! a service that redirected stderr". Only then are structured fields worth
+//! sending, with `SYSLOG_IDENTIFIER=myflask`. A missing journald socket falls
+//! back to stderr with one warning.
+
+use std::str::FromStr;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Where logs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogTarget {
+    /// journald if stderr is the journal, else stderr
+    #[default]
+    Auto,
+    /// the native journal protocol
+    Journald,
+    /// plain lines on stderr
+    Stderr,
+}
+
+/// True when `JOURNAL_STREAM` names our stderr.
+pub fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (u64::from_str(dev), u64::from_str(ino)) else {
+        return false;
+    };
+    // SAFETY: fstat on fd 2 with a zeroed stat buffer of the right type.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// Installs the global subscriber. `level` (from `--log-level`) wins over
+/// `RUST_LOG`; the default is `info`.
+pub fn init(target: LogTarget, level: Option<&str>) {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let want_journal = match target {
+        LogTarget::Journald => true,
+        LogTarget::Stderr => false,
+        LogTarget::Auto => stderr_is_journal(),
+    };
+    if want_journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_syslog_identifier("myflask".to_string())
+                    .with_field_prefix(None);
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => {
+                init_stderr(filter);
+                tracing::warn!("journald is not reachable ({e}); logging to stderr instead");
+                return;
+            }
+        }
+    }
+    init_stderr(filter);
+}
+
+fn init_stderr(filter: EnvFilter) {
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    if under_systemd {
+        // The journal stamps lines itself.
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.without_time())
+            .init();
+    } else {
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+    }
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/python3
+"""Bounded HTTP load through nginx for the systemd test bed (stdlib only).
+
+Runs --concurrency workers for --duration seconds against --host:--port. Every
+request uses a fresh client connection and is one of: GET /healthz (body "ok"),
+GET /request?i=N (JSON), POST /echo with a 64 KiB body (must come back byte for
+byte; nginx does not retry a POST on another upstream connection, so a request
+dropped by a restarting server shows up as a failure). Any status other than 200,
+a wrong body, or a connection error counts as a failure.
+Writes a JSON summary to --out and prints one summary line.
+"""
+import argparse
+import http.client
+import json
+import os
+import threading
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=80)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    echo_body = os.urandom(64 * 1024)
+    lock = threading.Lock()
+    stats = {"total": 0, "ok": 0, "by_path": {}, "failures": []}
+    t0 = time.monotonic()
+    deadline = t0 + a.duration
+
+    def one(i):
+        kind = i % 3
+        if kind == 0:
+            method, path, body, want = "GET", "/healthz", None, None
+        elif kind == 1:
+            method, path, body, want = "GET", "/request?i=%d" % i, None, None
+        else:
+            method, path, body, want = "POST", "/echo", echo_body, echo_body
+        conn = http.client.HTTPConnection(a.host, a.port, timeout=a.timeout)
+        try:
+            hdrs = {"Connection": "close"}
+            if body is not None:
+                hdrs["Content-Type"] = "application/octet-stream"
+            conn.request(method, path, body=body, headers=hdrs)
+            r = conn.getresponse()
+            data = r.read()
+            if r.status != 200:
+                return path, "status %d" % r.status
+            if kind == 0 and data.strip() != b"ok":
+                return path, "body %r" % data[:40]
+            if want is not None and data != want:
+                return path, "echo mismatch (%d bytes back)" % len(data)
+            return path, None
+        except Exception as e:  # noqa: BLE001 - every error is a failed request
+            return path, "%s: %s" % (type(e).__name__, e)
+        finally:
+            conn.close()
+
+    def worker(w):
+        i = w
+        while time.monotonic() < deadline:
+            path, err = one(i)
+            key = path.split("?")[0]
+            with lock:
+                stats["total"] += 1
+                stats["by_path"][key] = stats["by_path"].get(key, 0) + 1
+                if err is None:
+                    stats["ok"] += 1
+                else:
+                    stats["failures"].append(
+                        {"t": round(time.monotonic() - t0, 3), "path": path, "error": err})
+            i += a.concurrency
+
+    ts = [threading.Thread(target=worker, args=(w,)) for w in range(a.concurrency)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.monotonic() - t0
+    stats["elapsed_s"] = round(elapsed, 2)
+    stats["failed"] = len(stats["failures"])
+    stats["rate_per_s"] = round(stats["total"] / elapsed, 1) if elapsed else 0
+    stats["concurrency"] = a.concurrency
+    with open(a.out, "w") as f:
+        json.dump(stats, f, indent=1)
+    print("load: %d requests in %.1f s (%.1f req/s, concurrency %d), %d failed"
+          % (stats["total"], elapsed, stats["rate_per_s"], a.concurrency, stats["failed"]))
+
+
+if __name__ == "__main__":
+    main()
