@@ -106,7 +106,6 @@ async fn handle(
             peer,
             scheme: http::uri::Scheme::HTTP,
         });
-        let head_only = req.method() == http::Method::HEAD;
         let r = match AssertUnwindSafe(engine.app.call(req)).catch_unwind().await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -129,7 +128,6 @@ async fn handle(
                 )
             }
         };
-        let _ = head_only;
         return wrap(r, log, engine, guard, Some(permit));
     };
     wrap(resp, log, engine, guard, None)

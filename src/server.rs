@@ -24,7 +24,7 @@ use crate::systemd::notify;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -145,11 +145,11 @@ impl Server {
             let handle = match l.socket {
                 Socket::Unix(s) => {
                     let s = tokio::net::UnixListener::from_std(s)?;
-                    tokio::spawn(acceptor.run_unix(s))
+                    tokio::spawn(acceptor.run(s))
                 }
                 Socket::Tcp(s) => {
                     let s = tokio::net::TcpListener::from_std(s)?;
-                    tokio::spawn(acceptor.run_tcp(s))
+                    tokio::spawn(acceptor.run(s))
                 }
             };
             accept_loops.push(handle);
@@ -277,82 +277,93 @@ async fn accept_error(listener: &str, e: std::io::Error) {
 }
 
 impl Acceptor {
-    async fn run_unix(self, l: tokio::net::UnixListener) {
+    /// Starts serving one accepted connection; `slot` and the stats guard
+    /// live exactly as long as the connection.
+    fn spawn<S>(&self, stream: S, peer: Option<String>, slot: OwnedSemaphorePermit)
+    where
+        S: Split,
+    {
+        let guard = self.engine.stats.connection();
+        let engine = self.engine.clone();
+        let meta = self.meta.clone();
+        match self.protocol {
+            Protocol::FastCgi => {
+                let (r, w) = stream.split();
+                self.tracker.spawn(async move {
+                    connection::serve(r, w, engine, meta).await;
+                    drop((slot, guard));
+                });
+            }
+            Protocol::Http => {
+                self.tracker.spawn(async move {
+                    http_server::serve(stream, peer, engine, meta).await;
+                    drop((slot, guard));
+                });
+            }
+        }
+    }
+
+    async fn run<L: Accept>(self, listener: L) {
         loop {
             // Take a slot first: at the cap we stop calling accept() and
             // the kernel backlog holds newcomers.
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 break;
             };
-            match l.accept().await {
-                Ok((stream, _)) => {
-                    let guard = self.engine.stats.connection();
-                    match self.protocol {
-                        Protocol::FastCgi => {
-                            let (r, w) = stream.into_split();
-                            let fut =
-                                connection::serve(r, w, self.engine.clone(), self.meta.clone());
-                            self.tracker.spawn(async move {
-                                fut.await;
-                                drop((slot, guard));
-                            });
-                        }
-                        Protocol::Http => {
-                            let fut = http_server::serve(
-                                stream,
-                                None,
-                                self.engine.clone(),
-                                self.meta.clone(),
-                            );
-                            self.tracker.spawn(async move {
-                                fut.await;
-                                drop((slot, guard));
-                            });
-                        }
-                    }
-                }
+            match listener.accept_one().await {
+                Ok((stream, peer)) => self.spawn(stream, peer, slot),
                 Err(e) => accept_error(&self.meta.listener, e).await,
             }
         }
         self.alive.store(false, Ordering::Relaxed);
     }
+}
 
-    async fn run_tcp(self, l: tokio::net::TcpListener) {
-        loop {
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                break;
-            };
-            match l.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let guard = self.engine.stats.connection();
-                    match self.protocol {
-                        Protocol::FastCgi => {
-                            let (r, w) = stream.into_split();
-                            let fut =
-                                connection::serve(r, w, self.engine.clone(), self.meta.clone());
-                            self.tracker.spawn(async move {
-                                fut.await;
-                                drop((slot, guard));
-                            });
-                        }
-                        Protocol::Http => {
-                            let fut = http_server::serve(
-                                stream,
-                                Some(peer.to_string()),
-                                self.engine.clone(),
-                                self.meta.clone(),
-                            );
-                            self.tracker.spawn(async move {
-                                fut.await;
-                                drop((slot, guard));
-                            });
-                        }
-                    }
-                }
-                Err(e) => accept_error(&self.meta.listener, e).await,
-            }
-        }
-        self.alive.store(false, Ordering::Relaxed);
+/// A stream that splits into owned halves for the FastCGI engine.
+trait Split: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    type Read: connection::ConnRead;
+    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Split for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Split for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// The two kinds of listener, behind one accept call.
+trait Accept: Send + 'static {
+    type Stream: Split;
+    fn accept_one(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, Option<String>)>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, None))
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
+        let (s, peer) = self.accept().await?;
+        // Responses are written whole; Nagle would only delay them.
+        let _ = s.set_nodelay(true);
+        Ok((s, Some(peer.to_string())))
     }
 }

@@ -117,8 +117,11 @@ pub fn encode_request(buf: &mut BytesMut, id: u16, keep_conn: bool, req: &Reques
     record::put_stream_end(buf, record::STDIN, id);
 }
 
+/// A parsed CGI response: status, headers in order, body.
+pub type CgiResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// Splits a CGI response (`Status:` + headers + blank line + body).
-pub fn parse_cgi(stdout: &[u8]) -> io::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+pub fn parse_cgi(stdout: &[u8]) -> io::Result<CgiResponse> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let (head_end, sep) = match find(stdout, b"\r\n\r\n") {
         Some(i) => (i, 4),

@@ -107,7 +107,7 @@ pub struct ConnMeta {
 
 /// The read half of a connection. `readable` lets an idle connection wait
 /// without holding a read buffer (10,000 idle connections cost no buffers).
-pub trait ConnRead: AsyncRead + Unpin + Send + 'static {
+pub trait ConnRead: AsyncRead + Unpin + Send + Sync + 'static {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         std::future::ready(Ok(()))
     }
@@ -125,7 +125,7 @@ impl ConnRead for tokio::net::tcp::OwnedReadHalf {
     }
 }
 
-impl<T: AsyncRead + Send + 'static> ConnRead for tokio::io::ReadHalf<T> {}
+impl<T: AsyncRead + Send + Sync + 'static> ConnRead for tokio::io::ReadHalf<T> {}
 
 enum Out {
     Batch(Vec<Bytes>),

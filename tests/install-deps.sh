@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the system tools the test suite drives for real: nginx (the web
+# server in front), systemd's systemd-socket-activate (socket activation),
+# cgi-fcgi (an independent FastCGI client), curl, and the Rust components
+# (rustfmt, clippy). Idempotent; needs root (or sudo) for apt-get.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  SUDO="sudo"
+fi
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # The base image's docker-clean hook can delete .debs between dpkg runs
+  # of one apt call; a second try completes the install.
+  for try in 1 2 3; do
+    if $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; then
+      break
+    fi
+    if [ "$try" = 3 ]; then
+      echo "apt-get install ${need[*]} failed" >&2
+      exit 1
+    fi
+    sleep 2
+  done
+fi
+
+# Debian's nginx package starts a system nginx on port 80; the tests start
+# their own instances and do not need it.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  $SUDO systemctl stop nginx 2>/dev/null || true
+fi
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
