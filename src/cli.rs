@@ -146,6 +146,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs, env = "MYFLASK_IDLE_EXIT")]
     pub idle_exit: Option<Duration>,
 
+    /// Seconds between STATUS= refreshes sent to systemd (hidden: for tests).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs, env = "MYFLASK_STATUS_INTERVAL", hide = true)]
+    pub status_interval: Duration,
+
     /// Where logs go: auto (journald when stderr is the journal), journald,
     /// or stderr.
     #[arg(long, value_enum, default_value_t = LogTarget::Auto, env = "MYFLASK_LOG_TARGET")]
@@ -261,7 +265,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         idle_timeout: args.idle_timeout,
         shutdown_timeout: args.shutdown_timeout,
         idle_exit: args.idle_exit,
-        ..ServerConfig::default()
+        // tokio's interval panics on a zero period.
+        status_interval: args.status_interval.max(Duration::from_millis(10)),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

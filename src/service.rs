@@ -42,16 +42,47 @@ impl std::fmt::Debug for App {
 }
 
 /// Erases a response body: any `Buf` data becomes `Bytes` (zero-copy when it
-/// already is `Bytes`), any error a `BoxError`.
+/// already is `Bytes`), any error a `BoxError`. The size hint survives (it
+/// becomes the `Content-Length` of both transports); http-body-util's
+/// `map_frame` would drop it.
 pub fn box_body<B>(body: B) -> ResponseBody
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    body.map_frame(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
-        .map_err(Into::into)
-        .boxed_unsync()
+    ToBytes(Box::pin(body)).boxed_unsync()
+}
+
+struct ToBytes<B>(Pin<Box<B>>);
+
+impl<B> http_body::Body for ToBytes<B>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.0.as_mut().poll_frame(cx).map(|f| {
+            f.map(|r| {
+                r.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+                    .map_err(Into::into)
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 struct Hyper<S>(S);

@@ -127,6 +127,8 @@ impl ConnRead for tokio::net::tcp::OwnedReadHalf {
 
 impl<T: AsyncRead + Send + Sync + 'static> ConnRead for tokio::io::ReadHalf<T> {}
 
+impl ConnRead for tokio::io::DuplexStream {}
+
 enum Out {
     Batch(Vec<Bytes>),
     /// Write what is queued, shut down writing, linger, close.

@@ -8,6 +8,8 @@
 
 pub mod client;
 pub mod connection;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod params;
 pub mod record;
 pub mod request;

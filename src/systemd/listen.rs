@@ -316,18 +316,38 @@ fn bind_unix(path: &Path, opts: &BindOptions) -> anyhow::Result<std::os::unix::n
             );
         }
     }
+    // Resolve the group before creating anything: a failed start must not
+    // leave a socket file behind.
+    let gid = opts.group.as_deref().map(lookup_group).transpose()?;
     let l = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
     raise_backlog(l.as_raw_fd());
     let mode = opts.mode.unwrap_or(0o660);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
-    if let Some(group) = &opts.group {
-        let gid = lookup_group(group)?;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .with_context(|| format!("setting group {group} on {}", path.display()))?;
+    let apply = || -> anyhow::Result<()> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
+        if let (Some(gid), Some(group)) = (gid, &opts.group) {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("setting group {group} on {}", path.display()))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = apply() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
     }
     Ok(l)
+}
+
+/// Removes the socket files of listeners bound before a later one failed:
+/// a failed start leaves nothing behind (inherited sockets are untouched).
+fn abandon(bound: Vec<Listener>, e: anyhow::Error) -> anyhow::Error {
+    for l in bound {
+        if let Some(p) = &l.owned_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    e
 }
 
 /// Binds `addr` ourselves.
@@ -371,11 +391,15 @@ pub fn listeners(
     opts: &BindOptions,
 ) -> anyhow::Result<Vec<Listener>> {
     let mut out = inherited()?;
-    for a in fastcgi {
-        out.push(bind(a, Protocol::FastCgi, opts)?);
-    }
-    for a in http {
-        out.push(bind(a, Protocol::Http, opts)?);
+    let wanted = fastcgi
+        .iter()
+        .map(|a| (a, Protocol::FastCgi))
+        .chain(http.iter().map(|a| (a, Protocol::Http)));
+    for (a, protocol) in wanted {
+        match bind(a, protocol, opts) {
+            Ok(l) => out.push(l),
+            Err(e) => return Err(abandon(out, e)),
+        }
     }
     if out.is_empty() {
         let addr: ListenAddr = DEFAULT_LISTEN
