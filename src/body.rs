@@ -66,8 +66,10 @@ impl BodyShared {
         }
     }
 
-    fn take(&self) -> Option<BodyError> {
-        self.error.lock().ok().and_then(|mut g| g.take())
+    /// The recorded failure (left in place: the server reads it again to
+    /// turn an over-limit body into a 413 whatever the handler did).
+    fn get(&self) -> Option<BodyError> {
+        self.error.lock().ok().and_then(|g| g.clone())
     }
 
     pub(crate) fn failed_too_large(&self) -> bool {
@@ -206,7 +208,7 @@ impl http_body::Body for Body {
                     }
                     Poll::Ready(None) => {
                         *done = true;
-                        if let Some(e) = shared.take() {
+                        if let Some(e) = shared.get() {
                             return Poll::Ready(Some(Err(e)));
                         }
                         if let Some(d) = *declared {

@@ -373,6 +373,10 @@ impl<R: ConnRead> Reader<R> {
                     Ok(0) => return Stop::Eof,
                     Ok(n) => {
                         self.engine.stats.add_bytes_in(n as u64);
+                        // Any input is activity: a request the reader
+                        // answers itself (400, 431, 503, UNKNOWN_ROLE)
+                        // never signals request_done.
+                        self.idle_since = Instant::now();
                     }
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
@@ -394,7 +398,7 @@ impl<R: ConnRead> Reader<R> {
 
     /// Reads and discards for a short while after our side has shut down.
     async fn linger(&mut self) {
-        let mut scratch = [0u8; 4096];
+        let mut scratch = vec![0u8; 4096];
         let deadline = tokio::time::Instant::now() + LINGER;
         while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.io.read(&mut scratch)).await {
             if n == 0 {
@@ -498,7 +502,20 @@ impl<R: ConnRead> Reader<R> {
             return Ok(());
         }
         let max = self.engine.config.max_requests_per_conn;
-        let reject = (self.live() >= max).then(|| Reject {
+        // Requests over the cap still get an entry (to swallow their PARAMS
+        // and answer 503), so bound how many: every record costs a scan of
+        // the table, and 65535 BEGINs (1 MiB) would pin a core for ~40 s.
+        // A client that honours FCGI_MAX_REQS never reaches this.
+        let hard = max.saturating_mul(2).max(self.engine.config.max_requests);
+        let live = self.live();
+        if live >= hard {
+            return Err(Stop::Protocol(format!(
+                "BEGIN_REQUEST for id {id} with {live} requests already in flight on this \
+                 connection (FCGI_MAX_REQS is {})",
+                self.engine.config.max_requests
+            )));
+        }
+        let reject = (live >= max).then(|| Reject {
             status: StatusCode::SERVICE_UNAVAILABLE,
             reason: format!("too many concurrent requests on this connection (limit {max})"),
         });
@@ -1079,7 +1096,16 @@ impl RequestTask {
                 }
             };
             match frame {
-                None => return Outcome::Done,
+                None => {
+                    // Wait for the gate here, inside the cancellable part:
+                    // a response held for its body must still yield to an
+                    // ABORT_REQUEST (finish() would send it regardless).
+                    if !out.opened {
+                        out.shared.wait_gate().await;
+                        out.opened = true;
+                    }
+                    return Outcome::Done;
+                }
                 Some(Err(e)) => return Outcome::BodyFailed(e.to_string()),
                 Some(Ok(frame)) => {
                     if let Ok(mut data) = frame.into_data() {

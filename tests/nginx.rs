@@ -1,0 +1,657 @@
+//! myflask behind a real nginx: the test starts its own nginx (own prefix,
+//! temp port, `fastcgi_pass` to an upstream with keepalive over myflask's
+//! unix socket) and talks HTTP/1.1 to it.
+
+mod common;
+
+use common::{Proc, Server, clean_cmd, require_tool};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A running nginx; stopped (SIGTERM, then SIGKILL) on drop so that no
+/// worker outlives the test.
+struct Nginx {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with `server_body` (the inside of `server { }`) and
+    /// `http_extra` (more `http { }` directives, e.g. upstreams).
+    fn start(dir: &Path, http_extra: &str, server_body: &str) -> Nginx {
+        let nginx = require_tool("nginx");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.display();
+        for sub in ["logs", "client_body", "fastcgi", "proxy", "scgi", "uwsgi"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let user = if unsafe { libc::geteuid() } == 0 {
+            // Workers must reach myflask's root-owned 0660 socket.
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            r#"
+{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {d}/logs/access.log;
+    # One client connection carries all of the keep-alive loop (default 1000).
+    keepalive_requests 10000;
+    client_body_temp_path {d}/client_body;
+    fastcgi_temp_path {d}/fastcgi;
+    proxy_temp_path {d}/proxy;
+    scgi_temp_path {d}/scgi;
+    uwsgi_temp_path {d}/uwsgi;
+    {http_extra}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        client_max_body_size 16m;
+        {server_body}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut cmd = clean_cmd(&nginx);
+        cmd.arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("logs/error.log"));
+        let mut proc = Proc::spawn(&mut cmd, &dir.join("nginx.stderr"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if !proc.running() || Instant::now() > deadline {
+                panic!(
+                    "nginx did not start; stderr:\n{}\nerror.log:\n{}",
+                    proc.log(),
+                    std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// Lines at level error or worse.
+    fn errors(&self) -> Vec<String> {
+        self.error_log()
+            .lines()
+            .filter(|l| {
+                ["[error]", "[crit]", "[alert]", "[emerg]"]
+                    .iter()
+                    .any(|lvl| l.contains(lvl))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn connect(&self) -> Http {
+        let mut h = Http::connect(self.port);
+        h.error_log = Some(self.dir.join("logs/error.log"));
+        h
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if self.proc.running() {
+            self.proc.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.proc.running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 keep-alive client (Content-Length and chunked).
+struct Http {
+    r: BufReader<TcpStream>,
+    /// The last request line and nginx's error log, for failure messages.
+    last: String,
+    error_log: Option<PathBuf>,
+}
+
+impl Http {
+    fn connect(port: u16) -> Http {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Http {
+            r: BufReader::with_capacity(64 * 1024, s),
+            last: String::new(),
+            error_log: None,
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.last = format!("{method} {path} ({} body bytes)", body.len());
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let s = self.r.get_mut();
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        self.read_response(method == "HEAD")
+    }
+
+    fn get(&mut self, path: &str) -> Resp {
+        self.send("GET", path, &[], b"")
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        let n = self.r.read_line(&mut l).unwrap_or_else(|e| {
+            panic!("{}: reading from nginx: {e}{}", self.last, self.log_tail())
+        });
+        assert!(
+            n > 0,
+            "{}: nginx closed the connection{}",
+            self.last,
+            self.log_tail()
+        );
+        l.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    fn log_tail(&self) -> String {
+        let Some(p) = &self.error_log else {
+            return String::new();
+        };
+        let log = std::fs::read_to_string(p).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "; nginx error.log ends with:\n{}",
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        )
+    }
+
+    fn read_response(&mut self, head_only: bool) -> Resp {
+        let status_line = self.line();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let l = self.line();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').expect("header line");
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_only {
+            return resp;
+        }
+        if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let size_line = self.line();
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                    .unwrap_or_else(|_| panic!("bad chunk size {size_line:?}"));
+                if size == 0 {
+                    while !self.line().is_empty() {}
+                    break;
+                }
+                let start = resp.body.len();
+                resp.body.resize(start + size, 0);
+                self.r.read_exact(&mut resp.body[start..]).unwrap();
+                assert!(self.line().is_empty(), "chunk not followed by CRLF");
+            }
+        } else if let Some(len) = resp.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            resp.body.resize(len, 0);
+            self.r.read_exact(&mut resp.body).unwrap();
+        } else {
+            self.r.read_to_end(&mut resp.body).unwrap();
+        }
+        resp
+    }
+}
+
+fn standard_upstream(sock: &Path) -> (String, String) {
+    (
+        format!(
+            "upstream myflask {{ server unix:{}; keepalive 8; }}",
+            sock.display()
+        ),
+        "location / {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_pass myflask;
+        }"
+        .to_string(),
+    )
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn json(r: &Resp) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}
+
+fn accepted_connections(h: &mut Http) -> u64 {
+    let r = h.get("/status");
+    assert_eq!(r.status, 200, "{}", r.text());
+    json(&r)["accepted_connections"].as_u64().unwrap()
+}
+
+#[test]
+fn nginx_fastcgi_pass_to_myflask() {
+    let mut app = Server::start(&[]);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (upstream, location) = standard_upstream(&app.sock);
+    let nginx = Nginx::start(dir.path(), &upstream, &location);
+    let mut h = nginx.connect();
+
+    let r = h.get("/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("<strong>FastCGI</strong>"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+
+    let r = h.get("/healthz");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    // The length myflask knows reaches the client (no chunking).
+    assert_eq!(r.header("content-length"), Some("3"));
+
+    let r = h.get("/no/such/page");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), "404 not found\n");
+
+    let r = h.send("HEAD", "/", &[], b"");
+    assert_eq!(r.status, 200);
+
+    // What nginx sent, as the application sees it.
+    let r = h.send(
+        "GET",
+        "/request?a=1&b=%20x",
+        &[("X-Dup", "one"), ("X-Dup", "two"), ("X-Single", "s")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["uri"], "/request?a=1&b=%20x");
+    assert_eq!(v["transport"], "FastCGI");
+    let params: Vec<(String, String)> = v["params"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let param = |name: &str| -> Vec<&str> {
+        params
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let port = nginx.port.to_string();
+    for (name, want) in [
+        ("REQUEST_URI", "/request?a=1&b=%20x"),
+        ("SCRIPT_NAME", "/request"),
+        ("DOCUMENT_URI", "/request"),
+        ("QUERY_STRING", "a=1&b=%20x"),
+        ("REQUEST_METHOD", "GET"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("SERVER_ADDR", "127.0.0.1"),
+        ("SERVER_PORT", port.as_str()),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REQUEST_SCHEME", "http"),
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("CONTENT_LENGTH", ""),
+        ("HTTP_HOST", "localhost"),
+        ("HTTP_X_SINGLE", "s"),
+    ] {
+        assert_eq!(param(name), vec![want], "param {name} in {params:?}");
+    }
+    assert!(
+        param("SERVER_SOFTWARE")
+            .first()
+            .is_some_and(|s| s.starts_with("nginx/")),
+        "{params:?}"
+    );
+    assert_eq!(param("REMOTE_PORT").len(), 1);
+    assert_eq!(param("DOCUMENT_ROOT").len(), 1);
+    // nginx 1.22 sends a repeated header as repeated params (1.23+ joins
+    // them with ", "): both must reach the application, in order.
+    let dup = param("HTTP_X_DUP");
+    assert!(
+        dup == vec!["one", "two"] || dup == vec!["one, two"],
+        "HTTP_X_DUP: {dup:?}"
+    );
+    let headers: Vec<String> = v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "x-dup")
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        headers == vec!["one", "two"] || headers == vec!["one, two"],
+        "x-dup headers: {headers:?}"
+    );
+
+    // 1 MiB and 8 MiB echoes, byte for byte.
+    for (len, seed) in [(1 << 20, 1), (8 << 20, 2), (1, 3), (32 * 1024 + 1, 4)] {
+        let body = pattern(len, seed);
+        let r = h.send(
+            "POST",
+            "/echo",
+            &[("Content-Type", "application/x-test")],
+            &body,
+        );
+        assert_eq!(r.status, 200, "{len}-byte echo: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/x-test"));
+        assert_eq!(r.body.len(), body.len(), "{len}-byte echo length");
+        assert!(r.body == body, "{len}-byte echo differs");
+    }
+
+    // An over-limit body is refused by nginx itself (client_max_body_size).
+    let r = h.send("POST", "/echo", &[], &vec![0u8; 17 << 20]);
+    assert_eq!(r.status, 413);
+
+    // 1000 requests on one client connection; nginx reuses its upstream
+    // connection (keepalive 8, fastcgi_keep_conn on).
+    let mut h = nginx.connect();
+    let before = accepted_connections(&mut h);
+    let t0 = Instant::now();
+    for i in 0..1000u32 {
+        match i % 3 {
+            0 => {
+                let r = h.get("/healthz");
+                assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]), "#{i}");
+            }
+            1 => {
+                let uri = format!("/request?i={i}");
+                let r = h.get(&uri);
+                assert_eq!(r.status, 200, "#{i}");
+                assert_eq!(json(&r)["uri"], uri.as_str(), "#{i}");
+            }
+            _ => {
+                let body = pattern(i as usize * 37, i);
+                let r = h.send("POST", "/echo", &[], &body);
+                assert_eq!(r.status, 200, "#{i}");
+                assert!(r.body == body, "#{i}: echo differs");
+            }
+        }
+    }
+    let took = t0.elapsed();
+    let after = accepted_connections(&mut h);
+    eprintln!(
+        "1000 keep-alive requests through nginx in {took:?}; myflask accepted {} new connections",
+        after - before
+    );
+    assert!(
+        after - before <= 8,
+        "nginx opened {} upstream connections for 1000 sequential requests: keepalive does not work",
+        after - before
+    );
+
+    // HEAD: nginx answers from the head alone and, not having read
+    // END_REQUEST, drops that upstream connection (ngx_http_fastcgi_module
+    // sets keepalive only when it parses END_REQUEST). Each costs a new
+    // connection, but none may fail.
+    for i in 0..20 {
+        let r = h.send("HEAD", if i % 2 == 0 { "/" } else { "/healthz" }, &[], b"");
+        assert_eq!(r.status, 200, "HEAD #{i}");
+        if i % 2 == 1 {
+            assert_eq!(r.header("content-length"), Some("3"));
+        }
+        assert_eq!(h.get("/healthz").body, b"ok\n", "GET after HEAD #{i}");
+    }
+
+    // The only error line allowed is the one the 413 above provoked.
+    let errors: Vec<String> = nginx
+        .errors()
+        .into_iter()
+        .filter(|l| !l.contains("client intended to send too large body: 17825792 bytes"))
+        .collect();
+    assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
+    let complaints: Vec<String> = app
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .filter(|l| !l.contains("PrivateTmp"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "myflask complained:\n{}",
+        complaints.join("\n")
+    );
+    drop(h);
+    drop(nginx);
+    assert_eq!(app.stop().code(), Some(0));
+}
+
+/// An in-process myflask (the library) whose `/…/stream` answers four
+/// chunks 300 ms apart; `/xaccel/stream` also says `X-Accel-Buffering: no`.
+type Served = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+fn streaming_app(
+    sock: &Path,
+) -> (
+    tokio::runtime::Runtime,
+    tokio_util::sync::CancellationToken,
+    Served,
+) {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use myflask::systemd::listen::{BindOptions, Protocol, bind};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let svc = hyper::service::service_fn(|req: http::Request<myflask::Body>| async move {
+        let s = futures_util::stream::unfold(0u32, |i| async move {
+            if i == 4 {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let data = Bytes::from(format!("chunk-{i}:{}\n", "x".repeat(100)));
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(data)), i + 1))
+        });
+        let mut resp = http::Response::new(StreamBody::new(s));
+        resp.headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        if req.uri().path().starts_with("/xaccel/") {
+            resp.headers_mut()
+                .insert("x-accel-buffering", "no".parse().unwrap());
+        }
+        Ok::<_, std::convert::Infallible>(resp)
+    });
+    let addr = myflask::addr::ListenAddr::Unix(sock.to_path_buf());
+    let l = bind(&addr, Protocol::FastCgi, &BindOptions::default()).unwrap();
+    let server = myflask::Server::new(myflask::ServerConfig::default(), vec![l]);
+    let token = server.shutdown_token();
+    let served = rt.spawn(server.serve(myflask::App::from_hyper(svc)));
+    (rt, token, served)
+}
+
+/// GETs `path` and returns when each of the four chunks arrived, relative
+/// to the first, plus the whole decoded body.
+fn chunk_arrivals(port: u16, path: &str) -> (Vec<Duration>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut seen: Vec<Option<Instant>> = vec![None; 4];
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        for (i, t) in seen.iter_mut().enumerate() {
+            if t.is_none() && text.contains(&format!("chunk-{i}:")) {
+                *t = Some(Instant::now());
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(
+        text.ends_with("\r\n0\r\n\r\n"),
+        "response not complete:\n{text}"
+    );
+    let seen: Vec<Instant> = seen
+        .into_iter()
+        .map(|t| t.unwrap_or_else(|| panic!("a chunk is missing:\n{text}")))
+        .collect();
+    (seen.iter().map(|t| *t - seen[0]).collect(), text)
+}
+
+#[test]
+fn nginx_streams_with_fastcgi_buffering_off() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let sock = dir.path().join("stream.sock");
+    let (rt, token, served) = streaming_app(&sock);
+    let upstream = format!(
+        "upstream streamer {{ server unix:{}; keepalive 4; }}",
+        sock.display()
+    );
+    let locations = "
+        location /unbuffered/ {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_buffering off;
+            fastcgi_pass streamer;
+        }
+        location / {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_pass streamer;
+        }";
+    let nginx = Nginx::start(&dir.path().join("nginx"), &upstream, locations);
+
+    for path in ["/unbuffered/stream", "/xaccel/stream"] {
+        let (at, text) = chunk_arrivals(nginx.port, path);
+        eprintln!("{path}: chunks at {at:?}");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("x-accel-buffering"),
+            "nginx should consume X-Accel-Buffering: {text}"
+        );
+        // 300 ms between chunks must show on the client's side.
+        assert!(at[3] >= Duration::from_millis(800), "{path}: {at:?}");
+        for i in 1..4 {
+            let gap = at[i] - at[i - 1];
+            assert!(
+                gap >= Duration::from_millis(150),
+                "{path}: chunk {i} came {gap:?} after chunk {}: not streamed ({at:?})",
+                i - 1
+            );
+        }
+    }
+    // (nginx 1.22 forwards these small chunks as they come even with
+    // buffering on, so the check above is about myflask: a server that held
+    // a streamed body until it ended, or until 64 KiB, fails it.)
+    // Shutdown (the library's SIGTERM) while a response streams through
+    // nginx: the response completes, then serve returns.
+    let port = nginx.port;
+    let client = std::thread::spawn(move || chunk_arrivals(port, "/unbuffered/stream"));
+    std::thread::sleep(Duration::from_millis(150));
+    token.cancel();
+    let (at, _) = client
+        .join()
+        .expect("streamed response cut by the shutdown");
+    assert!(at[3] >= Duration::from_millis(600), "{at:?}");
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("serve did not return")
+            .unwrap()
+            .unwrap()
+    });
+
+    let errors = nginx.errors();
+    assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
+}
