@@ -267,6 +267,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         idle_exit: args.idle_exit,
         // tokio's interval panics on a zero period.
         status_interval: args.status_interval.max(Duration::from_millis(10)),
+        handle_signals: true,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

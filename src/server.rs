@@ -42,6 +42,11 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     pub idle_exit: Option<Duration>,
     pub status_interval: Duration,
+    /// Install SIGTERM/SIGINT handlers that start a graceful shutdown. The
+    /// binary wants them; a program embedding the library may prefer its
+    /// own (tokio cannot uninstall a handler once installed) and use
+    /// [`Server::shutdown_token`] instead.
+    pub handle_signals: bool,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +62,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             idle_exit: None,
             status_interval: Duration::from_secs(5),
+            handle_signals: true,
         }
     }
 }
@@ -116,9 +122,15 @@ impl Server {
         let connections = TaskTracker::new();
 
         // Signals first: a SIGTERM that arrives right after READY must drain.
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut signals = if cfg.handle_signals {
+            use tokio::signal::unix::{SignalKind, signal};
+            Some((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        } else {
+            None
+        };
 
         let mut accept_loops = Vec::new();
         let mut owned_paths = Vec::new();
@@ -211,9 +223,17 @@ impl Server {
             }
         };
 
+        let signal = async {
+            match &mut signals {
+                Some((term, int)) => tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                },
+                None => std::future::pending().await,
+            }
+        };
         let reason = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
+            r = signal => r,
             _ = idle_exit => "idle exit (no connection)",
             _ = self.shutdown.cancelled() => "shutdown requested",
         };
