@@ -691,6 +691,21 @@ pub mod raw {
             Ok(())
         }
 
+        /// Ends a connection whose requests all completed: shuts down our
+        /// side and reads to EOF, so a stray record (a second END_REQUEST,
+        /// output after the end) still fails the test.
+        pub async fn finish(mut self) {
+            within("shutdown", self.s.shutdown())
+                .await
+                .expect("shutdown");
+            self.eof().await.expect("clean EOF after our shutdown");
+            assert!(
+                self.begun.is_empty(),
+                "requests without END_REQUEST: {:?}",
+                self.begun
+            );
+        }
+
         /// Like [`Conn::eof`], and also says how long it took.
         pub async fn eof_timed(&mut self) -> (io::Result<()>, Duration) {
             let t = Instant::now();
