@@ -10,7 +10,10 @@
 //! }
 //!
 //! fn main() -> anyhow::Result<()> {
-//!     let listeners = myflask::systemd::listen::listeners(&["unix:/run/myflask/fcgi.sock".parse()?], &[], &Default::default())?;
+//!     // Sockets systemd passed (LISTEN_FDS), else our own. Call this before
+//!     // the runtime starts any thread.
+//!     let fallback = myflask::addr::ListenAddr::Unix("/run/myflask/fcgi.sock".into());
+//!     let listeners = myflask::systemd::listen::listeners(&[fallback], &[], &Default::default())?;
 //!     let app = App::from_hyper(hyper::service::service_fn(hello));
 //!     let rt = tokio::runtime::Runtime::new()?;
 //!     rt.block_on(Server::new(ServerConfig::default(), listeners).serve(app))
@@ -19,7 +22,7 @@
 //!
 //! Data flows one way: socket -> records -> request -> service -> response
 //! -> records -> socket. The protocol code (`fastcgi`) knows nothing of
-//! systemd, the systemd code (`systemd`, `listen`) nothing of FastCGI, and
+//! systemd, the systemd code (`systemd`) nothing of FastCGI, and
 //! the built-in application (`app`) neither.
 
 pub mod access;
