@@ -10,10 +10,9 @@
 //! }
 //!
 //! fn main() -> anyhow::Result<()> {
-//!     // Sockets systemd passed (LISTEN_FDS), else our own. Call this before
-//!     // the runtime starts any thread.
-//!     let fallback = myflask::addr::ListenAddr::Unix("/run/myflask/fcgi.sock".into());
-//!     let listeners = myflask::systemd::listen::listeners(&[fallback], &[], &Default::default())?;
+//!     // The sockets systemd passed (LISTEN_FDS), or 127.0.0.1:9000 without
+//!     // systemd. Call this before the runtime starts any thread.
+//!     let listeners = myflask::systemd::listen::listeners(&[], &[], &Default::default())?;
 //!     let app = App::from_hyper(hyper::service::service_fn(hello));
 //!     let rt = tokio::runtime::Runtime::new()?;
 //!     rt.block_on(Server::new(ServerConfig::default(), listeners).serve(app))
