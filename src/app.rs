@@ -9,6 +9,9 @@
 //! - `GET /request` JSON of the request and every CGI param received (the
 //!   tool to debug an nginx `fastcgi_param` setup)
 //! - `POST /echo`   the body back, byte for byte, with its Content-Type
+//! - `POST /upload` reads the body as it streams in, keeps none of it, and
+//!   answers its size and FNV-1a hash (`?pace_ms=N` waits N ms per chunk:
+//!   a slow consumer, to see backpressure at work)
 //! - anything else  404
 
 use crate::body::Body;
@@ -155,6 +158,43 @@ async fn echo(req: Request<Body>) -> Response<ResponseBody> {
     }
 }
 
+/// Streams the body through without keeping it: memory stays flat however
+/// large the upload.
+async fn upload(req: Request<Body>) -> Response<ResponseBody> {
+    let pace = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("pace_ms=")))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| std::time::Duration::from_millis(ms.min(10_000)));
+    let mut body = req.into_body();
+    let mut bytes = 0u64;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    bytes += d.len() as u64;
+                    for b in d.iter() {
+                        hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+                    }
+                }
+                if let Some(p) = pace {
+                    tokio::time::sleep(p).await;
+                }
+            }
+            Err(e) => {
+                let status = match e {
+                    crate::BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return text_response(status, format!("{} {e}\n", status.as_u16()));
+            }
+        }
+    }
+    json_response(&json!({ "bytes": bytes, "fnv1a64": format!("{hash:016x}") }))
+}
+
 /// The built-in service.
 #[derive(Clone)]
 pub struct Builtin {
@@ -177,7 +217,10 @@ impl Builtin {
                 echo(req).await
             }
             "/" | "/healthz" | "/status" => method_not_allowed("GET, HEAD"),
-            "/echo" => method_not_allowed("POST, PUT"),
+            "/upload" if req.method() == Method::POST || req.method() == Method::PUT => {
+                upload(req).await
+            }
+            "/echo" | "/upload" => method_not_allowed("POST, PUT"),
             _ => text_response(StatusCode::NOT_FOUND, "404 not found\n"),
         }
     }
