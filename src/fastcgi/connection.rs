@@ -378,6 +378,11 @@ impl<R: ConnRead> Reader<R> {
                         // never signals request_done.
                         self.idle_since = Instant::now();
                     }
+                    // A reset is something clients do, not a protocol error.
+                    Err(e) if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) => return Stop::Eof,
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
                 _ = sleep => {
@@ -1128,7 +1133,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     signals: Arc<Signals>,
 ) {
     let stall = engine.config.stall_timeout;
-    let mut batch: Vec<Bytes> = Vec::with_capacity(32);
+    // Allocated on first use: an idle connection holds no batch.
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else {
             return;
