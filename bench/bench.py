@@ -1,0 +1,1034 @@
+#!/usr/bin/python3
+"""The myflask benchmark driver (run it through bench/run.sh, which installs
+and builds everything first).
+
+One invocation, peers one after another: for each peer it starts the server
+(and an nginx of its own in front of it), checks that GET / and POST /echo
+answer correctly, samples idle RSS, warms up, runs wrk at each point while
+sampling the RSS of the server's process tree, then stops everything. Then
+cold starts (loadgen coldstart) and a direct FastCGI run with no nginx
+(loadgen run). Writes bench/results/<date>.md/.csv and latest.md.
+
+Environment:
+  BENCH_DURATION  seconds per measured point (default 5)
+  BENCH_WARMUP    seconds of warm-up per peer (default 2)
+  BENCH_QUICK=1   smoke: 1 s points, GET c=16 + echo 1 MiB per peer, one cold
+                  start, results only under bench/results/raw/
+  BENCH_PEERS     comma-separated subset of peer names (default: all)
+
+bench.py --report results/raw/<date> rewrites the reports of an earlier run
+from its results.json (no measuring).
+"""
+
+import csv
+import datetime
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+BUILD = os.path.join(BENCH, "build")
+RESULTS = os.path.join(BENCH, "results")
+RAW = os.path.join(RESULTS, "raw")
+
+MYFLASK = os.path.join(REPO, "target", "release", "myflask")
+LOADGEN = os.path.join(BUILD, "target", "release", "myflask-loadgen")
+TOKIO_FCGI = os.path.join(BUILD, "target", "release", "bench-tokio-fastcgi")
+HYPER = os.path.join(BUILD, "target", "release", "bench-hyper")
+GO = os.path.join(BUILD, "bin", "bench-go")
+VENV_PY = os.path.join(BUILD, "venv", "bin", "python")
+PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
+ECHO_MODULE = "/usr/lib/nginx/modules/ngx_http_echo_module.so"
+LUA = os.path.join(BENCH, "wrk", "bench.lua")
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+DURATION = float(os.environ.get("BENCH_DURATION", "1" if QUICK else "5"))
+WARMUP = float(os.environ.get("BENCH_WARMUP", "0.5" if QUICK else "2"))
+WRK_THREADS = 2
+NGINX_WORKERS = 1
+KIB, MIB = 1024, 1024 * 1024
+
+if QUICK:
+    GET_CONNS = [16]
+    ECHO_BODIES = [MIB]
+    COLD_REPEAT = 1
+    DIRECT_CONNS = [16]
+else:
+    GET_CONNS = [16, 64, 256]
+    ECHO_BODIES = [16 * KIB, 256 * KIB, MIB, 8 * MIB]
+    COLD_REPEAT = 5
+    DIRECT_CONNS = [16, 64]
+ECHO_CONNS = 16
+MUX = (4, 16)  # connections x requests in flight per connection
+
+# myflask runs with its access log off (nginx runs with access_log off too).
+MYFLASK_LOG = ["--log-target", "stderr", "--log-level", "info,myflask::access=off"]
+
+# name, label, server kind, upstream protocol, nginx keepalive
+PEERS = [
+    dict(name="ceiling", label="nginx return 200 (ceiling)", kind="ceiling"),
+    dict(name="php-fpm", label="php-fpm 8.2 (static, 4 children)", kind="php", proto="fcgi", keep=False),
+    dict(name="flup", label="Python flup + Flask", kind="flup", proto="fcgi", keep=True),
+    dict(name="go", label="Go net/http/fcgi", kind="go", proto="fcgi", keep=True),
+    dict(name="tokio-fastcgi", label="Rust tokio-fastcgi 1.3", kind="tokio-fastcgi", proto="fcgi", keep=True),
+    dict(name="hyper", label="Rust hyper 1.x, proxy_pass", kind="hyper", proto="http", keep=True),
+    dict(name="myflask", label="myflask FastCGI, keep_conn", kind="myflask", proto="fcgi", keep=True),
+    dict(name="myflask-nokeep", label="myflask FastCGI, no keepalive", kind="myflask", proto="fcgi", keep=False),
+    dict(name="myflask-http", label="myflask HTTP, proxy_pass", kind="myflask-http", proto="http", keep=True),
+]
+REF = "myflask"
+CEIL = "ceiling"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def proc_cpu():
+    """{pid: (comm, utime+stime ticks)} of every process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+            comm = s[s.index("(") + 1:s.rindex(")")]
+            v = s[s.rindex(")") + 2:].split()
+            out[int(d)] = (comm, int(v[11]) + int(v[12]))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def top_background(before, after, wall, n=5):
+    """Other processes' CPU during the run (alive at the end; short-lived
+    ones that came and went are only in the machine-wide figure)."""
+    me = os.getpid()
+    use = {}
+    for pid, (comm, t) in after.items():
+        if pid == me:
+            continue
+        t0 = before.get(pid, (comm, 0))[1] if before.get(pid, ("", 0))[0] == comm else 0
+        d = (t - t0) / CLK
+        if d > 0:
+            use[comm] = use.get(comm, 0) + d
+    top = sorted(use.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{c} {100 * s / wall:.0f}% of a core" for c, s in top) or "none"
+
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_sample():
+    """(wall s, machine busy CPU s, this benchmark's CPU s incl. reaped children)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = (sum(v) - v[3] - v[4]) / CLK  # all but idle and iowait
+    t = os.times()
+    return time.time(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+def cpu_delta(a, b):
+    """Machine busy % and the background (not this benchmark) in cores."""
+    wall = b[0] - a[0]
+    busy, ours = b[1] - a[1], b[2] - a[2]
+    if wall <= 0:
+        return 0.0, 0.0
+    return 100.0 * busy / (wall * os.cpu_count()), max(0.0, busy - ours) / wall
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+# ------------------------------------------------------------------ RSS ----
+
+def _children_map():
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+            ppid = int(s[s.rindex(")") + 2:].split()[1])
+            kids.setdefault(ppid, []).append(int(d))
+        except (OSError, ValueError):
+            pass
+    return kids
+
+
+def tree_pids(root):
+    kids = _children_map()
+    out, stack = [], [root]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                s = f.read()
+            v = s[s.rindex(")") + 2:].split()
+            total += int(v[11]) + int(v[12])  # utime + stime (all threads)
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class RssSampler:
+    """Peak VmRSS of a process tree, sampled every 50 ms in a thread, and the
+    CPU time the tree (and nginx, if given) used meanwhile."""
+
+    def __init__(self, root, nginx=None):
+        self.root, self.nginx, self.peak, self._stop = root, nginx, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self.cpu_s = self.nginx_cpu_s = 0.0
+
+    def _run(self):
+        pids, n = tree_pids(self.root), 0
+        while not self._stop.is_set():
+            n += 1
+            if n % 10 == 0:
+                pids = tree_pids(self.root)
+            self.peak = max(self.peak, rss_kib(pids))
+            self._stop.wait(0.05)
+
+    def _cpu(self):
+        srv = cpu_ticks(tree_pids(self.root))
+        ngx = cpu_ticks(tree_pids(self.nginx)) if self.nginx and self.nginx != self.root else 0
+        return srv, ngx
+
+    def __enter__(self):
+        self._cpu0 = self._cpu()
+        self._t.start()
+        return self
+
+    def __exit__(self, *a):
+        self._stop.set()
+        self._t.join()
+        c1 = self._cpu()
+        self.cpu_s = (c1[0] - self._cpu0[0]) / CLK
+        self.nginx_cpu_s = (c1[1] - self._cpu0[1]) / CLK
+
+    def per_req(self, requests):
+        """CPU microseconds per request: (server, nginx)."""
+        if not requests:
+            return None, None
+        return 1e6 * self.cpu_s / requests, 1e6 * self.nginx_cpu_s / requests
+
+
+# --------------------------------------------------------------- peers ----
+
+class Peer:
+    def __init__(self, spec, tmp):
+        self.spec = spec
+        self.name = spec["name"]
+        self.dir = os.path.join(tmp, self.name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.sock = os.path.join(self.dir, "app.sock")
+        self.port = free_port()
+        self.server = None  # Popen of the app server (None for the ceiling)
+        self.nginx = None
+        self.logs = []
+
+    # -- commands ------------------------------------------------------
+    def server_cmd(self, sock=None):
+        sock = sock or self.sock
+        k = self.spec["kind"]
+        if k == "php":
+            return [PHP_FPM, "-F", "-R", "-y", self.php_conf(sock), "-p", self.dir]
+        if k == "flup":
+            return [VENV_PY, os.path.join(BENCH, "peers", "flup", "app.py"), sock]
+        if k == "go":
+            return [GO, sock]
+        if k == "tokio-fastcgi":
+            return [TOKIO_FCGI, sock]
+        if k == "hyper":
+            return [HYPER, sock]
+        if k == "myflask":
+            return [MYFLASK, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
+        if k == "myflask-http":
+            return [MYFLASK, "serve", "--listen", "unix:" + os.path.join(self.dir, "fcgi.sock"),
+                    "--http", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
+        raise ValueError(k)
+
+    def php_conf(self, sock):
+        path = os.path.join(self.dir, "php-fpm.conf")
+        with open(path, "w") as f:
+            f.write(f"""[global]
+pid = {self.dir}/php-fpm.pid
+error_log = {self.dir}/php-fpm.log
+daemonize = no
+
+[bench]
+listen = {sock}
+listen.mode = 0666
+listen.backlog = 4096
+pm = static
+pm.max_children = 4
+php_admin_value[post_max_size] = 64M
+php_admin_value[memory_limit] = 512M
+php_admin_value[output_buffering] = 0
+""")
+        return path
+
+    def nginx_conf(self):
+        s = self.spec
+        d = self.dir
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        mod = ""
+        if s["kind"] == "ceiling":
+            if os.path.exists(ECHO_MODULE):
+                mod = f"load_module {ECHO_MODULE};\n"
+                echo = "location = /echo { echo_read_request_body; echo_request_body; }\n"
+            else:
+                echo = ""
+            body = f"""
+        location = / {{ default_type text/plain; return 200 "Hello, World!\\n"; }}
+        {echo}"""
+            upstream = ""
+        else:
+            ka = "keepalive 512;" if s["keep"] else ""
+            upstream = f"upstream app {{ server unix:{self.sock}; {ka} }}"
+            if s["proto"] == "fcgi":
+                keep = "fastcgi_keep_conn on;" if s["keep"] else ""
+                script = os.path.join(BENCH, "peers", "php", "index.php")
+                # flup/Flask route on PATH_INFO (Flask's own FastCGI docs set these two).
+                wsgi = ('fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;'
+                        if s["kind"] == "flup" else "")
+                body = f"""
+        location / {{
+            include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME {script};
+            {wsgi}
+            fastcgi_pass app;
+            {keep}
+        }}"""
+            else:
+                conn = 'proxy_http_version 1.1; proxy_set_header Connection "";' if s["keep"] else ""
+                body = f"""
+        location / {{
+            proxy_pass http://app;
+            {conn}
+        }}"""
+        conf = f"""{user}{mod}worker_processes {NGINX_WORKERS};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    fastcgi_temp_path {d}/fastcgi_temp;
+    proxy_temp_path {d}/proxy_temp;
+    uwsgi_temp_path {d}/uwsgi_temp;
+    scgi_temp_path {d}/scgi_temp;
+    client_max_body_size 64m;
+    keepalive_requests 10000000;
+    {upstream}
+    server {{
+        listen 127.0.0.1:{self.port} backlog=4096;
+        {body}
+    }}
+}}
+"""
+        path = os.path.join(d, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        return path
+
+    # -- lifecycle -----------------------------------------------------
+    def _spawn(self, cmd, tag):
+        out = open(os.path.join(self.dir, f"{tag}.log"), "wb")
+        self.logs.append(out)
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=self.dir)
+
+    def start(self):
+        if self.spec["kind"] != "ceiling":
+            self.server = self._spawn(self.server_cmd(), "server")
+            wait_unix(self.sock, 20, self.server)
+        conf = self.nginx_conf()
+        self.nginx = self._spawn([NGINX, "-p", self.dir, "-c", conf], "nginx")
+        wait_tcp(self.port, 20, self.nginx)
+
+    def root_pid(self):
+        return self.server.pid if self.server else self.nginx.pid
+
+    def stop(self):
+        for p in (self.nginx, self.server):
+            if p and p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in (self.nginx, self.server):
+            if p:
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        for f in self.logs:
+            f.close()
+
+
+def wait_unix(path, timeout, proc):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"{path} not ready after {timeout}s")
+
+
+def wait_tcp(port, timeout, proc):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"port {port} not ready after {timeout}s")
+
+
+def http_req(port, method, path, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+    c.request(method, path, body=body, headers=headers)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, data
+
+
+def check_peer(peer):
+    """Correctness gate: GET / is 200 with a body; POST /echo returns the body."""
+    st, body = http_req(peer.port, "GET", "/")
+    if st != 200 or not body:
+        raise RuntimeError(f"GET / -> {st} {body[:80]!r}")
+    payload = os.urandom(16 * KIB)
+    st, back = http_req(peer.port, "POST", "/echo", payload)
+    if peer.name == CEIL and not os.path.exists(ECHO_MODULE):
+        return len(body)
+    if st != 200 or back != payload:
+        raise RuntimeError(f"POST /echo -> {st}, {len(back)} bytes back of {len(payload)}")
+    return len(body)
+
+
+# ----------------------------------------------------------------- wrk ----
+
+def run_wrk(port, conns, duration, body_size=0):
+    env = dict(os.environ, BENCH_BODY_SIZE=str(body_size))
+    cmd = [WRK, f"-t{min(WRK_THREADS, conns)}", f"-c{conns}", f"-d{max(1, round(duration))}s",
+           "--timeout", "10s", "-s", LUA, f"http://127.0.0.1:{port}/"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
+    for line in p.stdout.splitlines():
+        if line.startswith("BENCHJSON "):
+            r = json.loads(line[len("BENCHJSON "):])
+            secs = r["duration_us"] / 1e6
+            return dict(
+                rps=r["requests"] / secs if secs else 0.0,
+                p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000,
+                mib_s=r["bytes"] / secs / MIB if secs else 0.0,
+                requests=r["requests"],
+                non2xx=r["status"] + r["bad_len"],
+                sock_err=r["connect"] + r["read"] + r["write"] + r["timeout"],
+                err_detail=f"connect {r['connect']} read {r['read']} write {r['write']} "
+                           f"timeout {r['timeout']} status {r['status']} bad_len {r['bad_len']}",
+            )
+    raise RuntimeError(f"wrk failed: {p.stdout[-500:]} {p.stderr[-500:]}")
+
+
+def run_loadgen(args, timeout):
+    p = subprocess.run([LOADGEN, *args], capture_output=True, text=True, timeout=timeout)
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"loadgen failed: {p.stdout[-300:]} {p.stderr[-300:]}")
+
+
+# ---------------------------------------------------------------- main ----
+
+def bench_peer(peer, rows, direct_rows, errors):
+    spec = peer.spec
+    log(f"== {peer.name}: {spec['label']}")
+    cpu0 = cpu_sample()
+    la0 = loadavg()
+    peer.start()
+    try:
+        get_len = check_peer(peer)
+        time.sleep(0.5)
+        idle = rss_kib(tree_pids(peer.root_pid()))
+        rows.append(dict(section="idle", peer=peer.name, rss_kib=idle))
+        # warm-up (not recorded)
+        run_wrk(peer.port, 16, WARMUP)
+        for c in GET_CONNS:
+            with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
+                r = run_wrk(peer.port, c, DURATION)
+            cpu, ncpu = s.per_req(r["requests"])
+            rows.append(dict(section="get", peer=peer.name, conns=c, body=get_len, rss_kib=s.peak,
+                             cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+            log(f"   GET c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+                f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
+        for b in ECHO_BODIES:
+            if peer.name == CEIL and not os.path.exists(ECHO_MODULE):
+                continue
+            with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
+                r = run_wrk(peer.port, ECHO_CONNS, DURATION, b)
+            cpu, ncpu = s.per_req(r["requests"])
+            rows.append(dict(section="echo", peer=peer.name, conns=ECHO_CONNS, body=b, rss_kib=s.peak,
+                             cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+            log(f"   echo {b // KIB} KiB: {r['rps']:.0f} req/s {r['mib_s']:.0f} MiB/s p99 {r['p99_ms']:.1f} ms "
+                f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
+        # direct FastCGI, same server process, no nginx in the path
+        direct = {"myflask": True, "go": True, "tokio-fastcgi": False, "php-fpm": False}
+        if peer.name in direct:
+            extra = []
+            if peer.name == "php-fpm":
+                extra = ["--no-keepalive", "--param",
+                         "SCRIPT_FILENAME=" + os.path.join(BENCH, "peers", "php", "index.php")]
+            modes = [(c, 1) for c in DIRECT_CONNS]
+            if direct[peer.name]:
+                modes.append(MUX)
+            for c, m in modes:
+                args = ["run", "--addr", "unix:" + peer.sock, "--conns", str(c), "--mux", str(m),
+                        "--duration", str(DURATION), "--warmup", str(min(1.0, WARMUP)), *extra]
+                with RssSampler(peer.root_pid()) as s:
+                    r = run_loadgen(args, DURATION + 60)
+                r["rss_kib"] = s.peak
+                r["cpu_us"] = s.per_req(r["requests"])[0]
+                r["peer"] = peer.name
+                direct_rows.append(r)
+                log(f"   direct c={c} mux={m}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} ms "
+                    f"errors {r['non2xx'] + r['bad_len'] + r['io_errors']}")
+    finally:
+        peer.stop()
+    busy, bg = cpu_delta(cpu0, cpu_sample())
+    rows.append(dict(section="load", peer=peer.name, load_before=la0, load_after=loadavg(),
+                     cpu_busy=busy, background=bg))
+    nerr = os.path.join(peer.dir, "nginx-error.log")
+    if os.path.exists(nerr):
+        lines = [l for l in open(nerr, errors="replace") if "[error]" in l or "[crit]" in l or "[alert]" in l]
+        if lines:
+            errors.append(f"{peer.name}: {len(lines)} nginx error-log lines, first: {lines[0].strip()[:200]}")
+
+
+def cold_starts(tmp, names):
+    """Process start -> first response, direct on the socket (no nginx)."""
+    out = []
+    d = os.path.join(tmp, "cold")
+    os.makedirs(d, exist_ok=True)
+    sock = os.path.join(d, "app.sock")
+    for spec in PEERS:
+        if spec["name"] == "myflask-nokeep" or spec["name"] not in names:
+            continue
+        peer = Peer(spec, d)
+        proto, addr, path = "fcgi", "unix:" + sock, "/"
+        extra = []
+        if spec["kind"] == "ceiling":
+            cmd = [NGINX, "-p", peer.dir, "-c", peer.nginx_conf()]
+            proto, addr = "http", f"127.0.0.1:{peer.port}"
+        else:
+            cmd = peer.server_cmd(sock)
+            proto = spec["proto"]
+        if spec["kind"] == "php":
+            extra = ["--param", "SCRIPT_FILENAME=" + os.path.join(BENCH, "peers", "php", "index.php")]
+        if spec["kind"] == "flup":
+            extra = ["--param", "SCRIPT_NAME=", "--param", "PATH_INFO=/"]
+        r = run_loadgen(["coldstart", "--addr", addr, "--proto", proto, "--repeat", str(COLD_REPEAT),
+                         "--path", path, *extra, "--", *cmd], 120)
+        r["peer"] = spec["name"]
+        r["mode"] = "process start -> first response"
+        out.append(r)
+        log(f"   cold {spec['name']}: median {r['median_ms']:.1f} ms ({r['failures']} failures)")
+    if "myflask" not in names:
+        return out
+    # myflask, socket-activated: systemd-socket-activate holds the socket and
+    # execs myflask on the first connection.
+    cmd = [ACTIVATE, "-l", sock, "--fdname=fcgi", MYFLASK, "serve", *MYFLASK_LOG]
+    r = run_loadgen(["coldstart", "--addr", "unix:" + sock, "--activated", "--repeat", str(COLD_REPEAT),
+                     "--", *cmd], 120)
+    r["peer"] = "myflask-activated"
+    r["mode"] = "first connection -> response (systemd-socket-activate)"
+    out.append(r)
+    log(f"   cold myflask socket-activated: median {r['median_ms']:.1f} ms ({r['failures']} failures)")
+    return out
+
+
+def versions():
+    def cmd(*c):
+        try:
+            p = subprocess.run(list(c), capture_output=True, text=True, timeout=10)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except Exception:  # noqa: BLE001
+            return "n/a"
+
+    def lockver(peer, crate):
+        try:
+            lines = open(os.path.join(BENCH, "peers", peer, "Cargo.lock")).read().split("[[package]]")
+            for blk in lines:
+                if f'name = "{crate}"' in blk:
+                    return blk.split('version = "')[1].split('"')[0]
+        except OSError:
+            pass
+        return "?"
+
+    git = cmd("git", "-C", REPO, "describe", "--always", "--dirty")
+    pyv = subprocess.run([VENV_PY, "-c", "import flask, importlib.metadata as m, sys;"
+                          "print(sys.version.split()[0], m.version('flup'), m.version('flask'))"],
+                         capture_output=True, text=True).stdout.split()
+    return dict(
+        myflask=f"{cmd(MYFLASK, '--version')} (git {git})",
+        nginx=cmd(NGINX, "-v").replace("nginx version: ", ""),
+        php=cmd(PHP_FPM, "-v"),
+        go=cmd("go", "version"),
+        python=f"Python {pyv[0]}, flup {pyv[1]}, Flask {pyv[2]}" if len(pyv) == 3 else "n/a",
+        rust=cmd("rustc", "--version"),
+        tokio_fastcgi=lockver("tokio-fastcgi", "tokio-fastcgi"),
+        hyper=lockver("hyper", "hyper"),
+        wrk="wrk " + cmd(WRK, "-v").split()[1].split("/")[-1] if cmd(WRK, "-v").startswith("wrk") else "wrk",
+    )
+
+
+def machine():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) // 1024 // 1024} GiB"
+    except OSError:
+        pass
+    deb = open("/etc/debian_version").read().strip() if os.path.exists("/etc/debian_version") else "?"
+    return f"{os.cpu_count()} × {model}, {mem} RAM, Linux {platform.release()}, Debian {deb}"
+
+
+def main():
+    os.makedirs(RAW, exist_ok=True)
+    wanted = os.environ.get("BENCH_PEERS", "")
+    peers = [p for p in PEERS if not wanted or p["name"] in wanted.split(",")]
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    tmp = tempfile.mkdtemp(prefix="myflask-bench.", dir=shm)
+    os.chmod(tmp, 0o755)
+    started = datetime.datetime.now().astimezone()
+    meta = dict(date=started.strftime("%Y-%m-%d %H:%M %Z"), machine=machine(), versions=versions(),
+                load_before=loadavg(), quick=QUICK, duration=DURATION, warmup=WARMUP)
+    procs0 = proc_cpu()
+    log(f"bench: {len(peers)} peers, {DURATION:g} s per point, load before {meta['load_before']}")
+    rows, direct_rows, errors, failed = [], [], [], []
+    cpu0 = cpu_sample()
+    t0 = time.time()
+    for spec in peers:
+        peer = Peer(spec, tmp)
+        try:
+            bench_peer(peer, rows, direct_rows, errors)
+        except Exception as e:  # noqa: BLE001
+            failed.append(f"{peer.name}: {e}")
+            log(f"   FAILED: {e}")
+            peer.stop()
+    cold = []
+    log("== cold starts")
+    try:
+        cold = cold_starts(tmp, [p["name"] for p in peers])
+    except Exception as e:  # noqa: BLE001
+            failed.append(f"cold starts: {e}")
+            log(f"   FAILED: {e}")
+    cpu1 = cpu_sample()
+    busy, bg = cpu_delta(cpu0, cpu1)
+    meta.update(load_after=loadavg(), elapsed_s=round(time.time() - t0), cpu_busy=busy, background=bg,
+                top_background=top_background(procs0, proc_cpu(), cpu1[0] - cpu0[0]))
+    stamp = started.strftime("%Y-%m-%d-%H%M")
+    raw_dir = os.path.join(RAW, stamp)
+    shutil.copytree(tmp, raw_dir, ignore=shutil.ignore_patterns("*.sock", "client_body", "*_temp"),
+                    dirs_exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(raw_dir, "results.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=rows, direct=direct_rows, cold=cold, errors=errors, failed=failed),
+                  f, indent=1)
+    base = write_reports(meta, peers, rows, direct_rows, cold, errors, failed, stamp)
+    log(f"bench: wrote {base}.md and .csv (raw data in {raw_dir}); load after {meta['load_after']}, "
+        f"background {meta['background']:.2f} cores")
+    total_err = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows) + \
+        sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
+    if failed:
+        log("bench: FAILED peers: " + "; ".join(failed))
+        return 1
+    if QUICK and total_err:
+        log(f"bench: {total_err} errors")
+        return 1
+    return 0
+
+
+def write_reports(meta, peers, rows, direct_rows, cold, errors, failed, stamp):
+    quick = meta["quick"]
+    md, csv_rows, _ = report(meta, peers, rows, direct_rows, cold, errors, failed)
+    base = os.path.join(RAW, "quick-" + stamp) if quick else os.path.join(RESULTS, stamp)
+    with open(base + ".md", "w") as f:
+        f.write(md)
+    with open(base + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(csv_rows)
+    if not quick:
+        shutil.copyfile(base + ".md", os.path.join(RESULTS, "latest.md"))
+        update_readme(md)
+    return base
+
+
+def rereport(raw_dir):
+    """Rewrites the reports of an earlier run from its raw results.json."""
+    d = json.load(open(os.path.join(raw_dir, "results.json")))
+    names = {r["peer"] for r in d["rows"]}
+    peers = [p for p in PEERS if p["name"] in names]
+    stamp = os.path.basename(os.path.normpath(raw_dir))
+    base = write_reports(d["meta"], peers, d["rows"], d["direct"], d["cold"], d["errors"], d["failed"], stamp)
+    log(f"bench: rewrote {base}.md and .csv from {raw_dir}")
+    return 0
+
+
+# -------------------------------------------------------------- report ----
+
+README_BEGIN = "<!-- latest results: written by bench.py -->"
+README_END = "<!-- end of latest results -->"
+
+
+def update_readme(md):
+    """Copies the headline tables of the run into bench/README.md."""
+    path = os.path.join(BENCH, "README.md")
+    try:
+        text = open(path).read()
+    except OSError:
+        return
+    if README_BEGIN not in text or README_END not in text:
+        return
+    keep = []
+    for sec in md.split("\n## "):
+        head = sec.split("\n", 1)[0]
+        if sec.startswith("# ") or head.startswith(("GET /", "Targets", "Memory")):
+            keep.append(sec if sec.startswith("# ") else "## " + sec)
+    body = "\n".join(keep).replace("\n# ", "\n### ").replace("\n## ", "\n#### ")
+    body = body.lstrip("# ").strip()
+    block = f"{README_BEGIN}\n### {body}\n\nFull report: [results/latest.md](results/latest.md).\n{README_END}"
+    pre, rest = text.split(README_BEGIN, 1)
+    post = rest.split(README_END, 1)[1]
+    with open(path, "w") as f:
+        f.write(pre + block + post)
+
+
+CSV_FIELDS = ["section", "peer", "conns", "mux", "body", "rps", "x_ceiling", "x_myflask", "mib_s",
+              "p50_ms", "p99_ms", "p99_x_myflask", "non2xx", "sock_err", "rss_kib", "rss_x_myflask",
+              "cpu_us_server", "cpu_us_nginx",
+              "median_ms", "load_before", "load_after", "cpu_busy", "background_cores"]
+
+
+def fmt_n(v):
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt_r(v):
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def mib(kib):
+    return "–" if kib is None else f"{kib / 1024:.1f}"
+
+
+def fmt_us(v, na=False):
+    return "–" if v is None or na else f"{v:.1f}"
+
+
+def rnd(v):
+    return None if v is None else round(v, 2)
+
+
+def body_label(b):
+    return f"{b // MIB} MiB" if b >= MIB else f"{b // KIB} KiB"
+
+
+def report(meta, peers, rows, direct_rows, cold, errors, failed):
+    labels = {p["name"]: p["label"] for p in PEERS}
+    pick = {}
+    for r in rows:
+        pick[(r["section"], r["peer"], r.get("conns"), r.get("body") if r["section"] == "echo" else None)] = r
+
+    def get(section, peer, conns=None, body=None):
+        return pick.get((section, peer, conns, body))
+
+    csv_rows = []
+    L = []
+    w = L.append
+    title = "myflask benchmark" + (" (quick smoke)" if meta["quick"] else "")
+    w(f"# {title} — {meta['date']}\n")
+    w(f"Machine: {meta['machine']}.  ")
+    w(f"Load average (1/5/15 min) before: **{meta['load_before']}**, after: **{meta['load_after']}**; "
+      f"machine CPU busy over the run {meta['cpu_busy']:.0f}%, of which **background (other "
+      f"processes, not this benchmark) {meta['background']:.2f} of {os.cpu_count()} cores** on average; "
+      f"run took {meta['elapsed_s']} s.  ")
+    w(f"Busiest other processes during the run: {meta['top_background']}.\n")
+    v = meta["versions"]
+    w(f"Versions: {v['myflask']}; {v['nginx']}; {v['php']}; {v['go']}; {v['python']}; "
+      f"{v['rust']} (tokio-fastcgi {v['tokio_fastcgi']}, hyper {v['hyper']}); {v['wrk']}.\n")
+    w(f"Settings: {meta['duration']:g} s per point after {meta['warmup']:g} s warm-up per peer; wrk "
+      f"{WRK_THREADS} threads, timeout 10 s; nginx `worker_processes {NGINX_WORKERS}` for every peer, "
+      f"`access_log off`, upstream `keepalive 512` where keep-alive is on; echo at {ECHO_CONNS} "
+      f"connections. myflask runs with its access log off. Ratios: ×ceil = figure / nginx ceiling, "
+      f"×mf = figure / myflask (FastCGI, keep_conn) at the same point. RSS = summed VmRSS of the "
+      f"server's process tree (not nginx, except for the ceiling), peak of 50 ms samples. CPU µs/req = "
+      f"user+system CPU time of the server tree (and of nginx) during the point / requests completed: "
+      f"the figure least disturbed by background load.\n")
+    if failed:
+        w("**Failed:** " + "; ".join(failed) + "\n")
+
+    # GET table
+    w("## GET / through nginx\n")
+    w("| peer | conns | req/s | ×ceil | ×mf | p50 ms | p99 ms | p99 ×mf | non-2xx | socket err | RSS MiB | "
+      "CPU µs/req server | CPU µs/req nginx |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for p in peers:
+        for c in GET_CONNS:
+            r = get("get", p["name"], c)
+            if not r:
+                continue
+            ce, mf = get("get", CEIL, c), get("get", REF, c)
+            xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
+            p99m = ratio(r["p99_ms"], mf and mf["p99_ms"])
+            w(f"| {labels[p['name']]} | {c} | {fmt_n(r['rps'])} | {fmt_r(xc)} | {fmt_r(xm)} | "
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {fmt_r(p99m)} | {r['non2xx']} | {r['sock_err']} | "
+              f"{mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} | {fmt_us(r.get('nginx_cpu_us'), p['name'] == CEIL)} |")
+            csv_rows.append(dict(section="get", peer=p["name"], conns=c, body=r["body"], rps=round(r["rps"], 1),
+                                 x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
+                                 mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                                 p99_x_myflask=p99m and round(p99m, 3), non2xx=r["non2xx"],
+                                 sock_err=r["sock_err"], rss_kib=r["rss_kib"],
+                                 cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+    gl = {r["peer"]: r["body"] for r in rows if r["section"] == "get"}
+    if gl:
+        w("\nGET / response body bytes: " + ", ".join(f"{k} {v}" for k, v in gl.items()) +
+          " (myflask's built-in `/` is a small HTML page; the peers answer \"Hello, World!\\n\").\n")
+
+    # echo table
+    w("## POST /echo through nginx (by body size)\n")
+    w("| peer | body | req/s | MiB/s | ×ceil | ×mf | p50 ms | p99 ms | non-2xx/bad len | socket err | "
+      "RSS MiB | RSS ×mf | CPU µs/req server | CPU µs/req nginx |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for p in peers:
+        for b in ECHO_BODIES:
+            r = get("echo", p["name"], ECHO_CONNS, b)
+            if not r:
+                continue
+            ce, mf = get("echo", CEIL, ECHO_CONNS, b), get("echo", REF, ECHO_CONNS, b)
+            xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
+            rx = ratio(r["rss_kib"], mf and mf["rss_kib"])
+            w(f"| {labels[p['name']]} | {body_label(b)} | {fmt_n(r['rps'])} | {r['mib_s']:.0f} | {fmt_r(xc)} | "
+              f"{fmt_r(xm)} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non2xx']} | {r['sock_err']} | "
+              f"{mib(r['rss_kib'])} | {fmt_r(rx)} | {fmt_us(r.get('cpu_us'))} | "
+              f"{fmt_us(r.get('nginx_cpu_us'), p['name'] == CEIL)} |")
+            csv_rows.append(dict(section="echo", peer=p["name"], conns=ECHO_CONNS, body=b, rps=round(r["rps"], 1),
+                                 x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
+                                 mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                                 non2xx=r["non2xx"], sock_err=r["sock_err"], rss_kib=r["rss_kib"],
+                                 rss_x_myflask=rx and round(rx, 3),
+                                 cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+    if os.path.exists(ECHO_MODULE):
+        w("\nThe ceiling's echo is nginx's echo module (`echo_read_request_body; echo_request_body`).\n")
+
+    # memory summary
+    w("## Memory (server process tree, VmRSS)\n")
+    top_c = GET_CONNS[-1]
+    echo_b = MIB if MIB in ECHO_BODIES else ECHO_BODIES[-1]
+    w(f"| peer | idle MiB | ×mf | GET c={top_c} peak MiB | ×mf | echo {body_label(echo_b)} peak MiB | ×mf |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    mf_idle = get("idle", REF)
+    mf_get, mf_echo = get("get", REF, top_c), get("echo", REF, ECHO_CONNS, echo_b)
+    for p in peers:
+        i, g, e = get("idle", p["name"]), get("get", p["name"], top_c), get("echo", p["name"], ECHO_CONNS, echo_b)
+        if not i:
+            continue
+        ri = ratio(i["rss_kib"], mf_idle and mf_idle["rss_kib"])
+        rg = ratio(g and g["rss_kib"], mf_get and mf_get["rss_kib"])
+        re_ = ratio(e and e["rss_kib"], mf_echo and mf_echo["rss_kib"])
+        w(f"| {labels[p['name']]} | {mib(i['rss_kib'])} | {fmt_r(ri)} | {mib(g and g['rss_kib'])} | {fmt_r(rg)} | "
+          f"{mib(e and e['rss_kib'])} | {fmt_r(re_)} |")
+        csv_rows.append(dict(section="idle", peer=p["name"], rss_kib=i["rss_kib"], rss_x_myflask=ri and round(ri, 3)))
+
+    # cold start
+    if cold:
+        w("\n## Cold start (direct on the socket, no nginx)\n")
+        w("| peer | what | median ms | min ms | ×mf | samples ms | failures |")
+        w("|---|---|---:|---:|---:|---|---:|")
+        mfc = next((c for c in cold if c["peer"] == REF), None)
+        for c in cold:
+            x = ratio(c["median_ms"], mfc and mfc["median_ms"])
+            lab = labels.get(c["peer"], "myflask, socket-activated")
+            if c["peer"] == REF:
+                lab = "myflask FastCGI"
+            w(f"| {lab} | {c['mode']} | {c['median_ms']:.1f} | {c['min_ms']:.1f} | {fmt_r(x)} | "
+              f"{', '.join(f'{s:.1f}' for s in c['samples_ms'])} | {c['failures']} |")
+            csv_rows.append(dict(section="coldstart", peer=c["peer"], median_ms=c["median_ms"]))
+
+    # direct
+    if direct_rows:
+        w("\n## Direct FastCGI, no nginx (bench/loadgen, GET /)\n")
+        w("| peer | connections × in flight | keep-alive | req/s | ×mf | p50 ms | p99 ms | errors | RSS MiB | "
+          "CPU µs/req server |")
+        w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        mfd = {(r["conns"], r["mux"]): r for r in direct_rows if r["peer"] == REF}
+        for r in direct_rows:
+            m = mfd.get((r["conns"], r["mux"]))
+            x = ratio(r["rps"], m and m["rps"])
+            err = r["non2xx"] + r["bad_len"] + r["io_errors"]
+            mode = "multiplexed" if r["mux"] > 1 else ("yes" if r["keepalive"] else "no (conn per request)")
+            w(f"| {labels[r['peer']]} | {r['conns']} × {r['mux']} | {mode} | {fmt_n(r['rps'])} | {fmt_r(x)} | "
+              f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {err} | {mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} |")
+            csv_rows.append(dict(section="direct", peer=r["peer"], conns=r["conns"], mux=r["mux"],
+                                 rps=r["rps"], x_myflask=x and round(x, 3), p50_ms=r["p50_ms"],
+                                 p99_ms=r["p99_ms"], non2xx=r["non2xx"] + r["bad_len"], sock_err=r["io_errors"],
+                                 rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us"))))
+        w("\nphp-fpm is driven without keep-alive (as nginx drives it here): with FCGI_KEEP_CONN each of its "
+          "4 workers stays bound to one connection. Multiplexed mode only against myflask and Go "
+          "(php-fpm, flup and tokio-fastcgi do not multiplex). These runs come right after the echo points "
+          "on the same server process, so their RSS column includes heap the server still holds after "
+          "the 8 MiB echoes.\n")
+
+    # per-peer load
+    loads = [r for r in rows if r["section"] == "load"]
+    if loads:
+        w("## Machine load per peer\n")
+        w("| peer | loadavg before | loadavg after | machine CPU busy % | background cores |")
+        w("|---|---|---|---:|---:|")
+        for r in loads:
+            w(f"| {labels[r['peer']]} | {r['load_before']} | {r['load_after']} | {r['cpu_busy']:.0f} | "
+              f"{r['background']:.2f} |")
+            csv_rows.append(dict(section="load", peer=r["peer"], load_before=r["load_before"],
+                                 load_after=r["load_after"], cpu_busy=round(r["cpu_busy"], 1),
+                                 background_cores=round(r["background"], 2)))
+        w("")
+
+    # targets
+    targets_ok = True
+    if not meta["quick"]:
+        w("## Targets (issue 4)\n")
+        w("| target | measured | met |")
+        w("|---|---|---|")
+        res = []
+
+        def t(name, measured, ok):
+            nonlocal targets_ok
+            if ok is None:
+                res.append(f"| {name} | {measured} | n/a |")
+                return
+            targets_ok &= ok
+            res.append(f"| {name} | {measured} | {'yes' if ok else '**no**'} |")
+
+        for c in (16, 64):
+            mf, hy, tf, ce = get("get", REF, c), get("get", "hyper", c), get("get", "tokio-fastcgi", c), get("get", CEIL, c)
+            if mf and hy:
+                x = mf["rps"] / hy["rps"]
+                t(f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass", f"{x:.2f}×", x >= 1.0)
+            if mf and tf:
+                x = mf["rps"] / tf["rps"]
+                t(f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi", f"{x:.2f}×", x >= 1.5)
+            if mf and ce:
+                x = mf["rps"] / ce["rps"]
+                t(f"GET c={c}: myflask ≥ 0.40× ceiling", f"{x:.2f}×", x >= 0.40)
+        mf, hy = get("get", REF, 64), get("get", "hyper", 64)
+        if mf and hy:
+            t("p99 at c=64 ≤ hyper's", f"{mf['p99_ms']:.2f} ms vs {hy['p99_ms']:.2f} ms", mf["p99_ms"] <= hy["p99_ms"])
+        mf, hy, tf = get("echo", REF, ECHO_CONNS, MIB), get("echo", "hyper", ECHO_CONNS, MIB), \
+            get("echo", "tokio-fastcgi", ECHO_CONNS, MIB)
+        if mf and hy:
+            x = mf["rps"] / hy["rps"]
+            t("1 MiB echo: myflask ≥ 1.0× hyper", f"{x:.2f}×", x >= 1.0)
+        if mf and tf:
+            x = mf["rss_kib"] / tf["rss_kib"]
+            t("RSS under 1 MiB echo ≤ 0.5× tokio-fastcgi's",
+              f"{mib(mf['rss_kib'])} vs {mib(tf['rss_kib'])} MiB = {x:.2f}×", x <= 0.5)
+        i = get("idle", REF)
+        if i:
+            t("idle RSS ≤ 4 MiB", f"{mib(i['rss_kib'])} MiB", i["rss_kib"] <= 4096)
+        a = next((c for c in cold if c["peer"] == "myflask-activated"), None)
+        if a:
+            t("socket-activated cold start ≤ 10 ms", f"{a['median_ms']:.1f} ms (median of {len(a['samples_ms'])})",
+              a["failures"] == 0 and 0 <= a["median_ms"] <= 10)
+        tot = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows)
+        dtot = sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
+        mfe = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows if r["peer"].startswith("myflask"))
+        t("no errors in any run", f"{tot} through nginx (myflask rows: {mfe}), {dtot} direct", tot + dtot == 0)
+        L.extend(res)
+        w("")
+    if errors:
+        w("## nginx error logs\n")
+        for e in errors:
+            w(f"- {e}")
+        w("")
+    return "\n".join(L) + "\n", csv_rows, targets_ok
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        sys.exit(rereport(sys.argv[2]))
+    sys.exit(main())

@@ -1,0 +1,85 @@
+#!/bin/sh
+# The myflask benchmark, in one command: installs what it needs, builds
+# myflask, the peers and the load generator, then runs every peer one after
+# another (bench/bench.py) and writes bench/results/<date>.md/.csv and
+# bench/results/latest.md.
+#
+#   bench/run.sh                      full run (BENCH_DURATION=5 s per point)
+#   BENCH_DURATION=10 bench/run.sh    longer points
+#   BENCH_QUICK=1 bench/run.sh        smoke: ~1 s per point, every peer; writes
+#                                     only under bench/results/raw/, exit 1 on
+#                                     any failure or error (CI can run this)
+#   BENCH_PEERS=myflask,hyper bench/run.sh   a subset (see bench/README.md)
+#   BENCH_SKIP_INSTALL=1              do not touch apt/pip
+#
+# Debian 12 (bookworm). Needs root (or sudo) for apt-get only.
+set -eu
+
+BENCH=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$BENCH")
+BUILD="$BENCH/build"
+mkdir -p "$BUILD/bin" "$BENCH/results/raw"
+
+say() { printf '%s\n' "bench/run.sh: $*" >&2; }
+
+# ------------------------------------------------------------- install ----
+APT_PKGS="nginx-light libnginx-mod-http-echo wrk php8.2-fpm php8.2-opcache golang-go python3-venv systemd procps"
+
+missing_pkgs() {
+    for p in $APT_PKGS; do
+        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || printf '%s ' "$p"
+    done
+}
+
+apt_install() {
+    SUDO=
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { say "need root or sudo to install: $*"; exit 1; }
+        SUDO=sudo
+    fi
+    # policy-rc.d-less systems would start the php8.2-fpm/nginx system
+    # services on install; the benchmark never uses them.
+    if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
+        say "apt-get install failed; running apt-get update and retrying once"
+        $SUDO apt-get update
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+    fi
+}
+
+if [ -z "${BENCH_SKIP_INSTALL:-}" ]; then
+    MISSING=$(missing_pkgs)
+    if [ -n "$MISSING" ]; then
+        say "installing: $MISSING"
+        # shellcheck disable=SC2086
+        apt_install $MISSING
+    fi
+fi
+for tool in nginx wrk php-fpm8.2 go systemd-socket-activate cargo; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { say "missing $tool"; exit 1; }
+done
+
+# --------------------------------------------------------------- build ----
+say "building myflask (cargo build --release in $REPO)"
+(cd "$REPO" && cargo build --release --quiet)
+
+say "building the load generator and the Rust peers (CARGO_TARGET_DIR=$BUILD/target)"
+for d in loadgen peers/tokio-fastcgi peers/hyper; do
+    (cd "$BENCH/$d" && CARGO_TARGET_DIR="$BUILD/target" cargo build --release --quiet)
+done
+
+say "building the Go peer"
+GOCACHE="$BUILD/gocache" GOPATH="$BUILD/gopath" GO111MODULE=off GOFLAGS= \
+    go build -o "$BUILD/bin/bench-go" "$BENCH/peers/go/main.go"
+
+if [ ! -x "$BUILD/venv/bin/python" ]; then
+    say "creating the Python venv"
+    /usr/bin/python3 -m venv "$BUILD/venv"
+fi
+if ! "$BUILD/venv/bin/python" -c 'import flup, flask' 2>/dev/null; then
+    [ -z "${BENCH_SKIP_INSTALL:-}" ] || { say "flup/flask missing in $BUILD/venv"; exit 1; }
+    say "installing flup and Flask from PyPI into the venv"
+    "$BUILD/venv/bin/pip" install --quiet --disable-pip-version-check 'flup==1.0.3' 'Flask>=3,<4'
+fi
+
+# ----------------------------------------------------------------- run ----
+exec /usr/bin/python3 "$BENCH/bench.py"
