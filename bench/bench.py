@@ -41,7 +41,9 @@ BUILD = os.path.join(BENCH, "build")
 RESULTS = os.path.join(BENCH, "results")
 RAW = os.path.join(RESULTS, "raw")
 
-MYFLASK = os.path.join(REPO, "target", "release", "myflask")
+# The benchmark app (GET / -> "Hello, World!\n", POST /echo) on the myflask
+# library with the full `myflask serve` command line (bench/peers/myflask).
+MYFLASK = os.path.join(BUILD, "target", "release", "myflask-hello")
 LOADGEN = os.path.join(BUILD, "target", "release", "myflask-loadgen")
 TOKIO_FCGI = os.path.join(BUILD, "target", "release", "bench-tokio-fastcgi")
 HYPER = os.path.join(BUILD, "target", "release", "bench-hyper")
@@ -868,7 +870,7 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     gl = {r["peer"]: r["body"] for r in rows if r["section"] == "get"}
     if gl:
         w("\nGET / response body bytes: " + ", ".join(f"{k} {v}" for k, v in gl.items()) +
-          " (myflask's built-in `/` is a small HTML page; the peers answer \"Hello, World!\\n\").\n")
+          " (every peer, myflask included, answers \"Hello, World!\\n\").\n")
 
     # echo table
     w("## POST /echo through nginx (by body size)\n")

@@ -136,25 +136,66 @@ fn request_dump(req: &Request<Body>) -> Response<ResponseBody> {
 /// Collecting first is deliberate: nginx stops sending a request body as
 /// soon as the response head arrives, so an echo that answers while the
 /// body still streams in comes back truncated behind nginx (Go's
-/// net/http/fcgi does exactly that). The server caps the body size.
+/// net/http/fcgi does exactly that). The server caps the body size. The
+/// chunks are kept as they arrived and sent back as they are: no copy into
+/// one contiguous buffer.
 async fn echo(req: Request<Body>) -> Response<ResponseBody> {
     let ct = req.headers().get(CONTENT_TYPE).cloned();
-    match req.into_body().collect().await {
-        Ok(c) => {
-            let mut r = Response::new(box_body(Full::new(c.to_bytes())));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                ct.unwrap_or(HeaderValue::from_static("application/octet-stream")),
-            );
-            r
+    let mut body = req.into_body();
+    let mut chunks = std::collections::VecDeque::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(d) = f.into_data() {
+                    len += d.len() as u64;
+                    chunks.push_back(d);
+                }
+            }
+            Err(e) => {
+                let status = match e {
+                    crate::BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return text_response(status, format!("{} {e}\n", status.as_u16()));
+            }
         }
-        Err(e) => {
-            let status = match e {
-                crate::BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            text_response(status, format!("{} {e}\n", status.as_u16()))
+    }
+    let mut r = Response::new(box_body(Chunks { chunks, len }));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        ct.unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    r
+}
+
+/// A body made of chunks already in memory, with an exact length.
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    len: u64,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.len -= c.len() as u64;
         }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
     }
 }
 

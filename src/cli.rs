@@ -184,11 +184,29 @@ pub struct RequestArgs {
     pub path: String,
 }
 
-/// Entry point of the binary.
+/// Entry point of the binary: the built-in application.
 pub fn main() -> ExitCode {
+    main_with(crate::app::builtin)
+}
+
+/// The whole `myflask` command line (serve flags, systemd sockets, notify,
+/// journald, `request`, the man page) around your own application:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     myflask::cli::main_with(|_stats| {
+///         myflask::App::from_hyper(hyper::service::service_fn(|_req| async {
+///             Ok::<_, std::convert::Infallible>(http::Response::new("Hello, World!\n".to_string()))
+///         }))
+///     })
+/// }
+/// ```
+///
+/// `make_app` gets the server's live figures (for a status page).
+pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, make_app),
         Command::Request(args) => request(args),
         Command::Manpage => {
             let cmd = Cli::command();
@@ -234,7 +252,10 @@ fn fail_start(e: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(
+    args: ServeArgs,
+    make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App,
+) -> ExitCode {
     // Single-threaded until the runtime is built: logging, then the
     // inherited sockets (which unsets LISTEN_* and must see no threads).
     journal::init(args.log_target, args.log_level.as_deref());
@@ -277,7 +298,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return fail_start(anyhow::Error::new(e).context("building the runtime")),
     };
     let server = Server::new(config, listeners);
-    let app = crate::app::builtin(server.stats());
+    let app = make_app(server.stats());
     match rt.block_on(server.serve(app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail_start(e),

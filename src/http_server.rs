@@ -23,7 +23,6 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Serves one HTTP connection until it closes or the server shuts down.
@@ -63,14 +62,7 @@ async fn handle(
     peer: Option<String>,
 ) -> Response<LoggedBody> {
     let request_id = engine.stats.next_request_id();
-    let log = AccessLog {
-        transport: "http",
-        method: req.method().to_string(),
-        uri: req.uri().to_string(),
-        peer: peer.clone().unwrap_or_else(|| "-".into()),
-        request_id,
-        started: Instant::now(),
-    };
+    let log = AccessLog::new("http", req.method(), req.uri(), peer.as_deref(), request_id);
     let guard = engine.stats.request();
     let limit = engine.config.max_body_bytes;
     let declared = req

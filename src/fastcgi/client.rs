@@ -211,13 +211,26 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
 }
 
 /// One request on a new connection (no KEEP_CONN).
+///
+/// Writes and reads at the same time: a server that answers while the body
+/// is still arriving (Go's net/http/fcgi does) would otherwise deadlock
+/// against a client that sends its whole body first.
 pub async fn request_once(addr: &ListenAddr, req: &Request) -> io::Result<Response> {
-    let mut s = connect(addr).await?;
+    let s = connect(addr).await?;
+    let (mut rd, mut wr) = tokio::io::split(s);
     let mut out = BytesMut::new();
     encode_request(&mut out, 1, false, req);
-    s.write_all(&out).await?;
-    let mut buf = BytesMut::new();
-    read_response(&mut s, 1, &mut buf).await
+    let write = async move {
+        // A server may answer early and close; what it said still counts.
+        let _ = wr.write_all(&out).await;
+        wr
+    };
+    let read = async move {
+        let mut buf = BytesMut::new();
+        read_response(&mut rd, 1, &mut buf).await
+    };
+    let (_wr, resp) = tokio::join!(write, read);
+    resp
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ const WRITE_BATCH: usize = 256 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// Read size when the buffer has no partial record to complete.
 const READ_CHUNK: usize = 16 * 1024;
+/// A connection idle this long gives its read buffer back (so 10,000 idle
+/// keep-alive connections hold no buffers), while one that nginx keeps
+/// busy reuses its buffer from request to request.
+const BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
 /// Limits and timeouts of the protocol engine.
 #[derive(Debug, Clone)]
@@ -312,7 +316,10 @@ impl<R: ConnRead> Reader<R> {
             }
         }
         if live == 0 && self.buf.is_empty() {
-            let t = self.idle_since + self.engine.config.idle_timeout;
+            let mut t = self.idle_since + self.engine.config.idle_timeout;
+            if self.buf.capacity() > 0 {
+                t = t.min(self.idle_since + BUFFER_RELEASE);
+            }
             d = Some(d.map_or(t, |d| d.min(t)));
         }
         d
@@ -338,14 +345,8 @@ impl<R: ConnRead> Reader<R> {
             };
             self.reap();
             let live = self.live();
-            if live == 0 && self.buf.is_empty() {
-                if self.shutting_down {
-                    return Stop::Quiet("server is shutting down and the connection is idle");
-                }
-                // Hold no buffer while idle.
-                if self.buf.capacity() > 0 {
-                    self.buf = BytesMut::new();
-                }
+            if self.shutting_down && live == 0 && self.buf.is_empty() {
+                return Stop::Quiet("server is shutting down and the connection is idle");
             }
             let deadline = self.deadline();
             let sleep = async {
@@ -386,6 +387,15 @@ impl<R: ConnRead> Reader<R> {
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
                 _ = sleep => {
+                    if live == 0
+                        && self.buf.is_empty()
+                        && self.buf.capacity() > 0
+                        && Instant::now() < self.idle_since + self.engine.config.idle_timeout
+                    {
+                        // Idle for BUFFER_RELEASE: hold no buffer from now on.
+                        self.buf = BytesMut::new();
+                        continue;
+                    }
                     return if live == 0 && self.buf.is_empty() {
                         Stop::Quiet("idle keep-alive timeout")
                     } else {
@@ -637,15 +647,13 @@ impl<R: ConnRead> Reader<R> {
         };
         let (parts, ()) = mapped.request.into_parts();
         let mut req = http::Request::from_parts(parts, body);
-        let peer = mapped.peer.clone().unwrap_or_else(|| "-".into());
-        let log = AccessLog {
-            transport: "fastcgi",
-            method: req.method().to_string(),
-            uri: req.uri().to_string(),
-            peer: peer.clone(),
+        let log = AccessLog::new(
+            "fastcgi",
+            req.method(),
+            req.uri(),
+            mapped.peer.as_deref(),
             request_id,
-            started: Instant::now(),
-        };
+        );
         req.extensions_mut().insert(RequestInfo {
             transport: Transport::FastCgi,
             listener: self.meta.listener.clone(),

@@ -97,9 +97,9 @@ fn fuzz_app() -> App {
                     Response::new(crate::service::box_body(StreamBody::new(s)))
                 }
                 // libFuzzer's panic hook aborts on any panic, caught or not, so
-            // under `cargo fuzz` (which sets cfg(fuzzing)) this route is
-            // off; `cargo test` replays it.
-            "/panic" if !cfg!(fuzzing) => panic!("fuzz handler panic"),
+                // under `cargo fuzz` (which sets cfg(fuzzing)) this route is
+                // off; `cargo test` replays it.
+                "/panic" if !cfg!(fuzzing) => panic!("fuzz handler panic"),
                 _ => crate::app::text_response(http::StatusCode::OK, "ok\n"),
             };
             Ok::<_, Infallible>(resp)
