@@ -481,10 +481,12 @@ fn sigterm_mid_body_drains_the_request() {
         .await
         .expect("no response")
         .expect("response");
-        // KEEP_CONN was set, but the server is shutting down: it closes.
-        let mut rest = [0u8; 16];
-        let eof = tokio::time::timeout(Duration::from_secs(5), c.read(&mut rest)).await;
-        (resp, eof.map(|r| r.map(|n| (n, buf.len()))))
+        // KEEP_CONN was set, but the server is shutting down: after
+        // END_REQUEST comes the "do not reuse" marker (an empty STDERR
+        // record), then the server closes.
+        let mut rest = buf.to_vec();
+        let eof = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+        (resp, eof.map(|r| r.map(|_| rest)))
     });
     assert_eq!(resp.status, 200);
     assert_eq!(resp.protocol_status, record::REQUEST_COMPLETE);
@@ -495,7 +497,7 @@ fn sigterm_mid_body_drains_the_request() {
     assert_eq!(resp.body.len(), body.len());
     assert!(resp.body == body, "echo differs from the body sent");
     match eof_after {
-        Ok(Ok((0, 0))) => {}
+        Ok(Ok(rest)) => assert_eq!(rest, FAREWELL, "bytes after END_REQUEST"),
         other => panic!("connection not closed after the drained request: {other:?}"),
     }
     let st = s.wait(Duration::from_secs(10));
@@ -508,36 +510,98 @@ fn sigterm_mid_body_drains_the_request() {
     assert!(!s.sock.exists(), "bound socket not removed on exit");
 }
 
+/// An empty STDERR record for request id 1: what the server sends after
+/// END_REQUEST once shutdown has begun, and on idle connections. nginx
+/// drops a cached connection on which anything arrives, so it never sends
+/// a request into a connection the server is about to close.
+const FAREWELL: [u8; 8] = [1, record::STDERR, 0, 1, 0, 0, 0, 0];
+
+async fn keepalive_get(c: &mut tokio::net::UnixStream, buf: &mut BytesMut) -> client::Response {
+    let req = client::Request {
+        method: "GET".into(),
+        uri: "/healthz".into(),
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    client::encode_request(&mut out, 1, true, &req);
+    c.write_all(&out).await.unwrap();
+    client::read_response(c, 1, buf).await.unwrap()
+}
+
 #[test]
-fn sigterm_closes_idle_keepalive_connections() {
+fn sigterm_tells_idle_keepalive_connections_then_closes_them() {
     let mut s = Server::start(&[]);
     let rt = rt();
-    let t = rt.block_on(async {
+    let (t_mark, t_eof) = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
-        let req = client::Request {
-            method: "GET".into(),
-            uri: "/healthz".into(),
-            ..Default::default()
-        };
-        let mut out = BytesMut::new();
-        client::encode_request(&mut out, 1, true, &req);
-        c.write_all(&out).await.unwrap();
         let mut buf = BytesMut::new();
-        let r = client::read_response(&mut c, 1, &mut buf).await.unwrap();
-        assert_eq!(r.status, 200);
+        assert_eq!(keepalive_get(&mut c, &mut buf).await.status, 200);
+        assert!(
+            buf.is_empty(),
+            "bytes after END_REQUEST before shutdown: {buf:?}"
+        );
         // Idle now, kept open by KEEP_CONN.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let t0 = Instant::now();
         s.signal(libc::SIGTERM);
-        let mut rest = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut rest))
+        let mut mark = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut mark))
+            .await
+            .expect("no farewell record within 2 s of SIGTERM")
+            .expect("read");
+        let t_mark = t0.elapsed();
+        assert_eq!(mark, FAREWELL);
+        // A client that does not close (nginx would): the server closes
+        // after its grace.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
             .await
             .expect("idle connection still open 5 s after SIGTERM")
             .expect("read");
-        assert_eq!(n, 0, "unexpected bytes on an idle connection");
-        t0.elapsed()
+        assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+        (t_mark, t0.elapsed())
     });
-    eprintln!("idle keep-alive connection closed {t:?} after SIGTERM");
+    eprintln!("idle keep-alive connection: farewell {t_mark:?}, closed {t_eof:?} after SIGTERM");
+    assert!(
+        t_eof >= Duration::from_millis(1500),
+        "closed before the grace: {t_eof:?}"
+    );
+    let st = s.wait(Duration::from_secs(5));
+    assert_eq!(st.code(), Some(0), "{}", s.stderr());
+}
+
+#[test]
+fn request_racing_the_farewell_is_served_then_the_connection_closes() {
+    // nginx may have sent a request on a cached connection just before the
+    // farewell reached it: that request must be answered, not reset.
+    let mut s = Server::start(&[]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(keepalive_get(&mut c, &mut buf).await.status, 200);
+        s.signal(libc::SIGTERM);
+        let mut mark = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut mark))
+            .await
+            .expect("no farewell")
+            .expect("read");
+        assert_eq!(mark, FAREWELL);
+        let t0 = Instant::now();
+        let r = keepalive_get(&mut c, &mut buf).await;
+        assert_eq!(r.status, 200);
+        let mut rest = buf.to_vec();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+            .await
+            .expect("not closed after the last response")
+            .expect("read");
+        assert_eq!(rest, FAREWELL, "marker after the last END_REQUEST");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "closed only at the grace: {:?}",
+            t0.elapsed()
+        );
+    });
     let st = s.wait(Duration::from_secs(5));
     assert_eq!(st.code(), Some(0), "{}", s.stderr());
 }

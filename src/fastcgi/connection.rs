@@ -22,6 +22,14 @@
 //! - Each request task sends its own END_REQUEST, also when it is aborted
 //!   (the abort reaches it as a cancellation), so exactly one END_REQUEST per
 //!   request is structural, not a race between two writers.
+//! - Shutdown loses no request on a kept-alive connection. FastCGI has no
+//!   "Connection: close", but nginx drops a cached connection on which
+//!   anything arrives after END_REQUEST (or while it sits idle in the
+//!   cache). So once shutdown begins, every response ends with an extra
+//!   empty STDERR record after its END_REQUEST, and an idle connection gets
+//!   one such record at once; nginx then stops using the connection by
+//!   itself, and we close only after that (or after a short grace), never
+//!   under a request nginx has just sent.
 //! - A response is held back until its request's STDIN is complete: nginx
 //!   stops sending a request body the moment a response header arrives
 //!   (`ngx_http_upstream_send_response` closes the body's temp file), which
@@ -67,6 +75,9 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// How long a closing connection drains what the peer still sends, so the
 /// peer gets a FIN and not a reset (golang.org/issue/4183).
 const LINGER: Duration = Duration::from_secs(2);
+/// After shutdown begins, how long an idle keep-alive connection stays
+/// open for the web server to notice (see `Reader::begin_drain`).
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Read size when the buffer has no partial record to complete.
 const READ_CHUNK: usize = 16 * 1024;
 /// A connection idle this long gives its read buffer back (so 10,000 idle
@@ -238,6 +249,8 @@ where
         signals: signals.clone(),
         reqs: Vec::new(),
         shutting_down: false,
+        drain: None,
+        answered_in_drain: false,
     };
     tokio::join!(reader.run(), write_loop(writer, out_rx, engine, signals));
 }
@@ -254,6 +267,11 @@ struct Reader<R> {
     signals: Arc<Signals>,
     reqs: Vec<Entry>,
     shutting_down: bool,
+    /// When the drain grace ends (set when shutdown begins).
+    drain: Option<Instant>,
+    /// A response (carrying the "do not reuse" marker) went out after
+    /// shutdown began: the peer will not send on this connection again.
+    answered_in_drain: bool,
 }
 
 /// Why the reader closes the connection (logged once, with context).
@@ -315,6 +333,9 @@ impl<R: ConnRead> Reader<R> {
                 d = Some(d.map_or(t, |d| d.min(t)));
             }
         }
+        if let (Some(t), 0) = (self.drain, live) {
+            d = Some(d.map_or(t, |d| d.min(t)));
+        }
         if live == 0 && self.buf.is_empty() {
             let mut t = self.idle_since + self.engine.config.idle_timeout;
             if self.buf.capacity() > 0 {
@@ -345,8 +366,8 @@ impl<R: ConnRead> Reader<R> {
             };
             self.reap();
             let live = self.live();
-            if self.shutting_down && live == 0 && self.buf.is_empty() {
-                return Stop::Quiet("server is shutting down and the connection is idle");
+            if self.shutting_down && live == 0 && self.buf.is_empty() && self.answered_in_drain {
+                return Stop::Quiet("server is shutting down; the last response is out");
             }
             let deadline = self.deadline();
             let sleep = async {
@@ -363,9 +384,14 @@ impl<R: ConnRead> Reader<R> {
                     return Stop::Quiet("request without FCGI_KEEP_CONN finished");
                 }
                 _ = self.engine.shutdown.cancelled(), if !self.shutting_down => {
-                    self.shutting_down = true;
+                    if let Err(stop) = self.begin_drain(live).await {
+                        return stop;
+                    }
                 }
                 _ = self.signals.request_done.notified(), if live > 0 => {
+                    if self.shutting_down {
+                        self.answered_in_drain = true;
+                    }
                     if self.live() == 0 {
                         self.idle_since = Instant::now();
                     }
@@ -387,6 +413,9 @@ impl<R: ConnRead> Reader<R> {
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
                 _ = sleep => {
+                    if live == 0 && self.drain.is_some_and(|t| Instant::now() >= t) {
+                        return Stop::Quiet("server is shutting down; drain grace over");
+                    }
                     if live == 0
                         && self.buf.is_empty()
                         && self.buf.capacity() > 0
@@ -409,6 +438,24 @@ impl<R: ConnRead> Reader<R> {
                 }
             }
         }
+    }
+
+    /// Shutdown began. Requests in flight finish (their responses carry the
+    /// marker, see `Output::finish`). An idle connection gets the marker on
+    /// its own: an empty STDERR record for id 1, the id nginx always uses.
+    /// nginx reads it either as "data on an idle cached connection" (and
+    /// closes it without sending anything) or, if it has just sent a request
+    /// here, as a harmless empty STDERR of that request, which we then answer
+    /// with the marker. Either way nothing is lost; the grace bounds it.
+    async fn begin_drain(&mut self, live: usize) -> Result<(), Stop> {
+        self.shutting_down = true;
+        self.drain = Some(Instant::now() + DRAIN_GRACE);
+        if live == 0 && self.buf.is_empty() {
+            let mut b = BytesMut::with_capacity(8);
+            record::put_stream_end(&mut b, record::STDERR, 1);
+            self.send(Out::Batch(vec![b.freeze()])).await?;
+        }
+        Ok(())
     }
 
     /// Reads and discards for a short while after our side has shut down.
@@ -707,6 +754,10 @@ impl<R: ConnRead> Reader<R> {
         let body_len = encode_error(&mut b, id, r.status, &r.reason);
         record::put_stream_end(&mut b, record::STDOUT, id);
         record::put_end_request(&mut b, id, 0, record::REQUEST_COMPLETE);
+        if keep_conn && self.shutting_down {
+            record::put_stream_end(&mut b, record::STDERR, id);
+            self.answered_in_drain = true;
+        }
         // Ended before queued: the peer may reuse the id once it reads this.
         entry.shared.ended.store(true, Ordering::Release);
         log.finish(
@@ -944,7 +995,10 @@ impl Output {
     /// request ended, then queues END_REQUEST: in that order the reader
     /// never frees the id while its STDIN is still wanted, and the peer
     /// never sees END_REQUEST before the id is free.
-    async fn finish(&mut self, app_status: u32, stdout_end: bool, close: bool) {
+    /// With `farewell` (shutdown has begun on a kept-alive connection) an
+    /// empty STDERR record follows END_REQUEST: nginx then does not put the
+    /// connection back into its keepalive cache.
+    async fn finish(&mut self, app_status: u32, stdout_end: bool, close: bool, farewell: bool) {
         if !self.opened {
             self.shared.wait_gate().await;
             self.opened = true;
@@ -953,6 +1007,9 @@ impl Output {
             record::put_stream_end(&mut self.buf, record::STDOUT, self.id);
         }
         record::put_end_request(&mut self.buf, self.id, app_status, record::REQUEST_COMPLETE);
+        if farewell {
+            record::put_stream_end(&mut self.buf, record::STDERR, self.id);
+        }
         self.shared.ended.store(true, Ordering::Release);
         let _ = self.flush().await;
         if close {
@@ -1008,13 +1065,14 @@ impl RequestTask {
             }
         };
         let close = !self.keep_conn;
+        let farewell = self.keep_conn && self.engine.shutdown.is_cancelled();
         let note: Option<String> = match result {
             Some(Ok(Outcome::Done)) => {
-                out.finish(0, true, close).await;
+                out.finish(0, true, close, farewell).await;
                 None
             }
             Some(Ok(Outcome::BodyFailed(e))) => {
-                out.finish(1, true, close).await;
+                out.finish(1, true, close, farewell).await;
                 Some(format!("response body failed after the head was sent: {e}"))
             }
             Some(Ok(Outcome::Gone)) => Some("connection closed while responding".into()),
@@ -1035,13 +1093,13 @@ impl RequestTask {
                     );
                     self.status = 500;
                 }
-                out.finish(1, true, close).await;
+                out.finish(1, true, close, farewell).await;
                 Some(format!("handler panicked: {msg}"))
             }
             None => {
                 // Aborted by the web server, or the connection is gone.
                 out.discard();
-                out.finish(1, false, close).await;
+                out.finish(1, false, close, farewell).await;
                 if self.status == 0 {
                     self.status = 499;
                 }
