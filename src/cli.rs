@@ -208,18 +208,50 @@ pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::A
     match cli.command {
         Command::Serve(args) => serve(args, make_app),
         Command::Request(args) => request(args),
-        Command::Manpage => {
-            let cmd = Cli::command();
-            let man = clap_mangen::Man::new(cmd).section("8");
-            let mut out = Vec::new();
-            if let Err(e) = man.render(&mut out) {
-                eprintln!("myflask: cannot render the manual page: {e}");
-                return ExitCode::FAILURE;
+        Command::Manpage => match manpage() {
+            Ok(page) => {
+                let _ = std::io::stdout().write_all(&page);
+                ExitCode::SUCCESS
             }
-            let _ = std::io::stdout().write_all(&out);
-            ExitCode::SUCCESS
-        }
+            Err(e) => {
+                eprintln!("myflask: cannot render the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// myflask(8): one page with every subcommand's synopsis and options (the
+/// serve options carry their MYFLASK_* variables), so the package needs no
+/// myflask-serve(8) and friends.
+fn manpage() -> std::io::Result<Vec<u8>> {
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = sub.get_name().to_uppercase();
+        out.extend_from_slice(format!(".SH \"MYFLASK {name}\"\n").as_bytes());
+        let sub = sub.clone().bin_name(format!("myflask {}", sub.get_name()));
+        let sman = clap_mangen::Man::new(sub).section("8");
+        let mut part = Vec::new();
+        sman.render_synopsis_section(&mut part)?;
+        sman.render_description_section(&mut part)?;
+        sman.render_options_section(&mut part)?;
+        // The subcommand's own headings become subsections.
+        let part = String::from_utf8_lossy(&part).replace(".SH ", ".SS ");
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(
+        b".SH FILES\n.TP\n/etc/default/myflask\nMYFLASK_* settings read by myflask.service.\n\
+          .TP\n/run/myflask/fcgi.sock\nThe FastCGI socket, owned by myflask.socket (root:www-data, 0660).\n\
+          .SH \"SEE ALSO\"\nsystemd.socket(5), systemd.service(5), nginx(8), journalctl(1)\n",
+    );
+    man.render_version_section(&mut out)?;
+    Ok(out)
 }
 
 /// Lifts the soft open-files limit to the hard one: every connection is an

@@ -8,7 +8,7 @@
 #   --no-build       package the already built ${CARGO_TARGET_DIR:-target}/release/myflask
 #   --install-tools  install cargo-deb (cargo install --locked, ~40 s on 2 cores) if missing
 # Needs: cargo, cargo-deb 3.x, gzip, dpkg-parsechangelog (dpkg-dev), and the
-# [package.metadata.deb] table of packaging/debian/cargo-metadata.toml in Cargo.toml.
+# [package.metadata.deb] table in Cargo.toml.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,7 +32,7 @@ die() { echo "build.sh: error: $*" >&2; exit 1; }
 log() { echo "build.sh: $*" >&2; }
 
 grep -q '^\[package\.metadata\.deb\]' Cargo.toml ||
-    die "Cargo.toml has no [package.metadata.deb] table; merge packaging/debian/cargo-metadata.toml into Cargo.toml"
+    die "Cargo.toml has no [package.metadata.deb] table"
 
 if ! cargo deb --version >/dev/null 2>&1; then
     [ "$install_tools" = 1 ] || die "cargo-deb is not installed (cargo install --locked cargo-deb, or pass --install-tools)"
