@@ -347,6 +347,18 @@ impl<R: ConnRead> Reader<R> {
     }
 
     async fn run_inner(&mut self) -> Stop {
+        // The futures the loop waits on are made once and reused: building
+        // and dropping them on every pass (cancellation tokens, a timer
+        // registration) was a measurable share of a keep-alive request.
+        let signals = self.signals.clone();
+        let dead = signals.dead.clone().cancelled_owned();
+        let closing = signals.closing.clone().cancelled_owned();
+        let shutdown = self.engine.shutdown.clone().cancelled_owned();
+        let done = signals.request_done.notified();
+        let far = || Instant::now() + Duration::from_secs(86400);
+        let mut armed = far();
+        let sleep = tokio::time::sleep_until(armed.into());
+        tokio::pin!(dead, closing, shutdown, done, sleep);
         loop {
             loop {
                 match record::decode(&mut self.buf) {
@@ -369,26 +381,34 @@ impl<R: ConnRead> Reader<R> {
             if self.shutting_down && live == 0 && self.buf.is_empty() && self.answered_in_drain {
                 return Stop::Quiet("server is shutting down; the last response is out");
             }
+            // Re-arm the timer only when something must happen sooner than
+            // it is set for; a later deadline just means one spurious wake-up,
+            // after which it is re-armed (so a busy connection touches the
+            // timer wheel about once a second, not once per request).
             let deadline = self.deadline();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
+            if let Some(d) = deadline {
+                if d < armed || sleep.is_elapsed() {
+                    armed = d;
+                    sleep.as_mut().reset(d.into());
                 }
-            };
+            } else if sleep.is_elapsed() {
+                armed = far();
+                sleep.as_mut().reset(armed.into());
+            }
             tokio::select! {
                 biased;
-                _ = self.signals.dead.cancelled() => return Stop::Quiet("write side failed"),
-                _ = self.signals.closing.cancelled() => {
+                _ = &mut dead => return Stop::Quiet("write side failed"),
+                _ = &mut closing => {
                     self.linger().await;
                     return Stop::Quiet("request without FCGI_KEEP_CONN finished");
                 }
-                _ = self.engine.shutdown.cancelled(), if !self.shutting_down => {
+                _ = &mut shutdown, if !self.shutting_down => {
                     if let Err(stop) = self.begin_drain(live).await {
                         return stop;
                     }
                 }
-                _ = self.signals.request_done.notified(), if live > 0 => {
+                _ = &mut done, if live > 0 => {
+                    done.set(signals.request_done.notified());
                     if self.shutting_down {
                         self.answered_in_drain = true;
                     }
@@ -412,7 +432,10 @@ impl<R: ConnRead> Reader<R> {
                     ) => return Stop::Eof,
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
-                _ = sleep => {
+                _ = &mut sleep, if deadline.is_some() => {
+                    if self.deadline().is_some_and(|d| d > Instant::now()) {
+                        continue; // armed for an earlier deadline that moved
+                    }
                     if live == 0 && self.drain.is_some_and(|t| Instant::now() >= t) {
                         return Stop::Quiet("server is shutting down; drain grace over");
                     }
