@@ -94,21 +94,8 @@ impl Server {
     }
 
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("server already stopped");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "server did not exit within {limit:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().expect("server already stopped");
+        wait_child(child, limit, || self.stderr())
     }
 
     /// RSS of the server process in KiB.
@@ -123,6 +110,23 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Waits (bounded) for `child` to exit; past `limit` kills it and panics
+/// with what it logged.
+pub fn wait_child(mut child: Child, limit: Duration, log: impl Fn() -> String) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process did not exit within {limit:?}; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -263,22 +267,8 @@ impl Proc {
 
     /// Waits (bounded) for the exit status; kills and panics past `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("process already reaped");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "process did not exit within {limit:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = self.child.take().expect("process already reaped");
+        wait_child(child, limit, || self.log())
     }
 
     /// True while the process runs.
