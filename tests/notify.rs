@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::BytesMut;
-use common::{BIN, Proc, Server, clean_cmd, fcgi_get};
+use common::{BIN, Proc, Server, clean_cmd, fcgi_get, target_tmpdir};
 use myflask::addr::ListenAddr;
 use myflask::fastcgi::{client, params, record};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -133,10 +133,6 @@ impl Drop for Collector {
             let _ = t.join();
         }
     }
-}
-
-fn target_tmpdir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
 }
 
 fn serve_notified(dir: &Path, n: &Collector, extra: &[&str], env: &[(&str, &str)]) -> Proc {

@@ -130,6 +130,26 @@ pub fn wait_child(mut child: Child, limit: Duration, log: impl Fn() -> String) -
     }
 }
 
+/// A temporary directory outside /tmp and /var/tmp (so sockets in it get no
+/// PrivateTmp warning) with a short path (unix socket paths are limited to
+/// 107 bytes, and CI may clone the repository anywhere).
+pub fn target_tmpdir() -> tempfile::TempDir {
+    for base in ["/run", "/dev/shm"] {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("myflask-test-")
+            .tempdir_in(base)
+        {
+            return d;
+        }
+    }
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
+}
+
+/// Whether the server is expected to warn about PrivateTmp for `path`.
+pub fn under_tmp(path: &Path) -> bool {
+    path.starts_with("/tmp") || path.starts_with("/var/tmp")
+}
+
 pub fn rss_kib(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
