@@ -976,6 +976,25 @@ impl Output {
         self.parts_len = 0;
     }
 
+    /// Appends the CGI head as one STDOUT record, encoded in place (no
+    /// intermediate buffer): the header is written once the length is known.
+    fn head(&mut self, parts: &http::response::Parts, exact_len: Option<u64>) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; record::HEADER_LEN]);
+        response::encode_head(&mut self.buf, parts, exact_len);
+        let len = self.buf.len() - start - record::HEADER_LEN;
+        if len <= record::MAX_CONTENT_LEN {
+            let (h, pad) = record::header_bytes(record::STDOUT, self.id, len);
+            self.buf[start..start + record::HEADER_LEN].copy_from_slice(&h);
+            self.buf.extend_from_slice(&[0u8; 8][..pad]);
+        } else {
+            // A head over 64 KiB (nginx would refuse it anyway): split it.
+            let head = self.buf.split_off(start + record::HEADER_LEN);
+            self.buf.truncate(start);
+            self.stdout_copy(&head);
+        }
+    }
+
     fn stdout_copy(&mut self, data: &[u8]) {
         record::put_stream(&mut self.buf, record::STDOUT, self.id, data);
     }
@@ -1168,9 +1187,7 @@ impl RequestTask {
         };
         let (parts, mut body) = resp.into_parts();
         self.status = parts.status.as_u16();
-        let mut head = BytesMut::with_capacity(256);
-        response::encode_head(&mut head, &parts, body.size_hint().exact());
-        out.stdout_copy(&head);
+        out.head(&parts, body.size_hint().exact());
         if self.head_only {
             return match out.flush().await {
                 Ok(()) => Outcome::Done,

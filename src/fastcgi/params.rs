@@ -120,6 +120,21 @@ impl Params {
             .map(|(_, v)| v)
     }
 
+    /// The first value of `name` as a `Bytes` sharing the params buffer
+    /// (no copy: header values and the URI are built from these).
+    pub fn get_shared(&self, name: &str) -> Option<Bytes> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| &self.buf[k.clone()] == name.as_bytes())
+            .map(|(_, v)| self.buf.slice(v.clone()))
+    }
+
+    /// The value of the `i`-th pair (in `iter()` order) as a `Bytes`
+    /// sharing the params buffer.
+    pub fn value_shared(&self, i: usize) -> Option<Bytes> {
+        self.pairs.get(i).map(|(_, v)| self.buf.slice(v.clone()))
+    }
+
     /// Every pair, in the order received.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.pairs

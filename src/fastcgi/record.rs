@@ -164,6 +164,19 @@ pub fn padding_for(len: usize) -> usize {
     (8 - len % 8) % 8
 }
 
+/// A record header for `content_len` bytes of content, padded to 8, and
+/// the padding length (for headers written in place, after the content).
+pub fn header_bytes(kind: u8, request_id: u16, content_len: usize) -> ([u8; HEADER_LEN], usize) {
+    debug_assert!(content_len <= MAX_CONTENT_LEN);
+    let pad = padding_for(content_len);
+    let id = request_id.to_be_bytes();
+    let len = (content_len as u16).to_be_bytes();
+    (
+        [VERSION_1, kind, id[0], id[1], len[0], len[1], pad as u8, 0],
+        pad,
+    )
+}
+
 /// Appends a record header for `content_len` bytes of content, padded to 8.
 /// Returns the padding length the caller must write after the content.
 pub fn put_header(buf: &mut BytesMut, kind: u8, request_id: u16, content_len: usize) -> usize {

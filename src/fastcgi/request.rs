@@ -15,6 +15,7 @@
 //! A request that cannot be built is a 400 whose body says why.
 
 use super::params::Params;
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Uri, Version};
@@ -65,24 +66,27 @@ fn escape_uri(raw: &[u8]) -> String {
     s
 }
 
-fn parse_uri(raw: &[u8]) -> Result<Uri, BadRequest> {
-    if let Ok(u) = Uri::try_from(raw) {
-        if u.path().starts_with('/') || u.scheme().is_some() || raw == b"*" {
+/// Parses an origin-form (or absolute) URI. `raw` usually shares the
+/// params buffer, so the common case copies nothing.
+fn parse_uri(raw: Bytes) -> Result<Uri, BadRequest> {
+    let ok = |u: &Uri| u.path().starts_with('/') || u.scheme().is_some();
+    if let Ok(u) = Uri::from_maybe_shared(raw.clone()) {
+        if ok(&u) || &raw[..] == b"*" {
             return Ok(u);
         }
     }
-    let escaped = escape_uri(raw);
+    let escaped = escape_uri(&raw);
     match Uri::try_from(escaped.as_str()) {
-        Ok(u) if u.path().starts_with('/') || u.scheme().is_some() => Ok(u),
+        Ok(u) if ok(&u) => Ok(u),
         _ => Err(bad(format!(
             "request URI {:?} is not a valid origin-form URI",
-            String::from_utf8_lossy(raw)
+            String::from_utf8_lossy(&raw)
         ))),
     }
 }
 
 fn uri_from_params(p: &Params) -> Result<Uri, BadRequest> {
-    if let Some(raw) = p.get("REQUEST_URI").filter(|v| !v.is_empty()) {
+    if let Some(raw) = p.get_shared("REQUEST_URI").filter(|v| !v.is_empty()) {
         return parse_uri(raw);
     }
     let mut raw: Vec<u8> = match p.get("DOCUMENT_URI").filter(|v| !v.is_empty()) {
@@ -102,7 +106,7 @@ fn uri_from_params(p: &Params) -> Result<Uri, BadRequest> {
         raw.push(b'?');
         raw.extend_from_slice(q);
     }
-    parse_uri(&raw)
+    parse_uri(Bytes::from(raw))
 }
 
 fn version_from(p: &Params) -> Version {
@@ -115,20 +119,26 @@ fn version_from(p: &Params) -> Version {
     }
 }
 
-/// `HTTP_ACCEPT_LANGUAGE` -> `accept-language`.
+/// `HTTP_ACCEPT_LANGUAGE` -> `accept-language`, lower-cased on the stack
+/// (standard names then cost no allocation at all).
 fn header_name(cgi: &[u8]) -> Option<HeaderName> {
     let rest = cgi.strip_prefix(b"HTTP_")?;
-    let name: Vec<u8> = rest
-        .iter()
-        .map(|&b| {
-            if b == b'_' {
-                b'-'
-            } else {
-                b.to_ascii_lowercase()
-            }
-        })
-        .collect();
-    HeaderName::from_bytes(&name).ok()
+    let map = |b: &u8| {
+        if *b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    let mut tmp = [0u8; 64];
+    if rest.len() <= tmp.len() {
+        for (t, b) in tmp.iter_mut().zip(rest) {
+            *t = map(b);
+        }
+        HeaderName::from_bytes(&tmp[..rest.len()]).ok()
+    } else {
+        HeaderName::from_bytes(&rest.iter().map(map).collect::<Vec<u8>>()).ok()
+    }
 }
 
 fn scheme_from(p: &Params) -> Scheme {
@@ -162,7 +172,7 @@ pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
         .headers_mut()
         .ok_or_else(|| bad("invalid request head"))?;
 
-    for (name, value) in p.iter() {
+    for (i, (name, _)) in p.iter().enumerate() {
         // CONTENT_* are authoritative; nginx may also send HTTP_CONTENT_*.
         if name == b"HTTP_CONTENT_LENGTH" || name == b"HTTP_CONTENT_TYPE" {
             continue;
@@ -176,7 +186,8 @@ pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
                 String::from_utf8_lossy(name)
             ))
         })?;
-        let hv = HeaderValue::from_bytes(value)
+        let value = p.value_shared(i).unwrap_or_default();
+        let hv = HeaderValue::from_maybe_shared(value)
             .map_err(|_| bad(format!("header {hn} has a value with forbidden bytes")))?;
         // append, not insert: repeated params are repeated headers.
         headers.append(hn, hv);
