@@ -31,6 +31,8 @@ pub mod body;
 pub mod cli;
 pub mod fastcgi;
 pub mod http_server;
+#[cfg(all(feature = "libm-free", target_os = "linux"))]
+mod nolibm;
 pub mod server;
 pub mod service;
 pub mod stats;
