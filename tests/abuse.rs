@@ -606,6 +606,34 @@ async fn idle_keep_alive_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn idle_clock_starts_when_a_slow_response_is_done() {
+    // Request tasks do not wake the reader when they finish; the idle
+    // timeout must still count from the end of the response, not from the
+    // last bytes read (here 1.5 s before the response).
+    let srv = Server::start(&["--idle-timeout", "1"]);
+    let mut c = Conn::connect(&srv.sock).await;
+    let t = Instant::now();
+    // Three 60 KiB STDIN records; the handler waits 500 ms after each.
+    let body = vec![b'x'; 3 * 60 * 1024];
+    let h = c
+        .roundtrip(1, true, "POST", "/upload?pace_ms=500", &[], &body)
+        .await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    let (r, took) = c.eof_timed().await;
+    r.expect("EOF");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "closed {took:?} after the response although --idle-timeout is 1 s"
+    );
+    alive_then_stop(srv).await;
+}
+
+#[tokio::test]
 async fn idle_timer_restarts_after_a_request_the_server_answers_itself() {
     // 400 and 431 answers come from the connection engine, not a handler;
     // they are activity too.

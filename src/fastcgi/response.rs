@@ -21,6 +21,18 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
+/// About how many bytes `encode_head` writes (never less, in practice):
+/// enough to size a buffer once.
+pub fn head_len_estimate(parts: &Parts) -> usize {
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    // "Status: 200 OK\r\n", a content-length line, the blank line.
+    64 + headers
+}
+
 /// Appends the CGI head (status, headers, blank line) to `out`.
 ///
 /// `exact_len` is the body's exact size when known: it becomes a
