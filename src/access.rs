@@ -15,7 +15,8 @@ pub(crate) struct AccessLog {
     pub uri: String,
     pub peer: String,
     pub request_id: u64,
-    pub started: Instant,
+    /// `None` when the access log is off: then not even the clock is read.
+    pub started: Option<Instant>,
 }
 
 impl AccessLog {
@@ -44,7 +45,7 @@ impl AccessLog {
                 String::new()
             },
             request_id,
-            started: Instant::now(),
+            started: on.then(Instant::now),
         }
     }
 
@@ -52,7 +53,10 @@ impl AccessLog {
     /// (aborted, panicked, body failed) and raises the level to warn.
     pub fn finish(&self, stats: &Stats, status: u16, bytes_out: u64, note: Option<&str>) {
         stats.finished(status);
-        let duration_us = self.started.elapsed().as_micros() as u64;
+        let Some(started) = self.started else {
+            return;
+        };
+        let duration_us = started.elapsed().as_micros() as u64;
         match note {
             None => tracing::info!(
                 target: "myflask::access",

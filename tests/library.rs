@@ -337,3 +337,86 @@ fn shutdown_token_waits_for_a_request_in_flight() {
         "serve returned in {took:?}"
     );
 }
+
+/// Counts handler starts and drops of a handler future that never ends.
+#[derive(Clone, Default)]
+struct Hang {
+    started: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct DropCount(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Hang {
+    fn app(&self) -> App {
+        let h = self.clone();
+        App::from_hyper(hyper::service::service_fn(
+            move |req: Request<myflask::Body>| {
+                let h = h.clone();
+                async move {
+                    if req.uri().path() == "/hang" {
+                        let _guard = DropCount(h.dropped.clone());
+                        h.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"fast"))))
+                }
+            },
+        ))
+    }
+
+    async fn wait(&self, what: &std::sync::atomic::AtomicUsize, n: usize) {
+        let t = Instant::now();
+        while what.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(t.elapsed() < Duration::from_secs(10), "waited for {n}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[test]
+fn bodiless_request_runs_inline_without_holding_up_its_connection() {
+    // A GET without a body, alone on its connection, runs inside the
+    // connection's task (as nginx's requests do). It must not block that
+    // connection, and an abort or a vanished client must still end it.
+    use common::raw::{self, Conn};
+    use myflask::fastcgi::record;
+    let hang = Hang::default();
+    let mut s = serve(hang.app());
+    let path = s.path.clone();
+    s.rt.block_on(async {
+        let mut c = Conn::connect(&path).await;
+        c.send(&raw::request(1, true, "GET", "/hang", &[], b""))
+            .await;
+        hang.wait(&hang.started, 1).await;
+        // The same connection serves a second request meanwhile.
+        let h = c.get(2, "/fast").await;
+        assert_eq!(h.status, 200);
+        assert_eq!(h.body, b"fast");
+        // ABORT_REQUEST ends the hung one: one END_REQUEST, no output, and
+        // its handler future is dropped.
+        let mut abort = bytes::BytesMut::new();
+        record::put_record(&mut abort, record::ABORT_REQUEST, 1, b"");
+        c.send(&abort).await;
+        let r = c.reply(1).await;
+        assert!(r.stdout.is_empty());
+        hang.wait(&hang.dropped, 1).await;
+        assert_eq!(c.get(1, "/fast").await.status, 200);
+        c.finish().await;
+
+        // A client that goes away: the handler is dropped too.
+        let mut c = Conn::connect(&path).await;
+        c.send(&raw::request(1, true, "GET", "/hang", &[], b""))
+            .await;
+        hang.wait(&hang.started, 2).await;
+        drop(c);
+        hang.wait(&hang.dropped, 2).await;
+    });
+    s.stop();
+}

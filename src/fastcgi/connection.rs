@@ -44,7 +44,8 @@ use crate::service::App;
 use crate::stats::Stats;
 use crate::{CgiParams, RequestInfo, Transport};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use http::StatusCode;
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -153,30 +154,92 @@ enum Out {
 }
 
 /// Connection-wide signals between the reader, the writer and the tasks.
+///
+/// The events the reader waits for are bits in one atomic with one waker,
+/// not a token or `Notify` each: the reader polls every branch of its
+/// `select!` on every pass, and each of those polls took a mutex (two of
+/// them shared by every connection of the server).
 struct Signals {
-    /// The writer failed: the peer is gone.
-    dead: CancellationToken,
-    /// The writer has shut down its side after a request without KEEP_CONN.
-    closing: CancellationToken,
-    /// A request task finished during shutdown (the reader may close).
-    /// Outside shutdown tasks do not wake the reader: that wake-up cost a
-    /// reader poll and a lock per request, for nothing but the idle clock,
-    /// which `last_done` keeps instead (see `Reader::deadline`).
-    request_done: Notify,
+    /// `DEAD`, `CLOSING`, `DONE`, `DRAINING` (see their docs).
+    events: std::sync::atomic::AtomicU8,
+    /// The reader's waker: it is the only task that waits on `events`.
+    waker: futures_util::task::AtomicWaker,
     /// When a request task last finished, in ns after `base` (0: never).
     last_done: std::sync::atomic::AtomicU64,
     base: Instant,
+    /// Output of inline requests (see `Reader::start`), handed to the
+    /// writer without a wake-up: an inline request runs inside the reader,
+    /// and the connection task polls the writer right after the reader, so
+    /// the writer finds it in the same pass. Sending it through `Out`
+    /// instead made the task wake itself, which tokio's scheduler answers
+    /// by waking another worker thread to steal (a futex call a request).
+    direct: std::sync::Mutex<Vec<Bytes>>,
 }
 
 impl Signals {
     fn new() -> Signals {
         Signals {
-            dead: CancellationToken::new(),
-            closing: CancellationToken::new(),
-            request_done: Notify::new(),
+            events: Default::default(),
+            waker: Default::default(),
             last_done: Default::default(),
             base: Instant::now(),
+            direct: Default::default(),
         }
+    }
+
+    /// Queues `bufs` for the writer unless too much is queued already.
+    fn push_direct(&self, bufs: &mut Vec<Bytes>) -> bool {
+        let Ok(mut q) = self.direct.lock() else {
+            return false;
+        };
+        let queued: usize = q.iter().map(Bytes::len).sum();
+        if queued >= WRITE_BATCH {
+            return false;
+        }
+        q.append(bufs);
+        true
+    }
+
+    /// Moves what `push_direct` queued into the writer's batch.
+    fn take_direct(&self, batch: &mut Vec<Bytes>, size: &mut usize) -> bool {
+        let Ok(mut q) = self.direct.lock() else {
+            return false;
+        };
+        if q.is_empty() {
+            return false;
+        }
+        for b in q.drain(..) {
+            *size += b.len();
+            batch.push(b);
+        }
+        true
+    }
+
+    /// Sets `bit` and wakes the reader.
+    fn raise(&self, bit: u8) {
+        self.events.fetch_or(bit, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    fn is_set(&self, bit: u8) -> bool {
+        self.events.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Waits until one of the bits in `mask` is set; returns all bits.
+    fn wait(&self, mask: u8) -> impl Future<Output = u8> + '_ {
+        std::future::poll_fn(move |cx| {
+            let bits = self.events.load(Ordering::Acquire);
+            if bits & mask != 0 {
+                return std::task::Poll::Ready(bits);
+            }
+            self.waker.register(cx.waker());
+            let bits = self.events.load(Ordering::Acquire);
+            if bits & mask != 0 {
+                std::task::Poll::Ready(bits)
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     fn mark_done(&self) {
@@ -192,6 +255,18 @@ impl Signals {
         }
     }
 }
+
+/// The writer failed: the peer is gone.
+const DEAD: u8 = 1;
+/// The writer has shut down its side after a request without KEEP_CONN.
+const CLOSING: u8 = 2;
+/// A request task finished during shutdown (the reader may close).
+/// Outside shutdown tasks do not wake the reader: that wake-up cost a
+/// reader poll and a lock per request, for nothing but the idle clock,
+/// which `last_done` keeps instead (see `Reader::deadline`).
+const DONE: u8 = 4;
+/// The reader has begun the drain: responses carry the farewell marker.
+const DRAINING: u8 = 8;
 
 /// State a request task and the reader share.
 #[derive(Default)]
@@ -275,17 +350,25 @@ where
         buf: BytesMut::new(),
         partial_since: None,
         idle_since: Instant::now(),
+        read_at: Instant::now(),
         engine: engine.clone(),
         meta,
         out: out_tx,
         signals: signals.clone(),
         reqs: Vec::new(),
+        inline: FuturesUnordered::new(),
         shutting_down: false,
         drain: None,
         answered_in_drain: false,
     };
-    tokio::join!(reader.run(), write_loop(writer, out_rx, engine, signals));
+    // One task for both halves. The reader goes first on every wake-up, so
+    // output that an inline request (see `Reader::start`) produced is
+    // written in the same pass.
+    futures_util::future::join(reader.run(), write_loop(writer, out_rx, engine, signals)).await;
 }
+
+/// A request handled inside the connection's own task.
+type InlineRequest = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Reader<R> {
     io: R,
@@ -293,11 +376,16 @@ struct Reader<R> {
     /// When the partial record at the front of `buf` began to arrive.
     partial_since: Option<Instant>,
     idle_since: Instant,
+    /// When the last read returned: the time of every record in `buf`
+    /// (read once per read, not once per record).
+    read_at: Instant,
     engine: Arc<Engine>,
     meta: ConnMeta,
     out: mpsc::Sender<Out>,
     signals: Arc<Signals>,
     reqs: Vec<Entry>,
+    /// Requests run by this task instead of a spawned one (see `start`).
+    inline: FuturesUnordered<InlineRequest>,
     shutting_down: bool,
     /// When the drain grace ends (set when shutdown begins).
     drain: Option<Instant>,
@@ -334,6 +422,9 @@ impl<R: ConnRead> Reader<R> {
         }
         // Dropping the entries cancels their tasks and opens their gates.
         self.reqs.clear();
+        // Inline requests end the same way (each sends its END_REQUEST and
+        // access-log line), promptly now that they are cancelled.
+        while self.inline.next().await.is_some() {}
     }
 
     fn live(&self) -> usize {
@@ -390,14 +481,13 @@ impl<R: ConnRead> Reader<R> {
         // and dropping them on every pass (cancellation tokens, a timer
         // registration) was a measurable share of a keep-alive request.
         let signals = self.signals.clone();
-        let dead = signals.dead.clone().cancelled_owned();
-        let closing = signals.closing.clone().cancelled_owned();
-        let shutdown = self.engine.shutdown.clone().cancelled_owned();
-        let done = signals.request_done.notified();
+        // A child token: polling it locks only this connection's node, not
+        // the one every connection shares.
+        let shutdown = self.engine.shutdown.child_token().cancelled_owned();
         let far = || Instant::now() + Duration::from_secs(86400);
         let mut armed = far();
         let sleep = tokio::time::sleep_until(armed.into());
-        tokio::pin!(dead, closing, shutdown, done, sleep);
+        tokio::pin!(shutdown, sleep);
         loop {
             loop {
                 match record::decode(&mut self.buf) {
@@ -440,27 +530,36 @@ impl<R: ConnRead> Reader<R> {
                 armed = far();
                 sleep.as_mut().reset(armed.into());
             }
+            let mask = if live > 0 {
+                DEAD | CLOSING | DONE
+            } else {
+                DEAD | CLOSING
+            };
             tokio::select! {
                 biased;
-                _ = &mut dead => return Stop::Quiet("write side failed"),
-                _ = &mut closing => {
-                    self.linger().await;
-                    return Stop::Quiet("request without FCGI_KEEP_CONN finished");
-                }
-                _ = &mut shutdown, if !self.shutting_down => {
-                    // Counted afresh: a task may have ended since `live`.
-                    self.reap();
-                    if let Err(stop) = self.begin_drain(self.live()).await {
-                        return stop;
+                bits = signals.wait(mask) => {
+                    if bits & DEAD != 0 {
+                        return Stop::Quiet("write side failed");
                     }
-                }
-                _ = &mut done, if live > 0 => {
-                    done.set(signals.request_done.notified());
+                    if bits & CLOSING != 0 {
+                        self.linger().await;
+                        return Stop::Quiet("request without FCGI_KEEP_CONN finished");
+                    }
+                    signals.events.fetch_and(!DONE, Ordering::AcqRel);
                     if self.shutting_down {
                         self.answered_in_drain = true;
                     }
                     if self.live() == 0 {
                         self.idle_since = Instant::now();
+                    }
+                }
+                _ = &mut shutdown, if !self.shutting_down => {
+                    // From here on finishing tasks report (DONE); the ones
+                    // that ended before are not counted as live.
+                    signals.events.fetch_or(DRAINING, Ordering::AcqRel);
+                    self.reap();
+                    if let Err(stop) = self.begin_drain(self.live()).await {
+                        return stop;
                     }
                 }
                 r = read_some(&mut self.io, &mut self.buf) => match r {
@@ -470,7 +569,8 @@ impl<R: ConnRead> Reader<R> {
                         // Any input is activity: a request the reader
                         // answers itself (400, 431, 503, UNKNOWN_ROLE)
                         // never signals request_done.
-                        self.idle_since = Instant::now();
+                        self.read_at = Instant::now();
+                        self.idle_since = self.read_at;
                     }
                     // A reset is something clients do, not a protocol error.
                     Err(e) if matches!(
@@ -479,6 +579,13 @@ impl<R: ConnRead> Reader<R> {
                     ) => return Stop::Eof,
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
+                Some(()) = self.inline.next(), if !self.inline.is_empty() => {
+                    // As for `done` below (this request's notification
+                    // would come too late: `live` is 0 on the next pass).
+                    if self.shutting_down {
+                        self.answered_in_drain = true;
+                    }
+                }
                 _ = &mut sleep, if deadline.is_some() => {
                     if self.live() != live || self.deadline().is_some_and(|d| d > Instant::now()) {
                         // A request ended since this pass began (tasks do
@@ -542,7 +649,9 @@ impl<R: ConnRead> Reader<R> {
         }
     }
 
-    async fn send(&self, out: Out) -> Result<(), Stop> {
+    // `&mut self`: the reader is Send but not Sync (`inline` holds
+    // handler futures), so no `&self` may live across an await.
+    async fn send(&mut self, out: Out) -> Result<(), Stop> {
         self.out
             .send(out)
             .await
@@ -662,7 +771,7 @@ impl<R: ConnRead> Reader<R> {
                 buf: BytesMut::new(),
                 reject,
             },
-            input_since: Instant::now(),
+            input_since: self.read_at,
         });
         Ok(())
     }
@@ -748,7 +857,7 @@ impl<R: ConnRead> Reader<R> {
         Ok(())
     }
 
-    /// Spawns the handler task for entry `i`.
+    /// Starts the handler for entry `i`: as its own task, or inline.
     fn start(
         &mut self,
         i: usize,
@@ -795,6 +904,7 @@ impl<R: ConnRead> Reader<R> {
         });
         req.extensions_mut().insert(CgiParams(Arc::new(params)));
 
+        let inline = bodiless && self.inline.is_empty() && self.live() == 1;
         let entry = &mut self.reqs[i];
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let task = RequestTask {
@@ -809,7 +919,10 @@ impl<R: ConnRead> Reader<R> {
             _permit: permit,
             _guard: engine.stats.request(),
         };
-        let out = Output::new(entry.id, self.out.clone(), entry.shared.clone());
+        let mut out = Output::new(entry.id, self.out.clone(), entry.shared.clone());
+        if inline {
+            out.direct = Some(self.signals.clone());
+        }
         entry.phase = Phase::Running {
             tx,
             body: body_shared,
@@ -817,13 +930,25 @@ impl<R: ConnRead> Reader<R> {
             declared: mapped.content_length,
             cancel: Some(cancel_tx),
         };
-        entry.input_since = Instant::now();
-        // Boxed before spawning: the future is about 2 KiB, and tokio moves
-        // a spawned future by value through several frames and then writes
-        // each stage of the task over it; behind a pointer those are 8-byte
-        // moves (callgrind: -1.9k of 32k instructions per request for one
-        // more allocation).
-        tokio::spawn(Box::pin(task.run(req, out, cancel_rx)));
+        entry.input_since = self.read_at;
+        // Boxed: the future is about 2 KiB, and tokio moves a spawned future
+        // by value through several frames and then writes each stage of the
+        // task over it; behind a pointer those are 8-byte moves (callgrind:
+        // -1.9k of 32k instructions per request for one more allocation).
+        let fut = Box::pin(task.run(req, out, cancel_rx));
+        // A bodiless request alone on its connection (every request nginx
+        // sends without a body: it does not multiplex) runs inside this
+        // task, as hyper runs an HTTP/1 request: no task to create and
+        // schedule, no hand-off between threads. It cannot hold up its own
+        // input, having none, and the reader keeps polling it alongside the
+        // socket, so an ABORT_REQUEST or EOF still reaches it. Requests
+        // with a body, or beside others on a multiplexed connection, get
+        // their own task so that they run in parallel.
+        if inline {
+            self.inline.push(fut);
+        } else {
+            tokio::spawn(fut);
+        }
     }
 
     /// Answers entry `i` with an error response written by the server.
@@ -837,7 +962,7 @@ impl<R: ConnRead> Reader<R> {
             uri: get("REQUEST_URI"),
             peer: get("REMOTE_ADDR"),
             request_id: self.engine.stats.next_request_id(),
-            started: Instant::now(),
+            started: Some(Instant::now()),
         };
         let mut b = BytesMut::with_capacity(256);
         let body_len = encode_error(&mut b, id, r.status, &r.reason);
@@ -883,7 +1008,7 @@ impl<R: ConnRead> Reader<R> {
                 "STDIN for request id {id} before its PARAMS stream ended"
             )));
         };
-        entry.input_since = Instant::now();
+        entry.input_since = self.read_at;
         if shared.input_done.load(Ordering::Acquire) {
             return Ok(()); // after the end of the stream, or after a failure
         }
@@ -914,11 +1039,11 @@ impl<R: ConnRead> Reader<R> {
             return Ok(()); // the handler dropped its body: discard
         };
         let body = body.clone();
-        let dead = self.signals.dead.clone();
+        let signals = self.signals.clone();
         let outcome = tokio::select! {
             r = sender.send(rec.content) => Some(r.is_ok()),
             _ = tokio::time::sleep(stall) => None,
-            _ = dead.cancelled() => return Err(Stop::Quiet("write side failed")),
+            _ = signals.wait(DEAD) => return Err(Stop::Quiet("write side failed")),
         };
         let still_wanted = match outcome {
             Some(ok) => ok,
@@ -1010,6 +1135,8 @@ struct Output {
     id: u16,
     tx: mpsc::Sender<Out>,
     shared: Arc<ReqShared>,
+    /// Set for an inline request: its output may go to `Signals::direct`.
+    direct: Option<Arc<Signals>>,
     buf: BytesMut,
     parts: Vec<Bytes>,
     parts_len: usize,
@@ -1024,6 +1151,7 @@ impl Output {
             id,
             tx,
             shared,
+            direct: None,
             buf: BytesMut::new(),
             parts: Vec::new(),
             parts_len: 0,
@@ -1096,6 +1224,22 @@ impl Output {
         // allocate a shared header for it, and only a streamed body reuses
         // the rest of its capacity (at 64 KiB a flush, one allocation is
         // nothing next to the copy).
+        if let Some(signals) = &self.direct {
+            if signals.is_set(DEAD) {
+                return Err(Gone);
+            }
+            // Only while nothing of ours can still be in the queue (the
+            // writer takes `direct` first, so order is kept).
+            if self.tx.capacity() == self.tx.max_capacity() {
+                if !self.buf.is_empty() {
+                    self.parts.push(std::mem::take(&mut self.buf).freeze());
+                }
+                if self.parts.is_empty() || signals.push_direct(&mut self.parts) {
+                    self.parts_len = 0;
+                    return Ok(());
+                }
+            }
+        }
         let out = if self.parts.is_empty() {
             if self.buf.is_empty() {
                 return Ok(());
@@ -1195,7 +1339,7 @@ impl RequestTask {
             }
         };
         let close = !self.keep_conn;
-        let farewell = self.keep_conn && self.engine.shutdown.is_cancelled();
+        let farewell = self.keep_conn && self.signals.is_set(DRAINING);
         let note: Option<String> = match result {
             Some(Ok(Outcome::Done)) => {
                 out.finish(&self.signals, 0, true, close, farewell).await;
@@ -1236,8 +1380,8 @@ impl RequestTask {
                 Some("request aborted".into())
             }
         };
-        if self.engine.shutdown.is_cancelled() {
-            self.signals.request_done.notify_one();
+        if self.signals.is_set(DRAINING) {
+            self.signals.raise(DONE);
         }
         self.log.finish(
             &self.engine.stats,
@@ -1343,29 +1487,47 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     // Allocated on first use: an idle connection holds no batch.
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
-        let Some(first) = rx.recv().await else {
-            return;
-        };
         let mut close = false;
         let mut size = 0usize;
-        take(first, &mut batch, &mut size, &mut close);
+        // `direct` first: see `Signals::direct`.
+        let first = std::future::poll_fn(|cx| {
+            if signals.take_direct(&mut batch, &mut size) {
+                return std::task::Poll::Ready(Some(None));
+            }
+            rx.poll_recv(cx).map(|m| m.map(Some))
+        })
+        .await;
+        match first {
+            None => return,
+            Some(Some(m)) => take(m, &mut batch, &mut size, &mut close),
+            Some(None) => {}
+        }
         while !close && size < WRITE_BATCH {
+            signals.take_direct(&mut batch, &mut size);
             match rx.try_recv() {
                 Ok(m) => take(m, &mut batch, &mut size, &mut close),
                 Err(_) => break,
             }
         }
         if size > 0 {
-            match tokio::time::timeout(stall, write_all_vectored(&mut w, &mut batch)).await {
+            // The timer only when the socket does not take it all at once
+            // (setting one up reads the clock and touches the timer wheel).
+            let write = write_all_vectored(&mut w, &mut batch);
+            tokio::pin!(write);
+            let written = match (&mut write).now_or_never() {
+                Some(r) => Ok(r),
+                None => tokio::time::timeout(stall, write).await,
+            };
+            match written {
                 Ok(Ok(())) => engine.stats.add_bytes_out(size as u64),
                 Ok(Err(e)) => {
                     debug!("write failed, closing connection: {e}");
-                    signals.dead.cancel();
+                    signals.raise(DEAD);
                     return;
                 }
                 Err(_) => {
                     warn!("peer left our output unread for {stall:?}; closing connection");
-                    signals.dead.cancel();
+                    signals.raise(DEAD);
                     return;
                 }
             }
@@ -1373,7 +1535,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         batch.clear();
         if close {
             let _ = tokio::time::timeout(LINGER, w.shutdown()).await;
-            signals.closing.cancel();
+            signals.raise(CLOSING);
             return;
         }
     }

@@ -129,6 +129,11 @@ impl Params {
             .map(|(_, v)| self.buf.slice(v.clone()))
     }
 
+    /// The value of the `i`-th pair (in `iter()` order).
+    pub fn value(&self, i: usize) -> Option<&[u8]> {
+        self.pairs.get(i).map(|(_, v)| &self.buf[v.clone()])
+    }
+
     /// The value of the `i`-th pair (in `iter()` order) as a `Bytes`
     /// sharing the params buffer.
     pub fn value_shared(&self, i: usize) -> Option<Bytes> {
