@@ -247,6 +247,9 @@ impl Builtin {
         Builtin { stats }
     }
 
+    /// Routes `req`. The body-reading routes are boxed so that this future,
+    /// and any service future that awaits it, stays a few hundred bytes:
+    /// a future is moved and copied whole, and theirs are kilobytes.
     pub async fn handle(&self, req: Request<Body>) -> Response<ResponseBody> {
         let get = req.method() == Method::GET || req.method() == Method::HEAD;
         match req.uri().path() {
@@ -255,11 +258,11 @@ impl Builtin {
             "/status" if get => status(&self.stats),
             "/request" => request_dump(&req),
             "/echo" if req.method() == Method::POST || req.method() == Method::PUT => {
-                echo(req).await
+                Box::pin(echo(req)).await
             }
             "/" | "/healthz" | "/status" => method_not_allowed("GET, HEAD"),
             "/upload" if req.method() == Method::POST || req.method() == Method::PUT => {
-                upload(req).await
+                Box::pin(upload(req)).await
             }
             "/echo" | "/upload" => method_not_allowed("POST, PUT"),
             _ => text_response(StatusCode::NOT_FOUND, "404 not found\n"),

@@ -63,7 +63,6 @@ async fn handle(
 ) -> Response<LoggedBody> {
     let request_id = engine.stats.next_request_id();
     let log = AccessLog::new("http", req.method(), req.uri(), peer.as_deref(), request_id);
-    let guard = engine.stats.request();
     let limit = engine.config.max_body_bytes;
     let declared = req
         .headers()
@@ -76,7 +75,7 @@ async fn handle(
             format!("413 request body exceeds the limit of {limit} bytes\n"),
         )
     } else {
-        let Ok(permit) = engine.permits.clone().try_acquire_owned() else {
+        let Some(guard) = engine.stats.try_request(engine.config.max_requests) else {
             engine.stats.refused_overloaded();
             let mut r = crate::app::text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -86,7 +85,7 @@ async fn handle(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("1"),
             );
-            return wrap(r, log, engine, guard, None);
+            return wrap(r, log, engine, None);
         };
         let (parts, body) = req.into_parts();
         let mut req = Request::from_parts(parts, Body::incoming(body, limit));
@@ -120,17 +119,16 @@ async fn handle(
                 )
             }
         };
-        return wrap(r, log, engine, guard, Some(permit));
+        return wrap(r, log, engine, Some(guard));
     };
-    wrap(resp, log, engine, guard, None)
+    wrap(resp, log, engine, None)
 }
 
 fn wrap(
     resp: Response<ResponseBody>,
     log: AccessLog,
     engine: Arc<Engine>,
-    guard: RequestGuard,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    guard: Option<RequestGuard>,
 ) -> Response<LoggedBody> {
     let status = resp.status().as_u16();
     resp.map(|inner| LoggedBody {
@@ -140,7 +138,6 @@ fn wrap(
         status,
         bytes: 0,
         _guard: guard,
-        _permit: permit,
     })
 }
 
@@ -152,8 +149,8 @@ pub(crate) struct LoggedBody {
     engine: Arc<Engine>,
     status: u16,
     bytes: u64,
-    _guard: RequestGuard,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Counts the request in flight (none for the server's own 413/503).
+    _guard: Option<RequestGuard>,
 }
 
 impl Drop for LoggedBody {

@@ -115,7 +115,6 @@ impl Server {
                 max_requests: cfg.max_requests,
             },
             stats: self.stats.clone(),
-            permits: Arc::new(Semaphore::new(cfg.max_requests)),
             shutdown: self.shutdown.clone(),
         });
         let conn_slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -305,7 +304,13 @@ impl Acceptor {
     {
         let guard = self.engine.stats.connection();
         let engine = self.engine.clone();
-        let meta = self.meta.clone();
+        // A copy of the listener's name per connection, not a clone of the
+        // server-wide one: every request clones it (`RequestInfo`), and one
+        // shared reference count bounced between the cores.
+        let meta = ConnMeta {
+            listener: Arc::from(&*self.meta.listener),
+            inherited: self.meta.inherited,
+        };
         match self.protocol {
             Protocol::FastCgi => {
                 let (r, w) = stream.split();

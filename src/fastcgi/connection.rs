@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -108,8 +108,6 @@ pub struct Engine {
     pub app: App,
     pub config: ConnConfig,
     pub stats: Arc<Stats>,
-    /// Server-wide cap on requests being handled.
-    pub permits: Arc<Semaphore>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
 }
@@ -174,11 +172,13 @@ struct Signals {
     /// instead made the task wake itself, which tokio's scheduler answers
     /// by waking another worker thread to steal (a futex call a request).
     direct: std::sync::Mutex<Vec<Bytes>>,
+    engine: Arc<Engine>,
 }
 
 impl Signals {
-    fn new() -> Signals {
+    fn new(engine: Arc<Engine>) -> Signals {
         Signals {
+            engine,
             events: Default::default(),
             waker: Default::default(),
             last_done: Default::default(),
@@ -344,7 +344,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let signals = Arc::new(Signals::new());
+    let signals = Arc::new(Signals::new(engine.clone()));
     let reader = Reader {
         io: reader,
         buf: BytesMut::new(),
@@ -842,7 +842,11 @@ impl<R: ConnRead> Reader<R> {
             };
             return self.answer(i, r, Some(&params)).await;
         }
-        let Ok(permit) = self.engine.permits.clone().try_acquire_owned() else {
+        if !self
+            .engine
+            .stats
+            .try_begin_request(self.engine.config.max_requests)
+        {
             self.engine.stats.refused_overloaded();
             let r = Reject {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -852,21 +856,15 @@ impl<R: ConnRead> Reader<R> {
                 ),
             };
             return self.answer(i, r, Some(&params)).await;
-        };
-        self.start(i, params, mapped, permit);
+        }
+        // Counted in flight from here; the task's drop ends it.
+        self.start(i, params, mapped);
         Ok(())
     }
 
     /// Starts the handler for entry `i`: as its own task, or inline.
-    fn start(
-        &mut self,
-        i: usize,
-        params: Params,
-        mapped: request::Mapped,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let engine = self.engine.clone();
-        let request_id = engine.stats.next_request_id();
+    fn start(&mut self, i: usize, params: Params, mapped: request::Mapped) {
+        let request_id = self.engine.stats.next_request_id();
         let body_shared = Arc::new(BodyShared::default());
         // A request known to have no body gets no channel. nginx declares
         // no CONTENT_LENGTH for a GET but sends its empty STDIN in the same
@@ -911,13 +909,10 @@ impl<R: ConnRead> Reader<R> {
             id: entry.id,
             keep_conn: entry.keep_conn,
             head_only: req.method() == http::Method::HEAD,
-            engine: engine.clone(),
             body: body_shared.clone(),
             signals: self.signals.clone(),
             log,
             status: 0,
-            _permit: permit,
-            _guard: engine.stats.request(),
         };
         let mut out = Output::new(entry.id, self.out.clone(), entry.shared.clone());
         if inline {
@@ -1298,17 +1293,25 @@ enum Outcome {
     Gone,
 }
 
+/// One request's handler and its output. Reaches the engine through the
+/// connection's `Signals`: a clone of the server-wide `Arc<Engine>` per
+/// request was a reference count both cores kept writing.
 struct RequestTask {
     id: u16,
     keep_conn: bool,
     head_only: bool,
-    engine: Arc<Engine>,
     body: Arc<BodyShared>,
     signals: Arc<Signals>,
     log: AccessLog,
     status: u16,
-    _permit: OwnedSemaphorePermit,
-    _guard: crate::stats::RequestGuard,
+}
+
+impl Drop for RequestTask {
+    /// The request was counted in flight before the task was made (see
+    /// `Stats::try_begin_request`); however it ends, it ends here.
+    fn drop(&mut self) {
+        self.signals.engine.stats.end_request();
+    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -1384,7 +1387,7 @@ impl RequestTask {
             self.signals.raise(DONE);
         }
         self.log.finish(
-            &self.engine.stats,
+            &self.signals.engine.stats,
             if self.status == 0 { 499 } else { self.status },
             bytes_out,
             note.as_deref(),
@@ -1397,7 +1400,7 @@ impl RequestTask {
         out: &mut Output,
         bytes_out: &mut u64,
     ) -> Outcome {
-        let resp = match self.engine.app.call(req).await {
+        let resp = match self.signals.engine.app.call(req).await {
             Ok(r) => r,
             Err(e) => {
                 error!(
@@ -1411,7 +1414,7 @@ impl RequestTask {
             }
         };
         let resp = if self.body.failed_too_large() {
-            let limit = self.engine.config.max_body_bytes;
+            let limit = self.signals.engine.config.max_body_bytes;
             crate::app::text_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("413 request body exceeds the limit of {limit} bytes\n"),

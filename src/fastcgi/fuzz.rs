@@ -136,7 +136,6 @@ async fn run_connection(data: &[u8]) -> Vec<u8> {
             max_requests: 8,
         },
         stats: Arc::new(Stats::new()),
-        permits: Arc::new(tokio::sync::Semaphore::new(8)),
         shutdown: tokio_util::sync::CancellationToken::new(),
     });
     let meta = ConnMeta {
