@@ -45,16 +45,37 @@ impl std::fmt::Debug for App {
 /// already is `Bytes`), any error a `BoxError`. The size hint survives (it
 /// becomes the `Content-Length` of both transports); http-body-util's
 /// `map_frame` would drop it.
+///
+/// One allocation; none for a body that is already a `ResponseBody` (a
+/// service that boxed its own, passed through `App` and the HTTP
+/// transport's logging wrapper, was boxed three times over).
 pub fn box_body<B>(body: B) -> ResponseBody
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    ToBytes(Box::pin(body)).boxed_unsync()
+    let mut slot = Some(body);
+    if let Some(boxed) =
+        (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<ResponseBody>>()
+    {
+        if let Some(b) = boxed.take() {
+            return b;
+        }
+    }
+    match slot {
+        Some(body) => ToBytes { body }.boxed_unsync(),
+        // Only taken above, where it was returned.
+        None => ResponseBody::default(),
+    }
 }
 
-struct ToBytes<B>(Pin<Box<B>>);
+pin_project_lite::pin_project! {
+    struct ToBytes<B> {
+        #[pin]
+        body: B,
+    }
+}
 
 impl<B> http_body::Body for ToBytes<B>
 where
@@ -65,10 +86,10 @@ where
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.0.as_mut().poll_frame(cx).map(|f| {
+        self.project().body.poll_frame(cx).map(|f| {
             f.map(|r| {
                 r.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
                     .map_err(Into::into)
@@ -77,11 +98,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.size_hint()
+        self.body.size_hint()
     }
 }
 
@@ -172,5 +193,23 @@ impl App {
         req: Request<Body>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + use<> {
         self.0.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn box_body_keeps_data_and_size_hint_also_when_already_erased() {
+        let once = box_body(Full::new(Bytes::from_static(b"hello")));
+        assert_eq!(once.size_hint().exact(), Some(5));
+        // Already erased: passed through as is (same data, same hint).
+        let twice = box_body(once);
+        assert_eq!(twice.size_hint().exact(), Some(5));
+        let got = twice.collect().await.expect("body").to_bytes();
+        assert_eq!(&got[..], b"hello");
     }
 }

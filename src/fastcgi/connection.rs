@@ -44,8 +44,7 @@ use crate::service::App;
 use crate::stats::Stats;
 use crate::{CgiParams, RequestInfo, Transport};
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::StatusCode;
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -356,7 +355,7 @@ where
         out: out_tx,
         signals: signals.clone(),
         reqs: Vec::new(),
-        inline: FuturesUnordered::new(),
+        inline: None,
         shutting_down: false,
         drain: None,
         answered_in_drain: false,
@@ -369,6 +368,20 @@ where
 
 /// A request handled inside the connection's own task.
 type InlineRequest = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Polls the inline request, if any, with the connection task's own waker
+/// (it is polled on every pass of the reader's loop; nginx's request is
+/// usually done in its first poll). Empties the slot when it is done.
+fn poll_inline(slot: &mut Option<InlineRequest>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        let Some(req) = slot.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        std::task::ready!(req.as_mut().poll(cx));
+        *slot = None;
+        std::task::Poll::Ready(())
+    })
+}
 
 struct Reader<R> {
     io: R,
@@ -385,7 +398,8 @@ struct Reader<R> {
     signals: Arc<Signals>,
     reqs: Vec<Entry>,
     /// Requests run by this task instead of a spawned one (see `start`).
-    inline: FuturesUnordered<InlineRequest>,
+    /// At most one: a second request on the connection gets a task.
+    inline: Option<InlineRequest>,
     shutting_down: bool,
     /// When the drain grace ends (set when shutdown begins).
     drain: Option<Instant>,
@@ -424,7 +438,9 @@ impl<R: ConnRead> Reader<R> {
         self.reqs.clear();
         // Inline requests end the same way (each sends its END_REQUEST and
         // access-log line), promptly now that they are cancelled.
-        while self.inline.next().await.is_some() {}
+        if let Some(req) = self.inline.take() {
+            req.await;
+        }
     }
 
     fn live(&self) -> usize {
@@ -579,7 +595,7 @@ impl<R: ConnRead> Reader<R> {
                     ) => return Stop::Eof,
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
-                Some(()) = self.inline.next(), if !self.inline.is_empty() => {
+                () = poll_inline(&mut self.inline), if self.inline.is_some() => {
                     // As for `done` below (this request's notification
                     // would come too late: `live` is 0 on the next pass).
                     if self.shutting_down {
@@ -902,7 +918,7 @@ impl<R: ConnRead> Reader<R> {
         });
         req.extensions_mut().insert(CgiParams(Arc::new(params)));
 
-        let inline = bodiless && self.inline.is_empty() && self.live() == 1;
+        let inline = bodiless && self.inline.is_none() && self.live() == 1;
         let entry = &mut self.reqs[i];
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let task = RequestTask {
@@ -940,7 +956,7 @@ impl<R: ConnRead> Reader<R> {
         // with a body, or beside others on a multiplexed connection, get
         // their own task so that they run in parallel.
         if inline {
-            self.inline.push(fut);
+            self.inline = Some(fut);
         } else {
             tokio::spawn(fut);
         }

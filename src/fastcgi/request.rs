@@ -309,13 +309,27 @@ pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
 
     let peer = val_str(p, k.remote_addr)
         .filter(|s| !s.is_empty())
-        .map(
-            |a| match val_str(p, k.remote_port).filter(|s| !s.is_empty()) {
-                Some(port) if a.contains(':') => format!("[{a}]:{port}"),
-                Some(port) => format!("{a}:{port}"),
-                None => a.to_string(),
-            },
-        );
+        .map(|a| {
+            // Built by hand: `format!` costs more than the rest of this.
+            let port = val_str(p, k.remote_port).filter(|s| !s.is_empty());
+            let mut s = String::with_capacity(a.len() + 8);
+            match port {
+                Some(port) => {
+                    let v6 = a.contains(':');
+                    if v6 {
+                        s.push('[');
+                    }
+                    s.push_str(a);
+                    if v6 {
+                        s.push(']');
+                    }
+                    s.push(':');
+                    s.push_str(port);
+                }
+                None => s.push_str(a),
+            }
+            s
+        });
 
     let request = builder
         .body(())
@@ -366,6 +380,33 @@ mod tests {
         assert_eq!(m.content_length, Some(5));
         assert_eq!(m.scheme, Scheme::HTTPS);
         assert_eq!(m.peer.as_deref(), Some("10.0.0.1:5555"));
+    }
+
+    #[test]
+    fn peer_forms() {
+        let peer = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/")];
+            all.extend_from_slice(pairs);
+            build(&params(&all)).unwrap().peer
+        };
+        assert_eq!(
+            peer(&[("REMOTE_ADDR", "::1"), ("REMOTE_PORT", "443")]).as_deref(),
+            Some("[::1]:443")
+        );
+        assert_eq!(
+            peer(&[("REMOTE_ADDR", "10.1.2.3")]).as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(
+            peer(&[("REMOTE_ADDR", "10.1.2.3"), ("REMOTE_PORT", "")]).as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(peer(&[("REMOTE_ADDR", ""), ("REMOTE_PORT", "1")]), None);
+        // The first of repeated params counts.
+        assert_eq!(
+            peer(&[("REMOTE_ADDR", "1.1.1.1"), ("REMOTE_ADDR", "2.2.2.2")]).as_deref(),
+            Some("1.1.1.1")
+        );
     }
 
     #[test]
