@@ -578,6 +578,15 @@ impl<R: ConnRead> Reader<R> {
                         return stop;
                     }
                 }
+                // Before the socket: a client that keeps sending (a
+                // multiplexing one) must not starve the inline request.
+                () = poll_inline(&mut self.inline), if self.inline.is_some() => {
+                    // As for DONE above (this request's own DONE would
+                    // come too late: `live` is 0 on the next pass).
+                    if self.shutting_down {
+                        self.answered_in_drain = true;
+                    }
+                }
                 r = read_some(&mut self.io, &mut self.buf) => match r {
                     Ok(0) => return Stop::Eof,
                     Ok(n) => {
@@ -595,13 +604,6 @@ impl<R: ConnRead> Reader<R> {
                     ) => return Stop::Eof,
                     Err(e) => return Stop::Protocol(format!("read failed: {e}")),
                 },
-                () = poll_inline(&mut self.inline), if self.inline.is_some() => {
-                    // As for `done` below (this request's notification
-                    // would come too late: `live` is 0 on the next pass).
-                    if self.shutting_down {
-                        self.answered_in_drain = true;
-                    }
-                }
                 _ = &mut sleep, if deadline.is_some() => {
                     if self.live() != live || self.deadline().is_some_and(|d| d > Instant::now()) {
                         // A request ended since this pass began (tasks do
