@@ -1,24 +1,29 @@
 //! One FastCGI connection: reads records, demultiplexes them into requests,
-//! runs each request's handler as its own task, and writes the responses.
+//! runs each request's handler, and writes the responses.
 //!
 //! Shape (data flows one way):
 //!
 //! ```text
 //!  socket ──read──> Reader ──STDIN chunks──> Body (per request, bounded)
-//!                     │  └─spawn──> request task ──> service ──> response
-//!                     │                                │
-//!                     └──management replies──┐         │ records
-//!                                            v         v
+//!                     │  ├─spawn──> request task ──> service ──> response
+//!                     │  └─inline─> request (bodiless, alone) ──┐   │
+//!                     │                                  direct │   │ records
+//!                     └──management replies──┐                  v   v
 //!                                   out queue (bounded) ──> Writer ──> socket
 //! ```
 //!
+//! - The reader and the writer are one task (joined, reader first). A
+//!   request without a body that is alone on its connection, which is every
+//!   GET nginx sends, runs inside that task too, as hyper runs an HTTP/1
+//!   request; its output goes to the writer directly (`Signals::direct`).
+//!   Other requests get a task each, so multiplexed ones run in parallel.
 //! - The reader owns the per-request state table. It never waits on a
 //!   handler except when a body's window is full: that is the backpressure
 //!   that keeps a slow handler from making the server read unbounded data.
-//! - All output of a connection goes through one queue and one writer task.
-//!   The writer takes everything queued (up to a batch limit) and writes it
-//!   with one vectored write, so a response's records, and the records of
-//!   concurrent responses, share syscalls instead of costing one each.
+//! - All output of a connection goes through one writer. It takes
+//!   everything queued (up to a batch limit) and writes it with one
+//!   vectored write, so a response's records, and the records of concurrent
+//!   responses, share syscalls instead of costing one each.
 //! - Each request task sends its own END_REQUEST, also when it is aborted
 //!   (the abort reaches it as a cancellation), so exactly one END_REQUEST per
 //!   request is structural, not a race between two writers.
