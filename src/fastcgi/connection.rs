@@ -1495,12 +1495,14 @@ impl RequestTask {
 /// Whether `buf` starts with the empty STDIN record that ends request
 /// `id`'s (then empty) body.
 fn empty_stdin_next(buf: &[u8], id: u16) -> bool {
-    buf.len() >= record::HEADER_LEN
-        && buf[0] == record::VERSION_1
-        && buf[1] == record::STDIN
-        && u16::from_be_bytes([buf[2], buf[3]]) == id
-        && buf[4] == 0
-        && buf[5] == 0
+    let Some(raw) = buf.first_chunk::<{ record::HEADER_LEN }>() else {
+        return false;
+    };
+    let h = record::Header::parse(raw);
+    h.version == record::VERSION_1
+        && h.kind == record::STDIN
+        && h.request_id == id
+        && h.content_len == 0
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -1619,4 +1621,27 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         }
     }
     w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_stdin_next_recognises_only_the_end_of_that_requests_body() {
+        let mut b = BytesMut::new();
+        record::put_stream_end(&mut b, record::STDIN, 7);
+        assert!(empty_stdin_next(&b, 7));
+        assert!(!empty_stdin_next(&b, 8), "another request's");
+        assert!(!empty_stdin_next(&b[..7], 7), "a partial header");
+        let mut data = BytesMut::new();
+        record::put_record(&mut data, record::STDIN, 7, b"x");
+        assert!(!empty_stdin_next(&data, 7), "a body follows");
+        let mut other = BytesMut::new();
+        record::put_stream_end(&mut other, record::PARAMS, 7);
+        assert!(!empty_stdin_next(&other, 7), "not STDIN");
+        let mut v2 = b.to_vec();
+        v2[0] = 2;
+        assert!(!empty_stdin_next(&v2, 7), "not version 1");
+    }
 }
