@@ -10,7 +10,7 @@
 //! - `Host` from `HTTP_HOST`, else `SERVER_NAME[:SERVER_PORT]` (HTTP/2 and 3
 //!   requests may carry no Host header);
 //! - scheme from `HTTPS` / `REQUEST_SCHEME`, exposed through [`crate::RequestInfo`];
-//! - every param stays reachable through the [`crate::CgiParams`] extension.
+//! - every param stays reachable through [`crate::RequestInfo`]`::params`.
 //!
 //! A request that cannot be built is a 400 whose body says why.
 
@@ -238,6 +238,7 @@ pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
         .headers_mut()
         .ok_or_else(|| bad("invalid request head"))?;
 
+    let mut has_host = false;
     for (i, (name, _)) in p.iter().enumerate() {
         // CONTENT_* are authoritative; nginx may also send HTTP_CONTENT_*.
         if name == b"HTTP_CONTENT_LENGTH" || name == b"HTTP_CONTENT_TYPE" {
@@ -253,32 +254,29 @@ pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
             ))
         })?;
         let value = p.value_shared(i).unwrap_or_default();
-        let hv = HeaderValue::from_maybe_shared(value)
+        let hv = HeaderValue::from_maybe_shared(value.clone())
             .map_err(|_| bad(format!("header {hn} has a value with forbidden bytes")))?;
+        if hn == HOST && !has_host {
+            // The Host that counts (the first) must be an authority.
+            // Parsed from the shared bytes: from a `&str` it is a copy.
+            if Authority::from_maybe_shared(value).is_err() {
+                return Err(bad(format!("Host header {hv:?} is not a valid authority")));
+            }
+            has_host = true;
+        }
         // append, not insert: repeated params are repeated headers.
         headers.append(hn, hv);
     }
 
-    match headers.get(HOST) {
-        Some(h) => {
-            if h.to_str()
-                .ok()
-                .and_then(|s| s.parse::<Authority>().ok())
-                .is_none()
-            {
-                return Err(bad(format!("Host header {h:?} is not a valid authority")));
-            }
-        }
-        None => {
-            if let Some(name) = val_str(p, k.server_name).filter(|s| !s.is_empty()) {
-                let host = match val_str(p, k.server_port).filter(|s| !s.is_empty()) {
-                    Some(port) if port != "80" && port != "443" => format!("{name}:{port}"),
-                    _ => name.to_string(),
-                };
-                if let Ok(v) = HeaderValue::from_str(&host) {
-                    if host.parse::<Authority>().is_ok() {
-                        headers.insert(HOST, v);
-                    }
+    if !has_host {
+        if let Some(name) = val_str(p, k.server_name).filter(|s| !s.is_empty()) {
+            let host = match val_str(p, k.server_port).filter(|s| !s.is_empty()) {
+                Some(port) if port != "80" && port != "443" => format!("{name}:{port}"),
+                _ => name.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                if host.parse::<Authority>().is_ok() {
+                    headers.insert(HOST, v);
                 }
             }
         }
@@ -450,5 +448,27 @@ mod tests {
         assert!(e.0.contains("forbidden"), "{e}");
         let e = build(&params(&[("REQUEST_METHOD", "GET"), ("HTTP_HOST", "a b")])).unwrap_err();
         assert!(e.0.contains("Host"), "{e}");
+        // Whatever spelling makes the header `host`, it is checked.
+        let e = build(&params(&[("REQUEST_METHOD", "GET"), ("HTTP_Host", "a b")])).unwrap_err();
+        assert!(e.0.contains("not a valid authority"), "{e}");
+    }
+
+    #[test]
+    fn the_first_host_is_the_one_checked_and_kept() {
+        let m = build(&params(&[
+            ("REQUEST_METHOD", "GET"),
+            ("HTTP_HOST", "example.org:8080"),
+            ("HTTP_HOST", "a b"),
+        ]))
+        .unwrap();
+        assert_eq!(m.request.headers()[HOST], "example.org:8080");
+        // No Host at all: SERVER_NAME stands in, and is not an error.
+        let m = build(&params(&[
+            ("REQUEST_METHOD", "GET"),
+            ("SERVER_NAME", "example.org"),
+            ("SERVER_PORT", "8443"),
+        ]))
+        .unwrap();
+        assert_eq!(m.request.headers()[HOST], "example.org:8443");
     }
 }
