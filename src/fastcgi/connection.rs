@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -191,8 +191,11 @@ impl Signals {
         }
     }
 
-    /// Queues `bufs` for the writer unless too much is queued already.
-    fn push_direct(&self, bufs: &mut Vec<Bytes>) -> bool {
+    /// Queues `parts`, then `buf`, for the writer (emptying both) unless
+    /// too much is queued already. (`buf` is not pushed onto `parts`
+    /// first: for a small response that is the only part, and a Vec for it
+    /// was an allocation a request.)
+    fn push_direct(&self, parts: &mut Vec<Bytes>, buf: &mut BytesMut) -> bool {
         let Ok(mut q) = self.direct.lock() else {
             return false;
         };
@@ -200,7 +203,10 @@ impl Signals {
         if queued >= WRITE_BATCH {
             return false;
         }
-        q.append(bufs);
+        q.append(parts);
+        if !buf.is_empty() {
+            q.push(std::mem::take(buf).freeze());
+        }
         true
     }
 
@@ -271,8 +277,29 @@ const CLOSING: u8 = 2;
 const DONE: u8 = 4;
 /// The reader has begun the drain: responses carry the farewell marker.
 const DRAINING: u8 = 8;
+/// The server's shutdown token may have fired: the reader polls it again
+/// (it polls it only then; see `Signals`'s `Wake`).
+const SHUTDOWN: u8 = 16;
 
-/// State a request task and the reader share.
+/// The waker the reader polls the server's shutdown future with. Polled
+/// with the connection task's own waker on every pass of the reader's
+/// loop, the future took its token's lock each time (tokio's `Notified`
+/// re-checks its waker under the lock); this way it is polled once, and
+/// again only when shutdown has actually been signalled.
+impl std::task::Wake for Signals {
+    fn wake(self: Arc<Self>) {
+        self.raise(SHUTDOWN);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.raise(SHUTDOWN);
+    }
+}
+
+/// State a request task and the reader share: the one allocation a
+/// request needs besides its handler (a `Notify` for the gate and a
+/// oneshot channel for the cancellation were two more, and each use of
+/// them took a lock).
 #[derive(Default)]
 struct ReqShared {
     /// Set just before END_REQUEST is queued: from then on the id is free.
@@ -280,23 +307,42 @@ struct ReqShared {
     /// The request's STDIN is complete (or will never be read): the gate
     /// for its response is open.
     input_done: AtomicBool,
-    gate: Notify,
+    /// The web server aborted the request, or its connection is gone: the
+    /// handler is dropped (see `RequestTask::run`).
+    cancelled: AtomicBool,
+    /// The request task's waker, for both flags above: only that one task
+    /// ever waits on them.
+    task: futures_util::task::AtomicWaker,
 }
 
 impl ReqShared {
     fn open_gate(&self) {
         self.input_done.store(true, Ordering::Release);
-        self.gate.notify_waiters();
+        self.task.wake();
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.task.wake();
+    }
+
+    /// Resolves once `flag` (one of this struct's) is set.
+    fn wait_for<'a>(&'a self, flag: &'a AtomicBool) -> impl Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            if flag.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            self.task.register(cx.waker());
+            if flag.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     async fn wait_gate(&self) {
-        loop {
-            let notified = self.gate.notified();
-            if self.input_done.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        self.wait_for(&self.input_done).await
     }
 
     fn ended(&self) -> bool {
@@ -310,17 +356,66 @@ struct Reject {
     reason: String,
 }
 
+/// A PARAMS stream as it arrives. nginx sends the whole stream in one
+/// record, whose content is kept as it is (a slice of the read buffer);
+/// only a stream of several records is joined into a buffer of its own.
+#[derive(Default)]
+enum Gather {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Gather {
+    fn len(&self) -> usize {
+        match self {
+            Gather::Empty => 0,
+            Gather::One(b) => b.len(),
+            Gather::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, more: Bytes) {
+        *self = match std::mem::take(self) {
+            Gather::Empty => Gather::One(more),
+            Gather::One(first) => {
+                let mut b = BytesMut::with_capacity(first.len() + more.len());
+                b.extend_from_slice(&first);
+                b.extend_from_slice(&more);
+                Gather::Many(b)
+            }
+            Gather::Many(mut b) => {
+                b.extend_from_slice(&more);
+                Gather::Many(b)
+            }
+        }
+    }
+
+    /// The whole stream. With `own`, never a slice of the read buffer: a
+    /// request that outlives this pass of the reader must not pin that
+    /// buffer (its 16 KiB and more), which could then not be reused.
+    fn finish(self, own: bool) -> Bytes {
+        match self {
+            Gather::Empty => Bytes::new(),
+            Gather::One(b) if own => Bytes::copy_from_slice(&b),
+            Gather::One(b) => b,
+            Gather::Many(b) => b.freeze(),
+        }
+    }
+}
+
 enum Phase {
     Params {
-        buf: BytesMut,
+        buf: Gather,
         reject: Option<Reject>,
     },
     Running {
         tx: Option<mpsc::Sender<Bytes>>,
-        body: Arc<BodyShared>,
+        /// `None` for a request known to have no body (no channel either).
+        body: Option<Arc<BodyShared>>,
         received: u64,
         declared: Option<u64>,
-        cancel: Option<oneshot::Sender<()>>,
     },
 }
 
@@ -335,9 +430,14 @@ struct Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // Whatever happens to the reader, a task waiting to respond must not
-        // wait forever.
-        self.shared.open_gate();
+        // The reader forgets the request: its handler is cancelled, and
+        // whatever happens to the reader, a task waiting to respond must
+        // not wait forever. (Not for a request that has ended: its task is
+        // past both, and a wake-up would be a wasted poll.)
+        if !self.shared.ended() {
+            self.shared.input_done.store(true, Ordering::Release);
+            self.shared.cancel();
+        }
     }
 }
 
@@ -411,6 +511,39 @@ struct Reader<R> {
     /// A response (carrying the "do not reuse" marker) went out after
     /// shutdown began: the peer will not send on this connection again.
     answered_in_drain: bool,
+}
+
+/// What handling a record left to do that may have to wait.
+enum Step {
+    Done,
+    /// Queue an answer the reader wrote itself.
+    Reply(Reply),
+    /// Pass body data on to a handler.
+    Feed(Feed),
+}
+
+impl Step {
+    fn reply(b: BytesMut, close: bool) -> Step {
+        Step::Reply(Reply {
+            out: b.freeze(),
+            close,
+        })
+    }
+}
+
+/// An answer from the reader itself: records, then perhaps the close of a
+/// connection without KEEP_CONN.
+struct Reply {
+    out: Bytes,
+    close: bool,
+}
+
+/// STDIN data for a request's body channel.
+struct Feed {
+    id: u16,
+    sender: mpsc::Sender<Bytes>,
+    body: Arc<BodyShared>,
+    data: Bytes,
 }
 
 /// Why the reader closes the connection (logged once, with context).
@@ -502,18 +635,31 @@ impl<R: ConnRead> Reader<R> {
         // and dropping them on every pass (cancellation tokens, a timer
         // registration) was a measurable share of a keep-alive request.
         let signals = self.signals.clone();
-        // A child token: polling it locks only this connection's node, not
-        // the one every connection shares.
-        let shutdown = self.engine.shutdown.child_token().cancelled_owned();
+        let shutdown = self.engine.shutdown.clone().cancelled_owned();
+        let shutdown_waker = std::task::Waker::from(signals.clone());
         let far = || Instant::now() + Duration::from_secs(86400);
         let mut armed = far();
         let sleep = tokio::time::sleep_until(armed.into());
         tokio::pin!(shutdown, sleep);
+        // The first poll registers the waker (or finds shutdown begun).
+        signals.raise(SHUTDOWN);
         loop {
             loop {
                 match record::decode(&mut self.buf) {
                     Ok(Some(rec)) => {
-                        if let Err(stop) = self.on_record(rec).await {
+                        // Records are handled synchronously; only what
+                        // must wait (a reply to queue, body data to pass
+                        // on) is awaited, and only when there is some. The
+                        // handlers were async, and each record then built
+                        // and moved a future the size of the largest of
+                        // them (about 1 KiB of memcpy a request).
+                        let step = match self.on_record(rec) {
+                            Ok(Step::Done) => Ok(()),
+                            Ok(Step::Reply(reply)) => self.reply(reply).await,
+                            Ok(Step::Feed(feed)) => self.feed(feed).await,
+                            Err(stop) => Err(stop),
+                        };
+                        if let Err(stop) = step {
                             return stop;
                         }
                     }
@@ -552,9 +698,9 @@ impl<R: ConnRead> Reader<R> {
                 sleep.as_mut().reset(armed.into());
             }
             let mask = if live > 0 {
-                DEAD | CLOSING | DONE
+                DEAD | CLOSING | SHUTDOWN | DONE
             } else {
-                DEAD | CLOSING
+                DEAD | CLOSING | SHUTDOWN
             };
             tokio::select! {
                 biased;
@@ -566,21 +712,31 @@ impl<R: ConnRead> Reader<R> {
                         self.linger().await;
                         return Stop::Quiet("request without FCGI_KEEP_CONN finished");
                     }
-                    signals.events.fetch_and(!DONE, Ordering::AcqRel);
-                    if self.shutting_down {
-                        self.answered_in_drain = true;
+                    if bits & SHUTDOWN != 0 {
+                        signals.events.fetch_and(!SHUTDOWN, Ordering::AcqRel);
+                        // (Never again once it has fired.)
+                        let fired = !self.shutting_down && {
+                            let mut cx = std::task::Context::from_waker(&shutdown_waker);
+                            shutdown.as_mut().poll(&mut cx).is_ready()
+                        };
+                        if fired {
+                            // From here on finishing tasks report (DONE);
+                            // the ones that ended before are not live.
+                            signals.events.fetch_or(DRAINING, Ordering::AcqRel);
+                            self.reap();
+                            if let Err(stop) = self.begin_drain(self.live()).await {
+                                return stop;
+                            }
+                        }
                     }
-                    if self.live() == 0 {
-                        self.idle_since = Instant::now();
-                    }
-                }
-                _ = &mut shutdown, if !self.shutting_down => {
-                    // From here on finishing tasks report (DONE); the ones
-                    // that ended before are not counted as live.
-                    signals.events.fetch_or(DRAINING, Ordering::AcqRel);
-                    self.reap();
-                    if let Err(stop) = self.begin_drain(self.live()).await {
-                        return stop;
+                    if bits & DONE != 0 {
+                        signals.events.fetch_and(!DONE, Ordering::AcqRel);
+                        if self.shutting_down {
+                            self.answered_in_drain = true;
+                        }
+                        if self.live() == 0 {
+                            self.idle_since = Instant::now();
+                        }
                     }
                 }
                 // Before the socket: a client that keeps sending (a
@@ -681,14 +837,23 @@ impl<R: ConnRead> Reader<R> {
             .map_err(|_| Stop::Quiet("writer is gone"))
     }
 
-    async fn on_record(&mut self, rec: Record) -> Result<(), Stop> {
+    /// Sends what a record's handler answered.
+    async fn reply(&mut self, reply: Reply) -> Result<(), Stop> {
+        self.send(Out::One(reply.out)).await?;
+        if reply.close {
+            self.send(Out::Close).await?;
+        }
+        Ok(())
+    }
+
+    fn on_record(&mut self, rec: Record) -> Result<Step, Stop> {
         match rec.kind {
-            record::BEGIN_REQUEST => self.on_begin(rec).await,
-            record::PARAMS => self.on_params(rec).await,
-            record::STDIN => self.on_stdin(rec).await,
-            record::ABORT_REQUEST => self.on_abort(rec).await,
-            record::GET_VALUES => self.on_get_values(rec).await,
-            record::DATA => Ok(()), // filter role only; a responder ignores it
+            record::BEGIN_REQUEST => self.on_begin(rec),
+            record::PARAMS => self.on_params(rec),
+            record::STDIN => self.on_stdin(rec),
+            record::ABORT_REQUEST => self.on_abort(rec),
+            record::GET_VALUES => Ok(self.on_get_values(rec)),
+            record::DATA => Ok(Step::Done), // filter role only; a responder ignores it
             record::END_REQUEST
             | record::STDOUT
             | record::STDERR
@@ -701,7 +866,7 @@ impl<R: ConnRead> Reader<R> {
                     id = rec.request_id,
                     "ignoring record sent in the wrong direction"
                 );
-                Ok(())
+                Ok(Step::Done)
             }
             other => {
                 debug!(
@@ -711,12 +876,12 @@ impl<R: ConnRead> Reader<R> {
                 );
                 let mut b = BytesMut::with_capacity(16);
                 record::put_unknown_type(&mut b, other);
-                self.send(Out::One(b.freeze())).await
+                Ok(Step::reply(b, false))
             }
         }
     }
 
-    async fn on_get_values(&mut self, rec: Record) -> Result<(), Stop> {
+    fn on_get_values(&mut self, rec: Record) -> Step {
         let cfg = &self.engine.config;
         let mut body = BytesMut::new();
         // An unparsable query gets an empty answer, like an unknown name.
@@ -734,10 +899,10 @@ impl<R: ConnRead> Reader<R> {
         let mut b = BytesMut::with_capacity(body.len() + 16);
         // The three answers are a few dozen bytes: always one record.
         record::put_record(&mut b, record::GET_VALUES_RESULT, 0, &body);
-        self.send(Out::One(b.freeze())).await
+        Step::reply(b, false)
     }
 
-    async fn on_begin(&mut self, rec: Record) -> Result<(), Stop> {
+    fn on_begin(&mut self, rec: Record) -> Result<Step, Stop> {
         let id = rec.request_id;
         if id == 0 {
             return Err(Stop::Protocol("BEGIN_REQUEST with request id 0".into()));
@@ -762,11 +927,7 @@ impl<R: ConnRead> Reader<R> {
             );
             let mut b = BytesMut::with_capacity(16);
             record::put_end_request(&mut b, id, 0, record::UNKNOWN_ROLE);
-            self.send(Out::One(b.freeze())).await?;
-            if !begin.keep_conn() {
-                self.send(Out::Close).await?;
-            }
-            return Ok(());
+            return Ok(Step::reply(b, !begin.keep_conn()));
         }
         let max = self.engine.config.max_requests_per_conn;
         // Requests over the cap still get an entry (to swallow their PARAMS
@@ -791,17 +952,17 @@ impl<R: ConnRead> Reader<R> {
             keep_conn: begin.keep_conn(),
             shared: Arc::new(ReqShared::default()),
             phase: Phase::Params {
-                buf: BytesMut::new(),
+                buf: Gather::Empty,
                 reject,
             },
             input_since: self.read_at,
         });
-        Ok(())
+        Ok(Step::Done)
     }
 
-    async fn on_params(&mut self, rec: Record) -> Result<(), Stop> {
+    fn on_params(&mut self, rec: Record) -> Result<Step, Stop> {
         let Some(i) = self.find(rec.request_id) else {
-            return Ok(()); // inactive id: ignored, as the spec says
+            return Ok(Step::Done); // inactive id: ignored, as the spec says
         };
         let cap = self.engine.config.max_params_bytes;
         let entry = &mut self.reqs[i];
@@ -812,7 +973,7 @@ impl<R: ConnRead> Reader<R> {
             )));
         };
         if rec.content.is_empty() {
-            return self.params_complete(i).await;
+            return Ok(self.params_complete(i));
         }
         if reject.is_none() {
             if buf.len() + rec.content.len() > cap {
@@ -821,30 +982,37 @@ impl<R: ConnRead> Reader<R> {
                     reason: format!("FastCGI params exceed the limit of {cap} bytes"),
                 });
                 // Keep nothing of a flood.
-                *buf = BytesMut::new();
+                *buf = Gather::Empty;
             } else {
-                buf.extend_from_slice(&rec.content);
+                buf.push(rec.content);
             }
         }
-        Ok(())
+        Ok(Step::Done)
     }
 
-    async fn params_complete(&mut self, i: usize) -> Result<(), Stop> {
+    fn params_complete(&mut self, i: usize) -> Step {
         let (buf, reject) = match &mut self.reqs[i].phase {
             Phase::Params { buf, reject } => (std::mem::take(buf), reject.take()),
-            Phase::Running { .. } => return Ok(()),
+            Phase::Running { .. } => return Step::Done,
         };
         if let Some(r) = reject {
-            return self.answer(i, r, None).await;
+            return self.answer(i, r, None);
         }
-        let params = match Params::parse(buf.freeze()) {
+        // Likely to run inline (see `start`): then the request is usually
+        // over within this pass of the reader, so its params (and the
+        // request head, which shares their bytes) may stay in the read
+        // buffer. Anything else gets a copy.
+        let inline_likely = self.inline.is_none()
+            && self.live() == 1
+            && empty_stdin_next(&self.buf, self.reqs[i].id);
+        let params = match Params::parse(buf.finish(!inline_likely)) {
             Ok(p) => p,
             Err(e) => {
                 let r = Reject {
                     status: StatusCode::BAD_REQUEST,
                     reason: format!("malformed FastCGI params: {e}"),
                 };
-                return self.answer(i, r, None).await;
+                return self.answer(i, r, None);
             }
         };
         let mapped = match request::build(&params) {
@@ -854,7 +1022,7 @@ impl<R: ConnRead> Reader<R> {
                     status: StatusCode::BAD_REQUEST,
                     reason: e.0,
                 };
-                return self.answer(i, r, Some(&params)).await;
+                return self.answer(i, r, Some(&params));
             }
         };
         let limit = self.engine.config.max_body_bytes;
@@ -863,7 +1031,7 @@ impl<R: ConnRead> Reader<R> {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 reason: format!("request body exceeds the limit of {limit} bytes"),
             };
-            return self.answer(i, r, Some(&params)).await;
+            return self.answer(i, r, Some(&params));
         }
         if !self
             .engine
@@ -878,17 +1046,16 @@ impl<R: ConnRead> Reader<R> {
                     self.engine.config.max_requests
                 ),
             };
-            return self.answer(i, r, Some(&params)).await;
+            return self.answer(i, r, Some(&params));
         }
         // Counted in flight from here; the task's drop ends it.
         self.start(i, params, mapped);
-        Ok(())
+        Step::Done
     }
 
     /// Starts the handler for entry `i`: as its own task, or inline.
     fn start(&mut self, i: usize, params: Params, mapped: request::Mapped) {
         let request_id = self.engine.stats.next_request_id();
-        let body_shared = Arc::new(BodyShared::default());
         // A request known to have no body gets no channel. nginx declares
         // no CONTENT_LENGTH for a GET but sends its empty STDIN in the same
         // write as the PARAMS, so it is usually in the buffer already.
@@ -899,12 +1066,13 @@ impl<R: ConnRead> Reader<R> {
             Some(n) => n == 0,
             None => empty_stdin_next(&self.buf, id),
         };
-        let (tx, body) = if bodiless {
-            (None, Body::empty())
+        let (tx, body_shared, body) = if bodiless {
+            (None, None, Body::empty())
         } else {
             let (tx, rx) = mpsc::channel(BODY_WINDOW);
-            let body = Body::channel(rx, body_shared.clone(), mapped.content_length);
-            (Some(tx), body)
+            let shared = Arc::new(BodyShared::default());
+            let body = Body::channel(rx, shared.clone(), mapped.content_length);
+            (Some(tx), Some(shared), body)
         };
         let (parts, ()) = mapped.request.into_parts();
         let mut req = http::Request::from_parts(parts, body);
@@ -927,7 +1095,6 @@ impl<R: ConnRead> Reader<R> {
 
         let inline = bodiless && self.inline.is_none() && self.live() == 1;
         let entry = &mut self.reqs[i];
-        let (cancel_tx, cancel_rx) = oneshot::channel();
         let task = RequestTask {
             id: entry.id,
             keep_conn: entry.keep_conn,
@@ -946,14 +1113,13 @@ impl<R: ConnRead> Reader<R> {
             body: body_shared,
             received: 0,
             declared: mapped.content_length,
-            cancel: Some(cancel_tx),
         };
         entry.input_since = self.read_at;
         // Boxed: the future is about 2 KiB, and tokio moves a spawned future
         // by value through several frames and then writes each stage of the
         // task over it; behind a pointer those are 8-byte moves (callgrind:
         // -1.9k of 32k instructions per request for one more allocation).
-        let fut = Box::pin(task.run(req, out, cancel_rx));
+        let fut = Box::pin(task.run(req, out));
         // A bodiless request alone on its connection (every request nginx
         // sends without a body: it does not multiplex) runs inside this
         // task, as hyper runs an HTTP/1 request: no task to create and
@@ -970,7 +1136,7 @@ impl<R: ConnRead> Reader<R> {
     }
 
     /// Answers entry `i` with an error response written by the server.
-    async fn answer(&mut self, i: usize, r: Reject, params: Option<&Params>) -> Result<(), Stop> {
+    fn answer(&mut self, i: usize, r: Reject, params: Option<&Params>) -> Step {
         let entry = &self.reqs[i];
         let (id, keep_conn) = (entry.id, entry.keep_conn);
         let get = |n: &str| params.and_then(|p| p.get_str(n)).unwrap_or("-").to_string();
@@ -998,20 +1164,15 @@ impl<R: ConnRead> Reader<R> {
             body_len,
             Some(&r.reason),
         );
-        self.send(Out::One(b.freeze())).await?;
-        if !keep_conn {
-            self.send(Out::Close).await?;
-        }
-        Ok(())
+        Step::reply(b, !keep_conn)
     }
 
-    async fn on_stdin(&mut self, rec: Record) -> Result<(), Stop> {
+    fn on_stdin(&mut self, rec: Record) -> Result<Step, Stop> {
         let id = rec.request_id;
         let Some(i) = self.find(id) else {
-            return Ok(()); // inactive (e.g. already answered with an error)
+            return Ok(Step::Done); // inactive (e.g. already answered with an error)
         };
         let limit = self.engine.config.max_body_bytes;
-        let stall = self.engine.config.stall_timeout;
         let entry = &mut self.reqs[i];
         let shared = entry.shared.clone();
         let Phase::Running {
@@ -1028,38 +1189,59 @@ impl<R: ConnRead> Reader<R> {
         };
         entry.input_since = self.read_at;
         if shared.input_done.load(Ordering::Acquire) {
-            return Ok(()); // after the end of the stream, or after a failure
+            return Ok(Step::Done); // after the end of the stream, or after a failure
         }
         if rec.content.is_empty() {
             tx.take();
             shared.open_gate();
-            return Ok(());
+            return Ok(Step::Done);
         }
         *received += rec.content.len() as u64;
         if *received > limit {
-            body.fail(BodyError::TooLarge { limit });
+            if let Some(body) = body {
+                body.fail(BodyError::TooLarge { limit });
+            }
             tx.take();
             shared.open_gate();
-            return Ok(());
+            return Ok(Step::Done);
         }
         if let Some(d) = *declared {
             if *received > d {
-                body.fail(BodyError::LengthMismatch {
-                    declared: d,
-                    received: *received,
-                });
+                if let Some(body) = body {
+                    body.fail(BodyError::LengthMismatch {
+                        declared: d,
+                        received: *received,
+                    });
+                }
                 tx.take();
                 shared.open_gate();
-                return Ok(());
+                return Ok(Step::Done);
             }
         }
-        let Some(sender) = tx.clone() else {
-            return Ok(()); // the handler dropped its body: discard
+        let (Some(sender), Some(body)) = (tx.clone(), body.clone()) else {
+            return Ok(Step::Done); // the handler dropped its body: discard
         };
-        let body = body.clone();
+        Ok(Step::Feed(Feed {
+            id,
+            sender,
+            body,
+            data: rec.content,
+        }))
+    }
+
+    /// Passes body data to the handler, waiting (up to the stall timeout)
+    /// while it has not read what it was given before.
+    async fn feed(&mut self, feed: Feed) -> Result<(), Stop> {
+        let Feed {
+            id,
+            sender,
+            body,
+            data,
+        } = feed;
+        let stall = self.engine.config.stall_timeout;
         let signals = self.signals.clone();
         let outcome = tokio::select! {
-            r = sender.send(rec.content) => Some(r.is_ok()),
+            r = sender.send(data) => Some(r.is_ok()),
             _ = tokio::time::sleep(stall) => None,
             _ = signals.wait(DEAD) => return Err(Stop::Quiet("write side failed")),
         };
@@ -1085,10 +1267,10 @@ impl<R: ConnRead> Reader<R> {
         Ok(())
     }
 
-    async fn on_abort(&mut self, rec: Record) -> Result<(), Stop> {
+    fn on_abort(&mut self, rec: Record) -> Result<Step, Stop> {
         let id = rec.request_id;
         let Some(i) = self.find(id) else {
-            return Ok(());
+            return Ok(Step::Done);
         };
         let entry = &mut self.reqs[i];
         match &mut entry.phase {
@@ -1099,23 +1281,18 @@ impl<R: ConnRead> Reader<R> {
                 debug!(id, "request aborted before its params were complete");
                 let mut b = BytesMut::with_capacity(16);
                 record::put_end_request(&mut b, id, 1, record::REQUEST_COMPLETE);
-                self.send(Out::One(b.freeze())).await?;
-                if !keep_conn {
-                    self.send(Out::Close).await?;
-                }
+                return Ok(Step::reply(b, !keep_conn));
             }
-            Phase::Running {
-                tx, body, cancel, ..
-            } => {
-                body.fail(BodyError::Aborted);
-                tx.take();
-                if let Some(c) = cancel.take() {
-                    let _ = c.send(());
+            Phase::Running { tx, body, .. } => {
+                if let Some(body) = body {
+                    body.fail(BodyError::Aborted);
                 }
-                entry.shared.open_gate();
+                tx.take();
+                entry.shared.input_done.store(true, Ordering::Release);
+                entry.shared.cancel();
             }
         }
-        Ok(())
+        Ok(Step::Done)
     }
 }
 
@@ -1248,14 +1425,12 @@ impl Output {
             }
             // Only while nothing of ours can still be in the queue (the
             // writer takes `direct` first, so order is kept).
-            if self.tx.capacity() == self.tx.max_capacity() {
-                if !self.buf.is_empty() {
-                    self.parts.push(std::mem::take(&mut self.buf).freeze());
-                }
-                if self.parts.is_empty() || signals.push_direct(&mut self.parts) {
-                    self.parts_len = 0;
-                    return Ok(());
-                }
+            if self.tx.capacity() == self.tx.max_capacity()
+                && ((self.parts.is_empty() && self.buf.is_empty())
+                    || signals.push_direct(&mut self.parts, &mut self.buf))
+            {
+                self.parts_len = 0;
+                return Ok(());
             }
         }
         let out = if self.parts.is_empty() {
@@ -1323,7 +1498,7 @@ struct RequestTask {
     id: u16,
     keep_conn: bool,
     head_only: bool,
-    body: Arc<BodyShared>,
+    body: Option<Arc<BodyShared>>,
     signals: Arc<Signals>,
     log: AccessLog,
     status: u16,
@@ -1348,19 +1523,15 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl RequestTask {
-    async fn run(
-        mut self,
-        req: http::Request<Body>,
-        mut out: Output,
-        cancel: oneshot::Receiver<()>,
-    ) {
+    async fn run(mut self, req: http::Request<Body>, mut out: Output) {
         let mut bytes_out = 0u64;
+        let shared = out.shared.clone();
         let result = {
             let respond =
                 AssertUnwindSafe(self.respond(req, &mut out, &mut bytes_out)).catch_unwind();
             tokio::select! {
                 biased;
-                _ = cancel => None,
+                () = shared.wait_for(&shared.cancelled) => None,
                 r = respond => Some(r),
             }
         };
@@ -1436,7 +1607,7 @@ impl RequestTask {
                 )
             }
         };
-        let resp = if self.body.failed_too_large() {
+        let resp = if self.body.as_ref().is_some_and(|b| b.failed_too_large()) {
             let limit = self.signals.engine.config.max_body_bytes;
             crate::app::text_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
