@@ -1,7 +1,7 @@
 //! The built-in application: what `myflask serve` answers with no app of
 //! your own. It is an ordinary hyper service; it reads the request
-//! extensions (`RequestInfo`, `CgiParams`) but knows nothing of FastCGI
-//! records or systemd.
+//! extension `RequestInfo` (with the CGI params) but knows nothing of
+//! FastCGI records or systemd.
 //!
 //! - `GET /`        a small HTML page saying what serves it
 //! - `GET /healthz` `200 ok`
@@ -14,10 +14,10 @@
 //!   a slow consumer, to see backpressure at work)
 //! - anything else  404
 
+use crate::RequestInfo;
 use crate::body::Body;
 use crate::service::{App, ResponseBody, box_body};
 use crate::stats::Stats;
-use crate::{CgiParams, RequestInfo};
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -112,12 +112,10 @@ fn request_dump(req: &Request<Body>) -> Response<ResponseBody> {
         .iter()
         .map(|(k, v)| json!([k.as_str(), lossy(v.as_bytes())]))
         .collect();
-    let params: Option<Vec<Value>> = req.extensions().get::<CgiParams>().map(|p| {
-        p.0.iter()
-            .map(|(k, v)| json!([lossy(k), lossy(v)]))
-            .collect()
-    });
     let info = req.extensions().get::<RequestInfo>();
+    let params: Option<Vec<Value>> = info
+        .and_then(|i| i.params.as_ref())
+        .map(|p| p.iter().map(|(k, v)| json!([lossy(k), lossy(v)])).collect());
     json_response(&json!({
         "method": req.method().as_str(),
         "uri": req.uri().to_string(),

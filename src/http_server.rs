@@ -96,6 +96,7 @@ async fn handle(
             request_id,
             peer,
             scheme: http::uri::Scheme::HTTP,
+            params: None,
         });
         let r = match AssertUnwindSafe(engine.app.call(req)).catch_unwind().await {
             Ok(Ok(r)) => r,

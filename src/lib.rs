@@ -62,7 +62,9 @@ impl Transport {
     }
 }
 
-/// Request extension: how and where a request arrived.
+/// Request extension: how and where a request arrived, and over FastCGI
+/// every CGI param. One extension, not one per item: each costs the request
+/// an allocation and a hash-map insert, and its drop, on the hot path.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
     pub transport: Transport,
@@ -77,9 +79,7 @@ pub struct RequestInfo {
     pub peer: Option<String>,
     /// From `HTTPS` / `REQUEST_SCHEME` over FastCGI; `http` over HTTP.
     pub scheme: http::uri::Scheme,
+    /// FastCGI only: every CGI param as received, in order, repeated names
+    /// included (SCRIPT_NAME, PATH_INFO, DOCUMENT_ROOT, ...).
+    pub params: Option<Params>,
 }
-
-/// Request extension (FastCGI only): every CGI param as received, in order,
-/// repeated names included (SCRIPT_NAME, PATH_INFO, DOCUMENT_ROOT, ...).
-#[derive(Debug, Clone)]
-pub struct CgiParams(pub Arc<Params>);

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use myflask::addr::ListenAddr;
 use myflask::fastcgi::client;
 use myflask::systemd::listen::{self, BindOptions, Protocol};
-use myflask::{App, CgiParams, RequestInfo, Server, ServerConfig};
+use myflask::{App, RequestInfo, Server, ServerConfig};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -150,17 +150,15 @@ fn router() -> Router {
         .route("/echo", post(|body: Bytes| async move { body }))
         .route(
             "/cgi",
-            get(
-                |Extension(params): Extension<CgiParams>,
-                 Extension(info): Extension<RequestInfo>| async move {
-                    format!(
-                        "{} {} {}",
-                        params.0.get_str("REMOTE_ADDR").unwrap_or("-"),
-                        params.0.get_str("SERVER_SOFTWARE").unwrap_or("-"),
-                        info.transport.as_str()
-                    )
-                },
-            ),
+            get(|Extension(info): Extension<RequestInfo>| async move {
+                let param = |n| info.params.as_ref().and_then(|p| p.get_str(n));
+                format!(
+                    "{} {} {}",
+                    param("REMOTE_ADDR").unwrap_or("-"),
+                    param("SERVER_SOFTWARE").unwrap_or("-"),
+                    info.transport.as_str()
+                )
+            }),
         )
 }
 

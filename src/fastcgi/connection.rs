@@ -47,7 +47,7 @@ use crate::access::AccessLog;
 use crate::body::{Body, BodyError, BodyShared};
 use crate::service::App;
 use crate::stats::Stats;
-use crate::{CgiParams, RequestInfo, Transport};
+use crate::{RequestInfo, Transport};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::StatusCode;
@@ -1090,8 +1090,8 @@ impl<R: ConnRead> Reader<R> {
             request_id,
             peer: mapped.peer,
             scheme: mapped.scheme,
+            params: Some(params),
         });
-        req.extensions_mut().insert(CgiParams(Arc::new(params)));
 
         let inline = bodiless && self.inline.is_none() && self.live() == 1;
         let entry = &mut self.reqs[i];
