@@ -14,6 +14,7 @@
 
 use crate::body::Body;
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -25,7 +26,9 @@ use std::sync::Arc;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type after erasure.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+/// A service's response future, erased.
+pub(crate) type BoxFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
 trait Call: Send + Sync + 'static {
     fn call(&self, req: Request<Body>) -> BoxFuture;
@@ -118,13 +121,13 @@ where
     B::Error: Into<BoxError>,
 {
     fn call(&self, req: Request<Body>) -> BoxFuture {
-        let fut = self.0.call(req);
-        Box::pin(async move {
-            match fut.await {
-                Ok(resp) => Ok(resp.map(box_body)),
-                Err(e) => Err(e.into()),
-            }
-        })
+        // `map`, not an `async move` block: a block holds the captured
+        // future and, once it awaits it, a second copy, which doubled the
+        // allocation (past the 1 KiB glibc serves from its thread cache).
+        Box::pin(self.0.call(req).map(|r| match r {
+            Ok(resp) => Ok(resp.map(box_body)),
+            Err(e) => Err(e.into()),
+        }))
     }
 }
 
@@ -188,12 +191,26 @@ impl App {
         App(Arc::new(Tower(svc)))
     }
 
-    pub(crate) fn call(
-        &self,
-        req: Request<Body>,
-    ) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + use<> {
-        self.0.call(req)
+    /// Calls the service. What runs before its future is returned (the
+    /// synchronous part of a `service_fn` closure, say) runs here, so a
+    /// panic there is caught here and raised again from the future: the
+    /// transports catch panics where they poll it, and answer 500 for
+    /// that one request.
+    pub(crate) fn call(&self, req: Request<Body>) -> BoxFuture {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.call(req))) {
+            Ok(fut) => fut,
+            Err(panic) => rethrow(panic),
+        }
     }
+}
+
+/// A future that raises `panic` again when first polled.
+fn rethrow(panic: Box<dyn std::any::Any + Send>) -> BoxFuture {
+    let mut panic = Some(panic);
+    Box::pin(std::future::poll_fn(move |_| match panic.take() {
+        Some(p) => std::panic::resume_unwind(p),
+        None => std::task::Poll::Pending,
+    }))
 }
 
 #[cfg(test)]

@@ -270,6 +270,73 @@ fn hyper_service_error_is_a_500() {
 }
 
 #[test]
+fn hyper_service_panicking_before_its_future_is_a_500_for_that_request_only() {
+    // The panic comes from the closure itself, before it returns a future:
+    // the server calls the service outside the request's task, and must
+    // still answer this one request 500 and serve on.
+    let svc = hyper::service::service_fn(|req: Request<myflask::Body>| {
+        if req.uri().path() == "/sync-panic" {
+            panic!("deliberate panic before the handler future exists");
+        }
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n")))) }
+    });
+    // Over HTTP too, on one keep-alive connection.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("http.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt.block_on(async {
+        listen::bind(
+            &ListenAddr::Unix(path.clone()),
+            Protocol::Http,
+            &BindOptions::default(),
+        )
+    });
+    let server = Server::new(ServerConfig::default(), vec![listener.unwrap()]);
+    let token = server.shutdown_token();
+    let served = rt.spawn(server.serve(App::from_hyper(svc)));
+    let statuses = rt.block_on(async {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let c = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut c = tokio::io::BufReader::new(c);
+        let mut out = Vec::new();
+        for uri in ["/fine", "/sync-panic", "/fine"] {
+            let req = format!("GET {uri} HTTP/1.1\r\nHost: x\r\n\r\n");
+            c.get_mut().write_all(req.as_bytes()).await.unwrap();
+            let mut status = String::new();
+            c.read_line(&mut status).await.unwrap();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                c.read_line(&mut line).await.unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            c.read_exact(&mut body).await.unwrap();
+            out.push(status.split(' ').nth(1).unwrap_or("").to_string());
+        }
+        out
+    });
+    assert_eq!(statuses, ["200", "500", "200"]);
+    token.cancel();
+    rt.block_on(served).unwrap().unwrap();
+
+    let mut s = serve(App::from_hyper(svc));
+    for _ in 0..3 {
+        let r = s.get("/sync-panic");
+        assert_eq!(r.status, 500, "{r:?}");
+        assert_eq!(r.protocol_status, 0);
+        let r = s.get("/fine");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok\n"[..]));
+    }
+    s.stop();
+}
+
+#[test]
 fn streamed_bodies_arrive_complete() {
     let mut s = serve(App::from_tower(router()));
     let t0 = Instant::now();

@@ -45,7 +45,7 @@ use super::record::{self, BeginRequest, Record};
 use super::{request, response};
 use crate::access::AccessLog;
 use crate::body::{Body, BodyError, BodyShared};
-use crate::service::App;
+use crate::service::{App, BoxError, BoxFuture, ResponseBody};
 use crate::stats::Stats;
 use crate::{RequestInfo, Transport};
 use bytes::{Buf, Bytes, BytesMut};
@@ -1119,7 +1119,14 @@ impl<R: ConnRead> Reader<R> {
         // by value through several frames and then writes each stage of the
         // task over it; behind a pointer those are 8-byte moves (callgrind:
         // -1.9k of 32k instructions per request for one more allocation).
-        let fut = Box::pin(task.run(req, out));
+        // The service is called here and its future awaited by the task,
+        // which then holds a pointer, not the request: as the task's
+        // argument and again inside its handler future, the request made
+        // the task's future 2 KiB, past the size glibc serves from its
+        // thread cache. (A panic in the call itself comes out of the
+        // future, see `App::call`, and is answered in the task.)
+        let call = self.engine.app.call(req);
+        let fut = Box::pin(task.run(call, out));
         // A bodiless request alone on its connection (every request nginx
         // sends without a body: it does not multiplex) runs inside this
         // task, as hyper runs an HTTP/1 request: no task to create and
@@ -1445,7 +1452,7 @@ impl Output {
             self.parts_len = 0;
             Out::Batch(std::mem::take(&mut self.parts))
         };
-        self.tx.send(out).await.map_err(|_| Gone)
+        queue(&self.tx, out).await
     }
 
     /// Ends STDOUT and the request. Waits for the gate first, then marks the
@@ -1480,8 +1487,21 @@ impl Output {
         self.shared.ended.store(true, Ordering::Release);
         let _ = self.flush().await;
         if close {
-            let _ = self.tx.send(Out::Close).await;
+            let _ = queue(&self.tx, Out::Close).await;
         }
+    }
+}
+
+/// Queues `out` for the writer: at once when there is room, as there
+/// nearly always is; else it waits, in a boxed future. Awaited inline, the
+/// channel's send future was a few hundred bytes of every request task's
+/// future, which it pushed past the size glibc serves from its per-thread
+/// cache.
+async fn queue(tx: &mpsc::Sender<Out>, out: Out) -> Result<(), Gone> {
+    match tx.try_send(out) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
+        Err(mpsc::error::TrySendError::Full(out)) => Box::pin(tx.send(out)).await.map_err(|_| Gone),
     }
 }
 
@@ -1523,78 +1543,86 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl RequestTask {
-    async fn run(mut self, req: http::Request<Body>, mut out: Output) {
-        let mut bytes_out = 0u64;
-        let shared = out.shared.clone();
-        let result = {
-            let respond =
-                AssertUnwindSafe(self.respond(req, &mut out, &mut bytes_out)).catch_unwind();
-            tokio::select! {
-                biased;
-                () = shared.wait_for(&shared.cancelled) => None,
-                r = respond => Some(r),
-            }
-        };
-        let close = !self.keep_conn;
-        let farewell = self.keep_conn && self.signals.is_set(DRAINING);
-        let note: Option<String> = match result {
-            Some(Ok(Outcome::Done)) => {
-                out.finish(&self.signals, 0, true, close, farewell).await;
-                None
-            }
-            Some(Ok(Outcome::BodyFailed(e))) => {
-                out.finish(&self.signals, 1, true, close, farewell).await;
-                Some(format!("response body failed after the head was sent: {e}"))
-            }
-            Some(Ok(Outcome::Gone)) => Some("connection closed while responding".into()),
-            Some(Err(panic)) => {
-                let msg = panic_message(&*panic);
-                error!(
-                    request_id = self.log.request_id,
-                    uri = %self.log.uri,
-                    "handler panicked: {msg}"
-                );
-                if self.status == 0 {
-                    out.discard();
-                    bytes_out = encode_error(
-                        &mut out.buf,
-                        self.id,
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal server error",
+    /// Runs the handler and writes its response. Not an `async fn`: one
+    /// stores its arguments in the future twice (as arguments and again as
+    /// the `mut` bindings), which here was 232 of its bytes.
+    fn run(self, call: BoxFuture, out: Output) -> impl Future<Output = ()> + Send {
+        let mut task = self;
+        let mut out = out;
+        async move {
+            let mut bytes_out = 0u64;
+            let shared = out.shared.clone();
+            let result = {
+                let respond =
+                    AssertUnwindSafe(task.respond(call, &mut out, &mut bytes_out)).catch_unwind();
+                tokio::select! {
+                    biased;
+                    () = shared.wait_for(&shared.cancelled) => None,
+                    r = respond => Some(r),
+                }
+            };
+            let close = !task.keep_conn;
+            let farewell = task.keep_conn && task.signals.is_set(DRAINING);
+            let note: Option<String> = match result {
+                Some(Ok(Outcome::Done)) => {
+                    out.finish(&task.signals, 0, true, close, farewell).await;
+                    None
+                }
+                Some(Ok(Outcome::BodyFailed(e))) => {
+                    out.finish(&task.signals, 1, true, close, farewell).await;
+                    Some(format!("response body failed after the head was sent: {e}"))
+                }
+                Some(Ok(Outcome::Gone)) => Some("connection closed while responding".into()),
+                Some(Err(panic)) => {
+                    let msg = panic_message(&*panic);
+                    error!(
+                        request_id = task.log.request_id,
+                        uri = %task.log.uri,
+                        "handler panicked: {msg}"
                     );
-                    self.status = 500;
+                    if task.status == 0 {
+                        out.discard();
+                        bytes_out = encode_error(
+                            &mut out.buf,
+                            task.id,
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal server error",
+                        );
+                        task.status = 500;
+                    }
+                    out.finish(&task.signals, 1, true, close, farewell).await;
+                    Some(format!("handler panicked: {msg}"))
                 }
-                out.finish(&self.signals, 1, true, close, farewell).await;
-                Some(format!("handler panicked: {msg}"))
-            }
-            None => {
-                // Aborted by the web server, or the connection is gone.
-                out.discard();
-                out.finish(&self.signals, 1, false, close, farewell).await;
-                if self.status == 0 {
-                    self.status = 499;
+                None => {
+                    // Aborted by the web server, or the connection is gone.
+                    out.discard();
+                    out.finish(&task.signals, 1, false, close, farewell).await;
+                    if task.status == 0 {
+                        task.status = 499;
+                    }
+                    Some("request aborted".into())
                 }
-                Some("request aborted".into())
+            };
+            if task.signals.is_set(DRAINING) {
+                task.signals.raise(DONE);
             }
-        };
-        if self.signals.is_set(DRAINING) {
-            self.signals.raise(DONE);
+            task.log.finish(
+                &task.signals.engine.stats,
+                if task.status == 0 { 499 } else { task.status },
+                bytes_out,
+                note.as_deref(),
+            );
         }
-        self.log.finish(
-            &self.signals.engine.stats,
-            if self.status == 0 { 499 } else { self.status },
-            bytes_out,
-            note.as_deref(),
-        );
     }
 
-    async fn respond(
+    /// Writes the head of the service's response (or of the error that
+    /// replaces it) into `out`; returns the body still to send.
+    fn head(
         &mut self,
-        req: http::Request<Body>,
+        result: Result<http::Response<ResponseBody>, BoxError>,
         out: &mut Output,
-        bytes_out: &mut u64,
-    ) -> Outcome {
-        let resp = match self.signals.engine.app.call(req).await {
+    ) -> ResponseBody {
+        let resp = match result {
             Ok(r) => r,
             Err(e) => {
                 error!(
@@ -1616,9 +1644,17 @@ impl RequestTask {
         } else {
             resp
         };
-        let (parts, mut body) = resp.into_parts();
+        let (parts, body) = resp.into_parts();
         self.status = parts.status.as_u16();
         out.head(&parts, body.size_hint().exact());
+        body
+    }
+
+    async fn respond(&mut self, call: BoxFuture, out: &mut Output, bytes_out: &mut u64) -> Outcome {
+        // The head is written in a plain function: as locals here, the
+        // response head (a HeaderMap and more) was kept in the task's future
+        // across the awaits below.
+        let mut body = self.head(call.await, out);
         if self.head_only {
             return match out.flush().await {
                 Ok(()) => Outcome::Done,
