@@ -1,7 +1,8 @@
-//! What a running `myflask serve` maps: no libm (see src/nolibm.rs). The
-//! idle-RSS figure itself is a benchmark (`bench/`), not a test; this checks
-//! the mechanism behind half a MiB of it, which a dependency change could
-//! silently undo.
+//! What a running `myflask serve` costs beyond its work: no libm mapped
+//! (see src/nolibm.rs), and no output per request with the access log off.
+//! The idle-RSS and speed figures themselves are benchmarks (`bench/`), not
+//! tests; these check mechanisms behind them that a dependency change or a
+//! stray line could silently undo.
 
 mod common;
 
@@ -24,5 +25,27 @@ fn serving_process_maps_no_libm() {
     assert!(
         !libs.iter().any(|p| p.contains("libm.so")),
         "libm is mapped: {libs:?}"
+    );
+}
+
+#[test]
+fn with_the_access_log_off_requests_write_nothing_to_stderr() {
+    // Each write to stderr is a syscall; a stray per-request print (a
+    // debug line left in) cost a benchmark run three of them a request.
+    let mut s = Server::start(&["--log-level", "info,myflask::access=off"]);
+    let before = s.stderr();
+    for path in ["/healthz", "/", "/request", "/missing"] {
+        for _ in 0..25 {
+            let r = common::fcgi_get(&s.addr(), path);
+            assert!(r.status == 200 || r.status == 404, "{path}: {}", r.status);
+        }
+    }
+    let after = s.stderr();
+    s.stop();
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "requests wrote to stderr:\n{}",
+        &after[before.len().min(after.len())..]
     );
 }
