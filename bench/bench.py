@@ -76,6 +76,16 @@ else:
 ECHO_CONNS = 16
 MUX = (4, 16)  # connections x requests in flight per connection
 
+# Head to head: the peers the targets compare, all started at once and
+# measured in turn, several rounds, the order rotating each round. A ratio
+# is then taken between figures measured seconds apart, and the median of
+# the rounds' ratios is what the targets are judged on: one pass per peer,
+# minutes apart, moved ±10% on this (virtual, shared) machine.
+H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi"]
+H2H_ECHO_PEERS = ["myflask", "hyper"]
+H2H_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "5"))
+H2H_CONNS = [16] if QUICK else [16, 64]
+
 # myflask runs with its access log off (nginx runs with access_log off too).
 MYFLASK_LOG = ["--log-target", "stderr", "--log-level", "info,myflask::access=off"]
 
@@ -610,6 +620,62 @@ def cold_starts(tmp, names):
     return out
 
 
+def head_to_head(tmp, names, rows):
+    """Interleaved rounds of the target comparisons (see H2H_PEERS)."""
+    specs = [p for p in PEERS if p["name"] in H2H_PEERS and p["name"] in names]
+    if len(specs) < 2 or H2H_ROUNDS < 1:
+        return
+    log(f"== head to head: {', '.join(p['name'] for p in specs)}, {H2H_ROUNDS} rounds")
+    peers = []
+    try:
+        for spec in specs:
+            p = Peer(spec, os.path.join(tmp, "h2h"))
+            peers.append(p)
+            p.start()
+            check_peer(p)
+        for p in peers:
+            run_wrk(p.port, 16, WARMUP)
+        for rnd in range(H2H_ROUNDS):
+            k = rnd % len(peers)
+            order = peers[k:] + peers[:k]
+            points = [("h2h_get", c, 0, order) for c in H2H_CONNS]
+            points.append(("h2h_echo", ECHO_CONNS, MIB, [p for p in order if p.name in H2H_ECHO_PEERS]))
+            for section, c, body, who in points:
+                for p in who:
+                    with RssSampler(p.root_pid(), p.nginx.pid) as s:
+                        r = run_wrk(p.port, c, DURATION, body)
+                    cpu, ncpu = s.per_req(r["requests"])
+                    rows.append(dict(section=section, peer=p.name, conns=c, body=body, round=rnd,
+                                     rss_kib=s.peak, cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+            log(f"   round {rnd + 1}: " + "; ".join(
+                f"{r['peer']} {r['section'][4:]} c={r['conns']} {r['rps']:.0f}"
+                for r in rows if r.get("round") == rnd and r["section"].startswith("h2h")))
+    finally:
+        for p in peers:
+            p.stop()
+
+
+def h2h_summary(rows, section, conns):
+    """{peer: rows} of one head-to-head point, and per-round ratios to myflask."""
+    by_peer = {}
+    for r in rows:
+        if r["section"] == section and r["conns"] == conns:
+            by_peer.setdefault(r["peer"], []).append(r)
+    mf = {r["round"]: r for r in by_peer.get(REF, [])}
+    ratios = {}
+    for peer, rs in by_peer.items():
+        ratios[peer] = [mf[r["round"]]["rps"] / r["rps"] for r in rs if r["round"] in mf and r["rps"]]
+    return by_peer, ratios
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if not n:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
 def versions():
     def cmd(*c):
         try:
@@ -688,6 +754,11 @@ def main():
             failed.append(f"{peer.name}: {e}")
             log(f"   FAILED: {e}")
             peer.stop()
+    try:
+        head_to_head(tmp, [p["name"] for p in peers], rows)
+    except Exception as e:  # noqa: BLE001
+        failed.append(f"head to head: {e}")
+        log(f"   FAILED: {e}")
     cold = []
     log("== cold starts")
     try:
@@ -777,7 +848,7 @@ def update_readme(md):
         f.write(pre + block + post)
 
 
-CSV_FIELDS = ["section", "peer", "conns", "mux", "body", "rps", "x_ceiling", "x_myflask", "mib_s",
+CSV_FIELDS = ["section", "peer", "conns", "mux", "body", "round", "rps", "x_ceiling", "x_myflask", "mib_s",
               "p50_ms", "p99_ms", "p99_x_myflask", "non2xx", "sock_err", "rss_kib", "rss_x_myflask",
               "cpu_us_server", "cpu_us_nginx",
               "median_ms", "load_before", "load_after", "cpu_busy", "background_cores"]
@@ -970,6 +1041,54 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
                                  background_cores=round(r["background"], 2)))
         w("")
 
+    # head to head
+    h2h = {}
+    for section, conns in [("h2h_get", c) for c in H2H_CONNS] + [("h2h_echo", ECHO_CONNS)]:
+        by_peer, ratios = h2h_summary(rows, section, conns)
+        if len(by_peer) >= 2:
+            h2h[(section, conns)] = (by_peer, ratios)
+    if h2h:
+        nr = max(len(v) for by_peer, _ in h2h.values() for v in by_peer.values())
+        w("## Head to head: the target comparisons, interleaved\n")
+        w(f"The peers the targets compare run side by side (each with its own nginx) and are measured "
+          f"in turn, {nr} rounds, the order rotating each round, {meta['duration']:g} s a point. "
+          f"×mf is the median of the rounds' ratios (figure / myflask's in the same round), so each "
+          f"ratio compares figures taken seconds apart; the targets below use these.\n")
+        w("| point | peer | median req/s | min–max req/s | ×mf (median of rounds) | per-round ×mf | "
+          "median p99 ms | median CPU µs/req server | nginx |")
+        w("|---|---|---:|---:|---:|---|---:|---:|---:|")
+        for (section, conns), (by_peer, ratios) in h2h.items():
+            what = f"GET c={conns}" if section == "h2h_get" else f"echo 1 MiB c={conns}"
+            for peer in [n for n in H2H_PEERS if n in by_peer]:
+                rs = by_peer[peer]
+                rps = [r["rps"] for r in rs]
+                x = median([1 / q for q in ratios[peer]]) if peer != REF and ratios[peer] else None
+                per = ", ".join(f"{1 / q:.2f}" for q in ratios[peer]) if peer != REF else ""
+                w(f"| {what} | {labels[peer]} | {fmt_n(median(rps))} | {fmt_n(min(rps))}–{fmt_n(max(rps))} | "
+                  f"{fmt_r(x) if x else '1'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
+                  f"{fmt_us(median([r['cpu_us'] for r in rs if r.get('cpu_us') is not None]))} | "
+                  f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]))} |")
+                for r in rs:
+                    csv_rows.append(dict(section=section, peer=peer, conns=conns, body=r.get("body"),
+                                         round=r["round"], rps=round(r["rps"], 1), p50_ms=r["p50_ms"],
+                                         p99_ms=r["p99_ms"], non2xx=r["non2xx"], sock_err=r["sock_err"],
+                                         rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us")),
+                                         cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+        w("")
+
+    def h2h_x(section, conns, peer):
+        """myflask ÷ peer: median of the rounds' ratios, with how many rounds."""
+        v = h2h.get((section, conns))
+        if not v or not v[1].get(peer):
+            return None
+        return median(v[1][peer]), len(v[1][peer])
+
+    def h2h_p99(conns, peer):
+        v = h2h.get(("h2h_get", conns))
+        if not v or peer not in v[0]:
+            return None
+        return median([r["p99_ms"] for r in v[0][peer]])
+
     # targets
     targets_ok = True
     if not meta["quick"]:
@@ -986,25 +1105,34 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
             targets_ok &= ok
             res.append(f"| {name} | {measured} | {'yes' if ok else '**no**'} |")
 
+        def vs(section, c, peer, mf, other, goal, what):
+            """A ratio target: head to head if it ran, else the single pass."""
+            hx = h2h_x(section, c, peer)
+            if hx:
+                x, n = hx
+                single = f"; single pass {mf['rps'] / other['rps']:.2f}×" if mf and other else ""
+                t(what, f"{x:.2f}× (median of {n} rounds{single})", x >= goal)
+            elif mf and other:
+                x = mf["rps"] / other["rps"]
+                t(what, f"{x:.2f}× (single pass)", x >= goal)
+
         for c in (16, 64):
             mf, hy, tf, ce = get("get", REF, c), get("get", "hyper", c), get("get", "tokio-fastcgi", c), get("get", CEIL, c)
-            if mf and hy:
-                x = mf["rps"] / hy["rps"]
-                t(f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass", f"{x:.2f}×", x >= 1.0)
-            if mf and tf:
-                x = mf["rps"] / tf["rps"]
-                t(f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi", f"{x:.2f}×", x >= 1.5)
+            vs("h2h_get", c, "hyper", mf, hy, 1.0, f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass")
+            vs("h2h_get", c, "tokio-fastcgi", mf, tf, 1.5, f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi")
             if mf and ce:
                 x = mf["rps"] / ce["rps"]
                 t(f"GET c={c}: myflask ≥ 0.40× ceiling", f"{x:.2f}×", x >= 0.40)
         mf, hy = get("get", REF, 64), get("get", "hyper", 64)
-        if mf and hy:
-            t("p99 at c=64 ≤ hyper's", f"{mf['p99_ms']:.2f} ms vs {hy['p99_ms']:.2f} ms", mf["p99_ms"] <= hy["p99_ms"])
+        a, b = h2h_p99(64, REF), h2h_p99(64, "hyper")
+        if a is not None and b is not None:
+            t("p99 at c=64 ≤ hyper's", f"{a:.2f} ms vs {b:.2f} ms (medians of the rounds)", a <= b)
+        elif mf and hy:
+            t("p99 at c=64 ≤ hyper's", f"{mf['p99_ms']:.2f} ms vs {hy['p99_ms']:.2f} ms (single pass)",
+              mf["p99_ms"] <= hy["p99_ms"])
         mf, hy, tf = get("echo", REF, ECHO_CONNS, MIB), get("echo", "hyper", ECHO_CONNS, MIB), \
             get("echo", "tokio-fastcgi", ECHO_CONNS, MIB)
-        if mf and hy:
-            x = mf["rps"] / hy["rps"]
-            t("1 MiB echo: myflask ≥ 1.0× hyper", f"{x:.2f}×", x >= 1.0)
+        vs("h2h_echo", ECHO_CONNS, "hyper", mf, hy, 1.0, "1 MiB echo: myflask ≥ 1.0× hyper")
         if mf and tf:
             x = mf["rss_kib"] / tf["rss_kib"]
             t("RSS under 1 MiB echo ≤ 0.5× tokio-fastcgi's",
