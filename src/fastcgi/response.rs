@@ -33,6 +33,22 @@ pub fn head_len_estimate(parts: &Parts) -> usize {
     64 + headers
 }
 
+/// Appends `n` in decimal (formatted on the stack: `to_string` cost an
+/// allocation a response).
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
 /// Appends the CGI head (status, headers, blank line) to `out`.
 ///
 /// `exact_len` is the body's exact size when known: it becomes a
@@ -61,7 +77,7 @@ pub fn encode_head(out: &mut BytesMut, parts: &Parts, exact_len: Option<u64>) {
     if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         if let Some(n) = exact_len {
             out.put_slice(b"content-length: ");
-            out.put_slice(n.to_string().as_bytes());
+            put_decimal(out, n);
             out.put_slice(b"\r\n");
         }
     }
@@ -93,6 +109,15 @@ mod tests {
         assert_eq!(text.matches("set-cookie").count(), 2);
         assert!(text.contains("content-length: 3\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn decimal_lengths() {
+        for n in [0, 7, 10, 14, 65_535, 1 << 20, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_decimal(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes());
+        }
     }
 
     #[test]
