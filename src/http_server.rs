@@ -108,11 +108,7 @@ async fn handle(
                 )
             }
             Err(p) => {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".into());
+                let msg = crate::service::panic_message(&*p);
                 tracing::error!(request_id, uri = %log.uri, "handler panicked: {msg}");
                 crate::app::text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,

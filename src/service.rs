@@ -204,6 +204,18 @@ impl App {
     }
 }
 
+/// The message of a caught panic, for the log line that reports it (both
+/// transports answer a panicking handler with a 500 and log this).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
 /// A future that raises `panic` again when first polled.
 fn rethrow(panic: Box<dyn std::any::Any + Send>) -> BoxFuture {
     let mut panic = Some(panic);

@@ -45,7 +45,7 @@ use super::record::{self, BeginRequest, Record};
 use super::{request, response};
 use crate::access::AccessLog;
 use crate::body::{Body, BodyError, BodyShared};
-use crate::service::{App, BoxError, BoxFuture, ResponseBody};
+use crate::service::{App, BoxError, BoxFuture, ResponseBody, panic_message};
 use crate::stats::Stats;
 use crate::{RequestInfo, Transport};
 use bytes::{Buf, Bytes, BytesMut};
@@ -1529,16 +1529,6 @@ impl Drop for RequestTask {
     /// `Stats::try_begin_request`); however it ends, it ends here.
     fn drop(&mut self) {
         self.signals.engine.stats.end_request();
-    }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
     }
 }
 
