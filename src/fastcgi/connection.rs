@@ -321,7 +321,11 @@ impl ReqShared {
         self.task.wake();
     }
 
-    fn cancel(&self) {
+    /// The reader gives the request up (aborted, or the connection is
+    /// gone): its handler is cancelled and its gate opened, so a task
+    /// waiting to respond cannot wait forever. One wake-up for both.
+    fn abandon(&self) {
+        self.input_done.store(true, Ordering::Release);
         self.cancelled.store(true, Ordering::Release);
         self.task.wake();
     }
@@ -430,13 +434,11 @@ struct Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // The reader forgets the request: its handler is cancelled, and
-        // whatever happens to the reader, a task waiting to respond must
-        // not wait forever. (Not for a request that has ended: its task is
-        // past both, and a wake-up would be a wasted poll.)
+        // Whatever happens to the reader, the request is given up. (Not
+        // one that has ended: its task is past both flags, and a wake-up
+        // would be a wasted poll.)
         if !self.shared.ended() {
-            self.shared.input_done.store(true, Ordering::Release);
-            self.shared.cancel();
+            self.shared.abandon();
         }
     }
 }
@@ -1002,9 +1004,8 @@ impl<R: ConnRead> Reader<R> {
         // over within this pass of the reader, so its params (and the
         // request head, which shares their bytes) may stay in the read
         // buffer. Anything else gets a copy.
-        let inline_likely = self.inline.is_none()
-            && self.live() == 1
-            && empty_stdin_next(&self.buf, self.reqs[i].id);
+        let stdin_ends_next = empty_stdin_next(&self.buf, self.reqs[i].id);
+        let inline_likely = self.inline.is_none() && self.live() == 1 && stdin_ends_next;
         let params = match Params::parse(buf.finish(!inline_likely)) {
             Ok(p) => p,
             Err(e) => {
@@ -1049,22 +1050,23 @@ impl<R: ConnRead> Reader<R> {
             return self.answer(i, r, Some(&params));
         }
         // Counted in flight from here; the task's drop ends it.
-        self.start(i, params, mapped);
+        self.start(i, params, mapped, stdin_ends_next);
         Step::Done
     }
 
     /// Starts the handler for entry `i`: as its own task, or inline.
-    fn start(&mut self, i: usize, params: Params, mapped: request::Mapped) {
+    /// `stdin_ends_next`: the next record in the buffer is this request's
+    /// empty STDIN (see `empty_stdin_next`).
+    fn start(&mut self, i: usize, params: Params, mapped: request::Mapped, stdin_ends_next: bool) {
         let request_id = self.engine.stats.next_request_id();
         // A request known to have no body gets no channel. nginx declares
         // no CONTENT_LENGTH for a GET but sends its empty STDIN in the same
         // write as the PARAMS, so it is usually in the buffer already.
-        let id = self.reqs[i].id;
         // (A declared length with an empty STDIN is a mismatch, which the
         // channel reports to the handler as an error.)
         let bodiless = match mapped.content_length {
             Some(n) => n == 0,
-            None => empty_stdin_next(&self.buf, id),
+            None => stdin_ends_next,
         };
         let (tx, body_shared, body) = if bodiless {
             (None, None, Body::empty())
@@ -1295,8 +1297,7 @@ impl<R: ConnRead> Reader<R> {
                     body.fail(BodyError::Aborted);
                 }
                 tx.take();
-                entry.shared.input_done.store(true, Ordering::Release);
-                entry.shared.cancel();
+                entry.shared.abandon();
             }
         }
         Ok(Step::Done)
