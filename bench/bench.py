@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import signal
 import socket
 import subprocess
@@ -669,11 +670,8 @@ def h2h_summary(rows, section, conns):
 
 
 def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    if not n:
-        return None
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    """statistics.median, or None for no figures."""
+    return statistics.median(xs) if xs else None
 
 
 def versions():
