@@ -1006,7 +1006,8 @@ impl<R: ConnRead> Reader<R> {
         // buffer. Anything else gets a copy.
         let stdin_ends_next = empty_stdin_next(&self.buf, self.reqs[i].id);
         let inline_likely = self.inline.is_none() && self.live() == 1 && stdin_ends_next;
-        let params = match Params::parse(buf.finish(!inline_likely)) {
+        let mut known = request::Known::default();
+        let params = match Params::parse_with(buf.finish(!inline_likely), |i, n| known.note(i, n)) {
             Ok(p) => p,
             Err(e) => {
                 let r = Reject {
@@ -1016,7 +1017,7 @@ impl<R: ConnRead> Reader<R> {
                 return self.answer(i, r, None);
             }
         };
-        let mapped = match request::build(&params) {
+        let mapped = match request::build_known(&params, &known) {
             Ok(m) => m,
             Err(e) => {
                 let r = Reject {

@@ -5,8 +5,9 @@
 //! broken:
 //! - [`record_decoder`]: decoding never panics, consumes exactly what each
 //!   header says, and re-encoding a decoded record gives the same content;
-//! - [`params_parser`]: parsing never panics and parse ∘ encode is the
-//!   identity on whatever parsed;
+//! - [`params_parser`]: parsing never panics, parse ∘ encode is the
+//!   identity on whatever parsed, and the one-pass request mapping (names
+//!   noted while parsing) agrees with the two-pass one;
 //! - [`connection`]: the whole engine fed the bytes as a client stream
 //!   (through an in-memory duplex, with an echoing and a streaming service)
 //!   never panics or hangs, writes only well-formed records, never answers
@@ -15,7 +16,7 @@
 
 use super::connection::{self, ConnConfig, ConnMeta, Engine};
 use super::params::{self, Params};
-use super::record;
+use super::{record, request};
 use crate::body::Body;
 use crate::service::App;
 use crate::stats::Stats;
@@ -64,11 +65,27 @@ pub fn params_parser(data: &[u8]) {
     for (k, v) in p.iter() {
         params::encode_pair(&mut enc, k, v);
     }
-    let q = Params::parse(enc.freeze()).expect("re-encoded params parse");
+    // Parsed again with the names noted on the way (what the connection
+    // does): the same pairs, and the same request or the same error as the
+    // two-pass `build`.
+    let mut known = request::Known::default();
+    let q =
+        Params::parse_with(enc.freeze(), |i, n| known.note(i, n)).expect("re-encoded params parse");
     assert!(p.iter().eq(q.iter()));
     // Lookups on arbitrary names must not panic either.
     let _ = p.get("REQUEST_METHOD");
-    let _ = crate::fastcgi::request::build(&p);
+    let one = request::build_known(&q, &known);
+    match (request::build(&p), one) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.request.method(), b.request.method());
+            assert_eq!(a.request.uri(), b.request.uri());
+            assert_eq!(a.request.headers(), b.request.headers());
+            assert_eq!(a.content_length, b.content_length);
+            assert_eq!(a.peer, b.peer);
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        (a, b) => panic!("build and build_known disagree: {a:?} / {b:?}"),
+    }
 }
 
 fn fuzz_app() -> App {

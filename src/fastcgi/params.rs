@@ -67,6 +67,17 @@ fn read_len(buf: &[u8], pos: &mut usize) -> Option<usize> {
 impl Params {
     /// Parses a complete name-value stream.
     pub fn parse(buf: Bytes) -> Result<Params, ParamsError> {
+        Params::parse_with(buf, |_, _| {})
+    }
+
+    /// Parses a complete name-value stream, showing each name and its
+    /// index to `seen` as it goes: a caller looking for some names finds
+    /// them in this pass instead of walking the list again (see
+    /// `request::Known`).
+    pub fn parse_with(
+        buf: Bytes,
+        mut seen: impl FnMut(usize, &[u8]),
+    ) -> Result<Params, ParamsError> {
         let mut pairs = Vec::with_capacity(32);
         let mut pos = 0;
         let b = &buf[..];
@@ -85,6 +96,7 @@ impl Params {
                 .checked_add(value_len)
                 .filter(|e| *e <= b.len())
                 .ok_or(ParamsError::Truncated { offset: start })?;
+            seen(pairs.len(), &b[pos..name_end]);
             pairs.push((pos..name_end, name_end..value_end));
             pos = value_end;
         }
@@ -127,6 +139,11 @@ impl Params {
             .iter()
             .find(|(k, _)| &self.buf[k.clone()] == name.as_bytes())
             .map(|(_, v)| self.buf.slice(v.clone()))
+    }
+
+    /// The name of the `i`-th pair (in `iter()` order).
+    pub fn name(&self, i: usize) -> Option<&[u8]> {
+        self.pairs.get(i).map(|(k, _)| &self.buf[k.clone()])
     }
 
     /// The value of the `i`-th pair (in `iter()` order).

@@ -85,11 +85,13 @@ fn parse_uri(raw: Bytes) -> Result<Uri, BadRequest> {
     }
 }
 
-/// Where the params `build` reads are (index of the first occurrence):
-/// found in one pass, as a `match` on each name, instead of a scan of the
-/// whole list for each of them (a dozen scans were most of `build`).
+/// Where the params `build` reads are (index of the first occurrence),
+/// and which params are headers: noted one name at a time, as the params
+/// are parsed (`Params::parse_with(buf, |i, n| known.note(i, n))`), so
+/// the list is walked once. A dozen scans of it, then one walk for these
+/// and another for the headers, were most of `build`.
 #[derive(Default)]
-struct Known {
+pub struct Known {
     request_method: Option<usize>,
     request_uri: Option<usize>,
     document_uri: Option<usize>,
@@ -105,35 +107,60 @@ struct Known {
     remote_port: Option<usize>,
     https: Option<usize>,
     request_scheme: Option<usize>,
+    /// Bit `i` set: pair `i` (< 64) is an `HTTP_*` header param.
+    headers: u64,
+    /// Some `HTTP_*` param sits at index 64 or beyond (a request with
+    /// that many params is rare: those are found by a scan).
+    headers_beyond: bool,
 }
 
 impl Known {
+    /// Notes the `i`-th param's name.
+    pub fn note(&mut self, i: usize, name: &[u8]) {
+        let slot = match name {
+            b"REQUEST_METHOD" => &mut self.request_method,
+            b"REQUEST_URI" => &mut self.request_uri,
+            b"DOCUMENT_URI" => &mut self.document_uri,
+            b"SCRIPT_NAME" => &mut self.script_name,
+            b"PATH_INFO" => &mut self.path_info,
+            b"QUERY_STRING" => &mut self.query_string,
+            b"SERVER_PROTOCOL" => &mut self.server_protocol,
+            b"SERVER_NAME" => &mut self.server_name,
+            b"SERVER_PORT" => &mut self.server_port,
+            b"CONTENT_TYPE" => &mut self.content_type,
+            b"CONTENT_LENGTH" => &mut self.content_length,
+            b"REMOTE_ADDR" => &mut self.remote_addr,
+            b"REMOTE_PORT" => &mut self.remote_port,
+            b"HTTPS" => &mut self.https,
+            b"REQUEST_SCHEME" => &mut self.request_scheme,
+            _ => {
+                if is_header_param(name) {
+                    if i < 64 {
+                        self.headers |= 1 << i;
+                    } else {
+                        self.headers_beyond = true;
+                    }
+                }
+                return;
+            }
+        };
+        // The first occurrence counts, as with `Params::get`.
+        slot.get_or_insert(i);
+    }
+
     fn find(p: &Params) -> Known {
         let mut k = Known::default();
         for (i, (name, _)) in p.iter().enumerate() {
-            let slot = match name {
-                b"REQUEST_METHOD" => &mut k.request_method,
-                b"REQUEST_URI" => &mut k.request_uri,
-                b"DOCUMENT_URI" => &mut k.document_uri,
-                b"SCRIPT_NAME" => &mut k.script_name,
-                b"PATH_INFO" => &mut k.path_info,
-                b"QUERY_STRING" => &mut k.query_string,
-                b"SERVER_PROTOCOL" => &mut k.server_protocol,
-                b"SERVER_NAME" => &mut k.server_name,
-                b"SERVER_PORT" => &mut k.server_port,
-                b"CONTENT_TYPE" => &mut k.content_type,
-                b"CONTENT_LENGTH" => &mut k.content_length,
-                b"REMOTE_ADDR" => &mut k.remote_addr,
-                b"REMOTE_PORT" => &mut k.remote_port,
-                b"HTTPS" => &mut k.https,
-                b"REQUEST_SCHEME" => &mut k.request_scheme,
-                _ => continue,
-            };
-            // The first occurrence counts, as with `Params::get`.
-            slot.get_or_insert(i);
+            k.note(i, name);
         }
         k
     }
+}
+
+/// `HTTP_*` params are the request's headers, except `HTTP_CONTENT_*`:
+/// `CONTENT_*` are authoritative (nginx may send both).
+fn is_header_param(name: &[u8]) -> bool {
+    name.starts_with(b"HTTP_") && name != b"HTTP_CONTENT_LENGTH" && name != b"HTTP_CONTENT_TYPE"
 }
 
 /// The value of the pair at `i`, if any.
@@ -206,6 +233,36 @@ fn header_name(cgi: &[u8]) -> Option<HeaderName> {
     }
 }
 
+/// Appends the header of `HTTP_*` param `i`.
+fn add_header(
+    p: &Params,
+    i: usize,
+    headers: &mut http::HeaderMap,
+    has_host: &mut bool,
+) -> Result<(), BadRequest> {
+    let name = p.name(i).unwrap_or_default();
+    let hn = header_name(name).ok_or_else(|| {
+        bad(format!(
+            "param {:?} does not make a valid header name",
+            String::from_utf8_lossy(name)
+        ))
+    })?;
+    let value = p.value_shared(i).unwrap_or_default();
+    let hv = HeaderValue::from_maybe_shared(value.clone())
+        .map_err(|_| bad(format!("header {hn} has a value with forbidden bytes")))?;
+    if hn == HOST && !*has_host {
+        // The Host that counts (the first) must be an authority.
+        // Parsed from the shared bytes: from a `&str` it is a copy.
+        if Authority::from_maybe_shared(value).is_err() {
+            return Err(bad(format!("Host header {hv:?} is not a valid authority")));
+        }
+        *has_host = true;
+    }
+    // append, not insert: repeated params are repeated headers.
+    headers.append(hn, hv);
+    Ok(())
+}
+
 fn scheme_from(p: &Params, k: &Known) -> Scheme {
     match val(p, k.https) {
         Some(v) if !v.is_empty() && !v.eq_ignore_ascii_case(b"off") => return Scheme::HTTPS,
@@ -219,7 +276,11 @@ fn scheme_from(p: &Params, k: &Known) -> Scheme {
 
 /// Builds the request head from a complete PARAMS stream.
 pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
-    let k = Known::find(p);
+    build_known(p, &Known::find(p))
+}
+
+/// `build`, with `k` noted while `p` was parsed.
+pub fn build_known(p: &Params, k: &Known) -> Result<Mapped, BadRequest> {
     let method = match val(p, k.request_method) {
         None | Some(b"") => return Err(bad("REQUEST_METHOD is missing")),
         Some(m) => Method::from_bytes(m).map_err(|_| {
@@ -229,43 +290,29 @@ pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
             ))
         })?,
     };
-    let uri = uri_from_params(p, &k)?;
+    let uri = uri_from_params(p, k)?;
     let mut builder = Request::builder()
         .method(method)
         .uri(uri)
-        .version(version_from(p, &k));
+        .version(version_from(p, k));
     let headers = builder
         .headers_mut()
         .ok_or_else(|| bad("invalid request head"))?;
 
+    // In the order received (ascending bits, then the scan beyond 64).
     let mut has_host = false;
-    for (i, (name, _)) in p.iter().enumerate() {
-        // CONTENT_* are authoritative; nginx may also send HTTP_CONTENT_*.
-        if name == b"HTTP_CONTENT_LENGTH" || name == b"HTTP_CONTENT_TYPE" {
-            continue;
-        }
-        if !name.starts_with(b"HTTP_") {
-            continue;
-        }
-        let hn = header_name(name).ok_or_else(|| {
-            bad(format!(
-                "param {:?} does not make a valid header name",
-                String::from_utf8_lossy(name)
-            ))
-        })?;
-        let value = p.value_shared(i).unwrap_or_default();
-        let hv = HeaderValue::from_maybe_shared(value.clone())
-            .map_err(|_| bad(format!("header {hn} has a value with forbidden bytes")))?;
-        if hn == HOST && !has_host {
-            // The Host that counts (the first) must be an authority.
-            // Parsed from the shared bytes: from a `&str` it is a copy.
-            if Authority::from_maybe_shared(value).is_err() {
-                return Err(bad(format!("Host header {hv:?} is not a valid authority")));
+    let mut bits = k.headers;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        add_header(p, i, headers, &mut has_host)?;
+    }
+    if k.headers_beyond {
+        for i in 64..p.len() {
+            if p.name(i).is_some_and(is_header_param) {
+                add_header(p, i, headers, &mut has_host)?;
             }
-            has_host = true;
         }
-        // append, not insert: repeated params are repeated headers.
-        headers.append(hn, hv);
     }
 
     if !has_host {
@@ -335,7 +382,7 @@ pub fn build(p: &Params) -> Result<Mapped, BadRequest> {
     Ok(Mapped {
         request,
         content_length,
-        scheme: scheme_from(p, &k),
+        scheme: scheme_from(p, k),
         peer,
     })
 }
@@ -470,5 +517,42 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(m.request.headers()[HOST], "example.org:8443");
+    }
+
+    #[test]
+    fn headers_keep_their_order_past_the_64th_param() {
+        // Headers at indices 10, 63, 64 and 69: the first two come from the
+        // bitmask noted while parsing, the others from the scan beyond it.
+        let names: Vec<String> = (0..70)
+            .map(|i| match i {
+                0 => "REQUEST_METHOD".into(),
+                10 | 63 | 64 | 69 => "HTTP_ACCEPT".into(),
+                65 => "HTTP_CONTENT_LENGTH".into(),
+                _ => format!("X_PARAM_{i}"),
+            })
+            .collect();
+        let values: Vec<String> = (0..70)
+            .map(|i| {
+                if i == 0 {
+                    "GET".into()
+                } else {
+                    format!("v{i}")
+                }
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        for (n, v) in names.iter().zip(&values) {
+            super::super::params::encode_pair(&mut buf, n.as_bytes(), v.as_bytes());
+        }
+        let mut k = Known::default();
+        let p = Params::parse_with(buf.freeze(), |i, n| k.note(i, n)).unwrap();
+        let m = build_known(&p, &k).unwrap();
+        let all: Vec<_> = m.request.headers().get_all("accept").iter().collect();
+        assert_eq!(all, ["v10", "v63", "v64", "v69"]);
+        // HTTP_CONTENT_* is not a header (CONTENT_* is authoritative).
+        assert!(m.request.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(m.request.headers().len(), 4);
+        // The same as the two-pass `build`.
+        assert_eq!(build(&p).unwrap().request.headers(), m.request.headers());
     }
 }
