@@ -4,8 +4,9 @@ and builds everything first).
 
 One invocation, peers one after another: for each peer it starts the server
 (and an nginx of its own in front of it), checks that GET / and POST /echo
-answer correctly, samples idle RSS, warms up, runs wrk at each point while
-sampling the RSS of the server's process tree, then stops everything. Then
+answer correctly (GET / only for the FastCGI floor, which has no /echo),
+samples idle RSS, warms up, runs wrk at each point while sampling the RSS of
+the server's process tree, then stops everything. Then
 cold starts (loadgen coldstart) and a direct FastCGI run with no nginx
 (loadgen run). Writes bench/results/<date>.md/.csv and latest.md.
 
@@ -48,6 +49,9 @@ MYFLASK = os.path.join(BUILD, "target", "release", "myflask-hello")
 LOADGEN = os.path.join(BUILD, "target", "release", "myflask-loadgen")
 TOKIO_FCGI = os.path.join(BUILD, "target", "release", "bench-tokio-fastcgi")
 HYPER = os.path.join(BUILD, "target", "release", "bench-hyper")
+# The FastCGI floor: a canned GET / reply, nothing parsed but record headers
+# (bench/peers/floor). Not an app server: what nginx's fastcgi_pass allows.
+FLOOR = os.path.join(BUILD, "target", "release", "bench-fastcgi-floor")
 GO = os.path.join(BUILD, "bin", "bench-go")
 VENV_PY = os.path.join(BUILD, "venv", "bin", "python")
 PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
@@ -82,7 +86,10 @@ MUX = (4, 16)  # connections x requests in flight per connection
 # is then taken between figures measured seconds apart, and the median of
 # the rounds' ratios is what the targets are judged on: one pass per peer,
 # minutes apart, moved ±10% on this (virtual, shared) machine.
-H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi"]
+# The FastCGI floor rides along in the GET rounds as context (the same
+# fastcgi_pass path with no server work behind it), never as a target; it
+# has no /echo, so the echo rounds stay myflask against hyper.
+H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor"]
 H2H_ECHO_PEERS = ["myflask", "hyper"]
 H2H_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "5"))
 H2H_CONNS = [16] if QUICK else [16, 64]
@@ -93,6 +100,10 @@ MYFLASK_LOG = ["--log-target", "stderr", "--log-level", "info,myflask::access=of
 # name, label, server kind, upstream protocol, nginx keepalive
 PEERS = [
     dict(name="ceiling", label="nginx return 200 (ceiling)", kind="ceiling"),
+    # Diagnostic, not a contender: the ceiling's counterpart for fastcgi_pass,
+    # with exactly the nginx config of the keep_conn FastCGI peers. GET only.
+    dict(name="fastcgi-floor", label="FastCGI floor (canned reply, no parsing)", kind="floor", proto="fcgi",
+         keep=True),
     dict(name="php-fpm", label="php-fpm 8.2 (static, 4 children)", kind="php", proto="fcgi", keep=False),
     dict(name="flup", label="Python flup + Flask", kind="flup", proto="fcgi", keep=True),
     dict(name="go", label="Go net/http/fcgi", kind="go", proto="fcgi", keep=True),
@@ -104,6 +115,7 @@ PEERS = [
 ]
 REF = "myflask"
 CEIL = "ceiling"
+FLOOR_PEER = "fastcgi-floor"
 
 
 def log(*a):
@@ -301,6 +313,8 @@ class Peer:
             return [TOKIO_FCGI, sock]
         if k == "hyper":
             return [HYPER, sock]
+        if k == "floor":
+            return [FLOOR, sock]
         if k == "myflask":
             return [MYFLASK, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
         if k == "myflask-http":
@@ -472,6 +486,10 @@ def check_peer(peer):
     st, body = http_req(peer.port, "GET", "/")
     if st != 200 or not body:
         raise RuntimeError(f"GET / -> {st} {body[:80]!r}")
+    if peer.spec["kind"] == "floor":
+        # The floor answers every request with its canned GET / reply, so an
+        # echo check could only fail: it has no /echo and is never measured on it.
+        return len(body)
     payload = os.urandom(16 * KIB)
     st, back = http_req(peer.port, "POST", "/echo", payload)
     if peer.name == CEIL and not os.path.exists(ECHO_MODULE):
@@ -539,6 +557,8 @@ def bench_peer(peer, rows, direct_rows, errors):
         for b in ECHO_BODIES:
             if peer.name == CEIL and not os.path.exists(ECHO_MODULE):
                 continue
+            if spec["kind"] == "floor":  # GET points only: it has no /echo
+                continue
             with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
                 r = run_wrk(peer.port, ECHO_CONNS, DURATION, b)
             cpu, ncpu = s.per_req(r["requests"])
@@ -546,7 +566,8 @@ def bench_peer(peer, rows, direct_rows, errors):
                              cpu_us=cpu, nginx_cpu_us=ncpu, **r))
             log(f"   echo {b // KIB} KiB: {r['rps']:.0f} req/s {r['mib_s']:.0f} MiB/s p99 {r['p99_ms']:.1f} ms "
                 f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
-        # direct FastCGI, same server process, no nginx in the path
+        # direct FastCGI, same server process, no nginx in the path (not the
+        # floor: it is there to show nginx's fastcgi_pass path, not a server)
         direct = {"myflask": True, "go": True, "tokio-fastcgi": False, "php-fpm": False}
         if peer.name in direct:
             extra = []
@@ -587,6 +608,8 @@ def cold_starts(tmp, names):
     sock = os.path.join(d, "app.sock")
     for spec in PEERS:
         if spec["name"] == "myflask-nokeep" or spec["name"] not in names:
+            continue
+        if spec["kind"] == "floor":  # a canned reply, not a server whose start-up means anything
             continue
         peer = Peer(spec, d)
         proto, addr, path = "fcgi", "unix:" + sock, "/"
@@ -1051,7 +1074,9 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
         w(f"The peers the targets compare run side by side (each with its own nginx) and are measured "
           f"in turn, {nr} rounds, the order rotating each round, {meta['duration']:g} s a point. "
           f"×mf is the median of the rounds' ratios (figure / myflask's in the same round), so each "
-          f"ratio compares figures taken seconds apart; the targets below use these.\n")
+          f"ratio compares figures taken seconds apart; the targets below use these."
+          + (" The FastCGI floor runs in the GET rounds as context for them, not as a target."
+             if any(FLOOR_PEER in by_peer for by_peer, _ in h2h.values()) else "") + "\n")
         w("| point | peer | median req/s | min–max req/s | ×mf (median of rounds) | per-round ×mf | "
           "median p99 ms | median CPU µs/req server | nginx |")
         w("|---|---|---:|---:|---:|---|---:|---:|---:|")
@@ -1063,7 +1088,7 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
                 x = median([1 / q for q in ratios[peer]]) if peer != REF and ratios[peer] else None
                 per = ", ".join(f"{1 / q:.2f}" for q in ratios[peer]) if peer != REF else ""
                 w(f"| {what} | {labels[peer]} | {fmt_n(median(rps))} | {fmt_n(min(rps))}–{fmt_n(max(rps))} | "
-                  f"{fmt_r(x) if x else '1'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
+                  f"{fmt_r(x) if x else '1' if peer == REF else '–'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
                   f"{fmt_us(median([r['cpu_us'] for r in rs if r.get('cpu_us') is not None]))} | "
                   f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]))} |")
                 for r in rs:
@@ -1080,6 +1105,17 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
         if not v or not v[1].get(peer):
             return None
         return median(v[1][peer]), len(v[1][peer])
+
+    def h2h_pair(conns, a, b):
+        """a ÷ b in GET req/s at c=conns: median of the rounds' ratios, with how
+        many rounds (h2h_x is the same with a = myflask)."""
+        v = h2h.get(("h2h_get", conns))
+        if not v:
+            return None
+        rb = {r["round"]: r for r in v[0].get(b, [])}
+        xs = [r["rps"] / rb[r["round"]]["rps"] for r in v[0].get(a, [])
+              if r["round"] in rb and rb[r["round"]]["rps"]]
+        return (median(xs), len(xs)) if xs else None
 
     def h2h_p99(conns, peer):
         v = h2h.get(("h2h_get", conns))
@@ -1147,6 +1183,36 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
         mfe = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows if r["peer"].startswith("myflask"))
         t("no errors in any run", f"{tot} through nginx (myflask rows: {mfe}), {dtot} direct", tot + dtot == 0)
         L.extend(res)
+        w("")
+
+    # The floor beside the targets: context, so none of it counts in "met". It
+    # tells how much of a gap to hyper is nginx's FastCGI path itself (the
+    # floor ÷ hyper column) and how much is left to any FastCGI server (myflask
+    # ÷ floor). After the targets table; in a quick run (no targets), after the
+    # head to head. Old runs without the floor get nothing here.
+    floor_cells = []
+    for c in H2H_CONNS:
+        cells = []
+        for a, b in ((FLOOR_PEER, "hyper"), (REF, FLOOR_PEER)):
+            hx = h2h_pair(c, a, b)
+            ga, gb = get("get", a, c), get("get", b, c)
+            if hx:
+                cells.append(f"{hx[0]:.2f}× (median of {hx[1]} rounds)")
+            elif ga and gb and gb["rps"]:
+                cells.append(f"{ga['rps'] / gb['rps']:.2f}× (single pass)")
+            else:
+                cells.append("–")
+        if any(x != "–" for x in cells):
+            floor_cells.append((c, cells))
+    if floor_cells:
+        w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with a canned "
+          "\"Hello, World!\\n\" and parses nothing but record headers, so it is the best any FastCGI server "
+          "can do through nginx's `fastcgi_pass` with Debian's `fastcgi_params` on this machine, as the "
+          "ceiling is the best through nginx at all.\n")
+        w("| GET | floor ÷ hyper proxy_pass | myflask ÷ floor |")
+        w("|---|---:|---:|")
+        for c, (fh, mff) in floor_cells:
+            w(f"| c={c} | {fh} | {mff} |")
         w("")
     if errors:
         w("## nginx error logs\n")

@@ -63,7 +63,7 @@ say "building myflask (cargo build --release in $REPO)"
 (cd "$REPO" && cargo build --release --quiet)
 
 say "building the load generator and the Rust peers (CARGO_TARGET_DIR=$BUILD/target)"
-for d in loadgen peers/myflask peers/tokio-fastcgi peers/hyper; do
+for d in loadgen peers/myflask peers/tokio-fastcgi peers/hyper peers/floor; do
     (cd "$BENCH/$d" && CARGO_TARGET_DIR="$BUILD/target" cargo build --release --quiet)
 done
 

@@ -1,0 +1,93 @@
+//! Bench peer: the FastCGI floor. Not an application server: it answers
+//! every request with the same canned "Hello, World!\n" response the
+//! moment the request's STDIN stream ends, parsing nothing but record
+//! headers (no params, no HTTP request, no routing). Behind nginx with the
+//! same `fastcgi_pass` configuration as the real FastCGI peers, it shows
+//! what nginx's FastCGI path plus the kernel allow on this machine, the way
+//! `return 200` shows what nginx alone allows: no FastCGI server can beat
+//! it, so a target above it is out of reach for all of them.
+//! Same runtime as the Rust peers (tokio, multi-threaded, one task per
+//! connection). Usage: bench-fastcgi-floor UNIX_SOCKET_PATH
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+const BODY: &[u8] = b"Status: 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 14\r\n\r\nHello, World!\n";
+
+/// STDOUT record, empty STDOUT, END_REQUEST: the bytes myflask sends for
+/// `GET /`, for request `id`.
+fn response(out: &mut Vec<u8>, id: u16) {
+    let [hi, lo] = id.to_be_bytes();
+    let len = BODY.len() as u16;
+    let [lh, ll] = len.to_be_bytes();
+    let pad = ((8 - BODY.len() % 8) % 8) as u8;
+    out.extend_from_slice(&[1, 6, hi, lo, lh, ll, pad, 0]);
+    out.extend_from_slice(BODY);
+    out.extend(std::iter::repeat(0).take(pad as usize));
+    out.extend_from_slice(&[1, 6, hi, lo, 0, 0, 0, 0]);
+    out.extend_from_slice(&[1, 3, hi, lo, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+async fn conn(mut s: UnixStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(1024);
+    let mut keep = true;
+    loop {
+        if start == end {
+            start = 0;
+            end = 0;
+        } else if buf.len() - end < 8 + 65535 + 255 && start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        if buf.len() - end < 8 + 65535 + 255 {
+            buf.resize(end + 8 + 65535 + 255, 0);
+        }
+        match s.read(&mut buf[end..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => end += n,
+        }
+        while end - start >= 8 {
+            let h = &buf[start..start + 8];
+            let (kind, id) = (h[1], u16::from_be_bytes([h[2], h[3]]));
+            let total = 8 + u16::from_be_bytes([h[4], h[5]]) as usize + h[6] as usize;
+            if end - start < total {
+                break;
+            }
+            if kind == 1 {
+                // BEGIN_REQUEST: flags byte, bit 0 = keep the connection.
+                keep = buf.get(start + 10).is_some_and(|f| f & 1 == 1);
+            } else if kind == 5 && total == 8 {
+                response(&mut out, id);
+            }
+            start += total;
+        }
+        if !out.is_empty() {
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+            if !keep {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: bench-fastcgi-floor SOCKET");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(conn(s));
+            }
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+}
