@@ -49,8 +49,9 @@ MYFLASK = os.path.join(BUILD, "target", "release", "myflask-hello")
 LOADGEN = os.path.join(BUILD, "target", "release", "myflask-loadgen")
 TOKIO_FCGI = os.path.join(BUILD, "target", "release", "bench-tokio-fastcgi")
 HYPER = os.path.join(BUILD, "target", "release", "bench-hyper")
-# The FastCGI floor: a canned GET / reply, nothing parsed but record headers
-# (bench/peers/floor). Not an app server: what nginx's fastcgi_pass allows.
+# The FastCGI floor: myflask's GET / reply, canned, nothing parsed but record
+# headers (bench/peers/floor). Not an app server: nginx's fastcgi_pass path
+# with no server work behind it.
 FLOOR = os.path.join(BUILD, "target", "release", "bench-fastcgi-floor")
 GO = os.path.join(BUILD, "bin", "bench-go")
 VENV_PY = os.path.join(BUILD, "venv", "bin", "python")
@@ -1185,11 +1186,11 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
         L.extend(res)
         w("")
 
-    # The floor beside the targets: context, so none of it counts in "met". It
-    # tells how much of a gap to hyper is nginx's FastCGI path itself (the
-    # floor ÷ hyper column) and how much is left to any FastCGI server (myflask
-    # ÷ floor). After the targets table; in a quick run (no targets), after the
-    # head to head. Old runs without the floor get nothing here.
+    # The floor beside the targets: context, so none of it counts in "met".
+    # floor ÷ hyper is the gap to hyper left with no server work at all (what
+    # nginx's FastCGI path costs against proxy_pass); myflask ÷ floor is what
+    # myflask's own work costs. After the targets table; in a quick run (no
+    # targets), after the head to head. Old runs without the floor get nothing.
     floor_cells = []
     for c in H2H_CONNS:
         cells = []
@@ -1205,10 +1206,11 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
         if any(x != "–" for x in cells):
             floor_cells.append((c, cells))
     if floor_cells:
-        w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with a canned "
-          "\"Hello, World!\\n\" and parses nothing but record headers, so it is the best any FastCGI server "
-          "can do through nginx's `fastcgi_pass` with Debian's `fastcgi_params` on this machine, as the "
-          "ceiling is the best through nginx at all.\n")
+        w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with "
+          "myflask's `GET /` reply, canned, parsing nothing but record headers, behind the same nginx "
+          "config as myflask. floor ÷ hyper is the gap to hyper that remains with no server work at "
+          "all (nginx's `fastcgi_pass` with Debian's `fastcgi_params` against `proxy_pass`); "
+          "myflask ÷ floor is what myflask's own work costs (below 1 if it costs throughput).\n")
         w("| GET | floor ÷ hyper proxy_pass | myflask ÷ floor |")
         w("|---|---:|---:|")
         for c, (fh, mff) in floor_cells:

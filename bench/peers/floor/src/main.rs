@@ -1,30 +1,38 @@
-//! Bench peer: the FastCGI floor. Not an application server: it answers
-//! every request with the same canned "Hello, World!\n" response the
-//! moment the request's STDIN stream ends, parsing nothing but record
-//! headers (no params, no HTTP request, no routing). Behind nginx with the
-//! same `fastcgi_pass` configuration as the real FastCGI peers, it shows
-//! what nginx's FastCGI path plus the kernel allow on this machine, the way
-//! `return 200` shows what nginx alone allows: no FastCGI server can beat
-//! it, so a target above it is out of reach for all of them.
-//! Same runtime as the Rust peers (tokio, multi-threaded, one task per
-//! connection). Usage: bench-fastcgi-floor UNIX_SOCKET_PATH
+//! Bench peer: the FastCGI floor, the least work a FastCGI responder can
+//! do. Not an application server: it answers every request with the same
+//! canned "Hello, World!\n" response the moment the request's STDIN stream
+//! ends, parsing nothing but record headers (no params, no HTTP request,
+//! no routing), and its reply is byte for byte what myflask sends for
+//! `GET /`. Behind nginx with the same `fastcgi_pass` configuration as the
+//! real FastCGI peers, the gap between it and hyper behind `proxy_pass` is
+//! what nginx's FastCGI path costs against its HTTP path on this machine,
+//! whatever the server does; the gap between it and myflask is what
+//! myflask's own work costs. Same runtime as the Rust peers (tokio,
+//! multi-threaded, one task per connection).
+//! Usage: bench-fastcgi-floor UNIX_SOCKET_PATH
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-const BODY: &[u8] = b"Status: 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 14\r\n\r\nHello, World!\n";
+const HEAD: &[u8] = b"Status: 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 14\r\n\r\n";
+const BODY: &[u8] = b"Hello, World!\n";
 
-/// STDOUT record, empty STDOUT, END_REQUEST: the bytes myflask sends for
-/// `GET /`, for request `id`.
+/// One STDOUT record of `data`, padded to a multiple of 8 as myflask pads.
+fn stdout(out: &mut Vec<u8>, id: [u8; 2], data: &[u8]) {
+    let [lh, ll] = (data.len() as u16).to_be_bytes();
+    let pad = (8 - data.len() % 8) % 8;
+    out.extend_from_slice(&[1, 6, id[0], id[1], lh, ll, pad as u8, 0]);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&[0; 8][..pad]);
+}
+
+/// What myflask sends for `GET /`, for request `id`: the head and the body
+/// as one STDOUT record each, the empty STDOUT, END_REQUEST.
 fn response(out: &mut Vec<u8>, id: u16) {
-    let [hi, lo] = id.to_be_bytes();
-    let len = BODY.len() as u16;
-    let [lh, ll] = len.to_be_bytes();
-    let pad = ((8 - BODY.len() % 8) % 8) as u8;
-    out.extend_from_slice(&[1, 6, hi, lo, lh, ll, pad, 0]);
-    out.extend_from_slice(BODY);
-    out.extend(std::iter::repeat(0).take(pad as usize));
-    out.extend_from_slice(&[1, 6, hi, lo, 0, 0, 0, 0]);
-    out.extend_from_slice(&[1, 3, hi, lo, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let id = id.to_be_bytes();
+    stdout(out, id, HEAD);
+    stdout(out, id, BODY);
+    out.extend_from_slice(&[1, 6, id[0], id[1], 0, 0, 0, 0]);
+    out.extend_from_slice(&[1, 3, id[0], id[1], 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 async fn conn(mut s: UnixStream) {
