@@ -54,6 +54,12 @@ HYPER = os.path.join(BUILD, "target", "release", "bench-hyper")
 # with no server work behind it.
 FLOOR = os.path.join(BUILD, "target", "release", "bench-fastcgi-floor")
 GO = os.path.join(BUILD, "bin", "bench-go")
+# The nginx location snippet the myflask package installs: the myflask peers
+# (and the floor, which mirrors myflask) get its fastcgi_param lines, as an
+# operator who installs the package does; the other FastCGI peers get
+# Debian's fastcgi_params, as their docs say. The "Debian fastcgi_params"
+# myflask peer shows what the difference is worth.
+SNIPPET = os.path.join(REPO, "packaging", "debian", "nginx", "myflask.conf")
 VENV_PY = os.path.join(BUILD, "venv", "bin", "python")
 PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -90,7 +96,7 @@ MUX = (4, 16)  # connections x requests in flight per connection
 # The FastCGI floor rides along in the GET rounds as context (the same
 # fastcgi_pass path with no server work behind it), never as a target; it
 # has no /echo, so the echo rounds stay myflask against hyper.
-H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor"]
+H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor", "myflask-fcgiparams"]
 H2H_ECHO_PEERS = ["myflask", "hyper"]
 H2H_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "5"))
 H2H_CONNS = [16] if QUICK else [16, 64]
@@ -104,19 +110,33 @@ PEERS = [
     # Diagnostic, not a contender: the ceiling's counterpart for fastcgi_pass,
     # with exactly the nginx config of the keep_conn FastCGI peers. GET only.
     dict(name="fastcgi-floor", label="FastCGI floor (canned reply, no parsing)", kind="floor", proto="fcgi",
-         keep=True),
+         keep=True, params="snippet", get_only=True),
     dict(name="php-fpm", label="php-fpm 8.2 (static, 4 children)", kind="php", proto="fcgi", keep=False),
     dict(name="flup", label="Python flup + Flask", kind="flup", proto="fcgi", keep=True),
     dict(name="go", label="Go net/http/fcgi", kind="go", proto="fcgi", keep=True),
     dict(name="tokio-fastcgi", label="Rust tokio-fastcgi 1.3", kind="tokio-fastcgi", proto="fcgi", keep=True),
     dict(name="hyper", label="Rust hyper 1.x, proxy_pass", kind="hyper", proto="http", keep=True),
-    dict(name="myflask", label="myflask FastCGI, keep_conn", kind="myflask", proto="fcgi", keep=True),
-    dict(name="myflask-nokeep", label="myflask FastCGI, no keepalive", kind="myflask", proto="fcgi", keep=False),
+    dict(name="myflask", label="myflask FastCGI, keep_conn", kind="myflask", proto="fcgi", keep=True,
+         params="snippet"),
+    # The same with Debian's fastcgi_params instead of the package's snippet.
+    dict(name="myflask-fcgiparams", label="myflask FastCGI, keep_conn, Debian fastcgi_params", kind="myflask",
+         proto="fcgi", keep=True, get_only=True),
+    dict(name="myflask-nokeep", label="myflask FastCGI, no keepalive", kind="myflask", proto="fcgi", keep=False,
+         params="snippet"),
     dict(name="myflask-http", label="myflask HTTP, proxy_pass", kind="myflask-http", proto="http", keep=True),
 ]
 REF = "myflask"
 CEIL = "ceiling"
 FLOOR_PEER = "fastcgi-floor"
+
+
+def snippet_params():
+    """The fastcgi_param lines of the package's nginx snippet (SNIPPET)."""
+    with open(SNIPPET) as f:
+        lines = [l.strip() for l in f if l.strip().startswith("fastcgi_param ")]
+    if not any(" REQUEST_URI " in l for l in lines):
+        raise RuntimeError(f"{SNIPPET}: no fastcgi_param REQUEST_URI line")
+    return lines
 
 
 def log(*a):
@@ -367,10 +387,13 @@ php_admin_value[output_buffering] = 0
                 # flup/Flask route on PATH_INFO (Flask's own FastCGI docs set these two).
                 wsgi = ('fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;'
                         if s["kind"] == "flup" else "")
+                if s.get("params") == "snippet":
+                    params = "\n            ".join(snippet_params())
+                else:
+                    params = f"include /etc/nginx/fastcgi_params;\n            fastcgi_param SCRIPT_FILENAME {script};"
                 body = f"""
         location / {{
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME {script};
+            {params}
             {wsgi}
             fastcgi_pass app;
             {keep}
@@ -558,7 +581,7 @@ def bench_peer(peer, rows, direct_rows, errors):
         for b in ECHO_BODIES:
             if peer.name == CEIL and not os.path.exists(ECHO_MODULE):
                 continue
-            if spec["kind"] == "floor":  # GET points only: it has no /echo
+            if spec.get("get_only"):  # the floor has no /echo; the other is a GET comparison
                 continue
             with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
                 r = run_wrk(peer.port, ECHO_CONNS, DURATION, b)
@@ -610,7 +633,7 @@ def cold_starts(tmp, names):
     for spec in PEERS:
         if spec["name"] == "myflask-nokeep" or spec["name"] not in names:
             continue
-        if spec["kind"] == "floor":  # a canned reply, not a server whose start-up means anything
+        if spec.get("get_only"):  # the floor: a canned reply; the other: myflask again
             continue
         peer = Peer(spec, d)
         proto, addr, path = "fcgi", "unix:" + sock, "/"
@@ -1209,7 +1232,7 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
         w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with "
           "myflask's `GET /` reply, canned, parsing nothing but record headers, behind the same nginx "
           "config as myflask. floor ÷ hyper is the gap to hyper that remains with no server work at "
-          "all (nginx's `fastcgi_pass` with Debian's `fastcgi_params` against `proxy_pass`); "
+          "all (nginx's `fastcgi_pass`, with the params of myflask's snippet, against `proxy_pass`); "
           "myflask ÷ floor is what myflask's own work costs (below 1 if it costs throughput).\n")
         w("| GET | floor ÷ hyper proxy_pass | myflask ÷ floor |")
         w("|---|---:|---:|")

@@ -80,6 +80,8 @@ pub struct RequestInfo {
     /// From `HTTPS` / `REQUEST_SCHEME` over FastCGI; `http` over HTTP.
     pub scheme: http::uri::Scheme,
     /// FastCGI only: every CGI param as received, in order, repeated names
-    /// included (SCRIPT_NAME, PATH_INFO, DOCUMENT_ROOT, ...).
+    /// included (what nginx sends: Debian's `fastcgi_params` adds
+    /// SCRIPT_NAME, DOCUMENT_ROOT, ... to the ones the package's snippet
+    /// lists).
     pub params: Option<Params>,
 }

@@ -305,6 +305,106 @@ fn accepted_connections(h: &mut Http) -> u64 {
     json(&r)["accepted_connections"].as_u64().unwrap()
 }
 
+/// The package's location snippet, as `snippets/myflask.conf` installs it.
+fn shipped_snippet() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/debian/nginx/myflask.conf")
+}
+
+/// The params of `/request` as (name, value) pairs.
+fn params_of(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["params"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn nginx_with_the_shipped_snippet_sends_what_myflask_maps() {
+    // The snippet lists its params instead of including fastcgi_params:
+    // the request must come out the same, and the params must be exactly
+    // those it lists plus the request's headers.
+    let mut app = Server::start(&[]);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (upstream, _) = standard_upstream(&app.sock);
+    let snippet = shipped_snippet();
+    let location = format!("location / {{ include {}; }}", snippet.display());
+    let nginx = Nginx::start(dir.path(), &upstream, &location);
+    let mut h = nginx.connect();
+
+    let text = std::fs::read_to_string(&snippet).unwrap();
+    let listed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("fastcgi_param "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(listed.contains(&"REQUEST_URI"), "{listed:?}");
+
+    let r = h.send("GET", "/request?a=1&b=%20x", &[("X-Single", "s")], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["uri"], "/request?a=1&b=%20x");
+    assert_eq!(v["scheme"], "http");
+    assert!(
+        v["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+    let params = params_of(&v);
+    let mut names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    // HTTPS is `if_not_empty`: absent over plain HTTP.
+    let mut want: Vec<&str> = listed
+        .iter()
+        .copied()
+        .filter(|n| *n != "HTTPS")
+        .chain(["HTTP_X_SINGLE"])
+        .collect();
+    want.sort_unstable();
+    assert_eq!(names, want, "{params:?}");
+    let host: Vec<_> = v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "host")
+        .collect();
+    assert_eq!(host.len(), 1, "one Host header: {v}");
+    assert_eq!(host[0][1], "localhost");
+
+    // A body: CONTENT_TYPE and CONTENT_LENGTH make the request's headers.
+    let body = pattern(1 << 20, 7);
+    let r = h.send(
+        "POST",
+        "/echo",
+        &[("Content-Type", "application/x-test")],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/x-test"));
+    assert!(r.body == body, "1 MiB echo differs");
+
+    // HTTP/1.0 without Host: myflask's Host is then the server's name.
+    let mut s = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /request HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"SERVER_NAME\""), "{out}");
+
+    assert!(nginx.errors().is_empty(), "{:?}", nginx.errors());
+    assert_eq!(app.stop().code(), Some(0));
+}
+
 #[test]
 fn nginx_fastcgi_pass_to_myflask() {
     let mut app = Server::start(&[]);
