@@ -446,17 +446,7 @@ fn nginx_fastcgi_pass_to_myflask() {
     assert_eq!(v["method"], "GET");
     assert_eq!(v["uri"], "/request?a=1&b=%20x");
     assert_eq!(v["transport"], "FastCGI");
-    let params: Vec<(String, String)> = v["params"]
-        .as_array()
-        .expect("params")
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let params = params_of(&v);
     let param = |name: &str| -> Vec<&str> {
         params
             .iter()
