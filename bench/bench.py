@@ -96,7 +96,9 @@ MUX = (4, 16)  # connections x requests in flight per connection
 # The FastCGI floor rides along in the GET rounds as context (the same
 # fastcgi_pass path with no server work behind it), never as a target; it
 # has no /echo, so the echo rounds stay myflask against hyper.
-H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor", "myflask-fcgiparams"]
+# The ceiling too: its single pass moved from 129k to 148k req/s between two
+# runs, so the ≥ 0.40× ceiling target is judged on rounds like the others.
+H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor", "myflask-fcgiparams", "ceiling"]
 H2H_ECHO_PEERS = ["myflask", "hyper"]
 H2H_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "5"))
 H2H_CONNS = [16] if QUICK else [16, 64]
@@ -1114,7 +1116,7 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
                 w(f"| {what} | {labels[peer]} | {fmt_n(median(rps))} | {fmt_n(min(rps))}–{fmt_n(max(rps))} | "
                   f"{fmt_r(x) if x else '1' if peer == REF else '–'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
                   f"{fmt_us(median([r['cpu_us'] for r in rs if r.get('cpu_us') is not None]))} | "
-                  f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]))} |")
+                  f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]), peer == CEIL)} |")
                 for r in rs:
                     csv_rows.append(dict(section=section, peer=peer, conns=conns, body=r.get("body"),
                                          round=r["round"], rps=round(r["rps"], 1), p50_ms=r["p50_ms"],
@@ -1178,9 +1180,7 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
             mf, hy, tf, ce = get("get", REF, c), get("get", "hyper", c), get("get", "tokio-fastcgi", c), get("get", CEIL, c)
             vs("h2h_get", c, "hyper", mf, hy, 1.0, f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass")
             vs("h2h_get", c, "tokio-fastcgi", mf, tf, 1.5, f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi")
-            if mf and ce:
-                x = mf["rps"] / ce["rps"]
-                t(f"GET c={c}: myflask ≥ 0.40× ceiling", f"{x:.2f}×", x >= 0.40)
+            vs("h2h_get", c, CEIL, mf, ce, 0.40, f"GET c={c}: myflask ≥ 0.40× ceiling")
         mf, hy = get("get", REF, 64), get("get", "hyper", 64)
         a, b = h2h_p99(64, REF), h2h_p99(64, "hyper")
         if a is not None and b is not None:
