@@ -248,6 +248,13 @@ fn add_header(
         ))
     })?;
     let value = p.value_shared(i).unwrap_or_default();
+    if hn == HOST && value.is_empty() {
+        // An empty Host is valid HTTP (a target without an authority,
+        // RFC 9112 3.2) and what nginx's `$host` gives when the request
+        // has none and the server block no `server_name`: as if absent,
+        // so SERVER_NAME can stand in. Not an authority, not a 400.
+        return Ok(());
+    }
     let hv = HeaderValue::from_maybe_shared(value.clone())
         .map_err(|_| bad(format!("header {hn} has a value with forbidden bytes")))?;
     if hn == HOST && !*has_host {
@@ -517,6 +524,24 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(m.request.headers()[HOST], "example.org:8443");
+    }
+
+    #[test]
+    fn an_empty_host_is_no_host_not_an_error() {
+        // nginx's `HTTP_HOST $host` (Debian's fastcgi_params, the package's
+        // snippet) for an HTTP/1.0 request without Host, in a server block
+        // without server_name.
+        let m = build(&params(&[("REQUEST_METHOD", "GET"), ("HTTP_HOST", "")])).unwrap();
+        assert!(m.request.headers().get(HOST).is_none());
+        let m = build(&params(&[
+            ("REQUEST_METHOD", "GET"),
+            ("HTTP_HOST", ""),
+            ("SERVER_NAME", "example.org"),
+            ("SERVER_PORT", "80"),
+        ]))
+        .unwrap();
+        assert_eq!(m.request.headers()[HOST], "example.org");
+        assert_eq!(m.request.headers().get_all(HOST).iter().count(), 1);
     }
 
     #[test]
