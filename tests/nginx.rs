@@ -295,6 +295,22 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// POSTs `len` pattern bytes to `/echo` with a content type: both must
+/// come back as sent.
+fn echo_roundtrip(h: &mut Http, len: usize, seed: u32) {
+    let body = pattern(len, seed);
+    let r = h.send(
+        "POST",
+        "/echo",
+        &[("Content-Type", "application/x-test")],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{len}-byte echo: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/x-test"));
+    assert_eq!(r.body.len(), body.len(), "{len}-byte echo length");
+    assert!(r.body == body, "{len}-byte echo differs");
+}
+
 fn json(r: &Resp) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
 }
@@ -381,16 +397,7 @@ fn nginx_with_the_shipped_snippet_sends_what_myflask_maps() {
     assert_eq!(host[0][1], "localhost");
 
     // A body: CONTENT_TYPE and CONTENT_LENGTH make the request's headers.
-    let body = pattern(1 << 20, 7);
-    let r = h.send(
-        "POST",
-        "/echo",
-        &[("Content-Type", "application/x-test")],
-        &body,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/x-test"));
-    assert!(r.body == body, "1 MiB echo differs");
+    echo_roundtrip(&mut h, 1 << 20, 7);
 
     // HTTP/1.0 without Host: myflask's Host is then the server's name.
     let mut s = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
@@ -502,17 +509,7 @@ fn nginx_fastcgi_pass_to_myflask() {
 
     // 1 MiB and 8 MiB echoes, byte for byte.
     for (len, seed) in [(1 << 20, 1), (8 << 20, 2), (1, 3), (32 * 1024 + 1, 4)] {
-        let body = pattern(len, seed);
-        let r = h.send(
-            "POST",
-            "/echo",
-            &[("Content-Type", "application/x-test")],
-            &body,
-        );
-        assert_eq!(r.status, 200, "{len}-byte echo: {}", r.text());
-        assert_eq!(r.header("content-type"), Some("application/x-test"));
-        assert_eq!(r.body.len(), body.len(), "{len}-byte echo length");
-        assert!(r.body == body, "{len}-byte echo differs");
+        echo_roundtrip(&mut h, len, seed);
     }
 
     // An over-limit body is refused by nginx itself (client_max_body_size).
