@@ -5,7 +5,8 @@
 //!
 //! - `GET /`        a small HTML page saying what serves it
 //! - `GET /healthz` `200 ok`
-//! - `GET /status`  JSON with php-fpm status-page parity
+//! - `GET /status`  JSON with php-fpm status-page parity, and the app's
+//!   `name` (`--app-name`)
 //! - `GET /request` JSON of the request and every CGI param received (the
 //!   tool to debug an nginx `fastcgi_param` setup)
 //! - `POST /echo`   the body back, byte for byte, with its Content-Type
@@ -100,6 +101,7 @@ fn status(stats: &Stats) -> Response<ResponseBody> {
     let s = stats.snapshot();
     let mut v = serde_json::to_value(&s).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut v {
+        m.insert("name".into(), json!(crate::appname::get()));
         m.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
         m.insert("pid".into(), json!(std::process::id()));
     }

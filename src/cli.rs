@@ -3,15 +3,20 @@
 //!
 //! Every `serve` option can also come from a `MYFLASK_*` environment
 //! variable, which is how `/etc/default/myflask` configures the service.
+//!
+//! The command is named after the app (`crate::appname`): `--help`, the
+//! usage lines and the man page of a binary `hello` built on [`main_with`]
+//! say `hello`, and the man page's paths are `hello`'s.
 
 use crate::addr::ListenAddr;
+use crate::appname;
 use crate::fastcgi::client;
 use crate::server::{Server, ServerConfig};
 use crate::systemd::journal::{self, LogTarget};
 use crate::systemd::listen::{self, BindOptions};
 use crate::systemd::notify;
 use bytes::Bytes;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +33,12 @@ use std::time::Duration;
                   in-flight requests on SIGTERM."
 )]
 pub struct Cli {
+    /// Name of the app in the journal (SYSLOG_IDENTIFIER), the systemd
+    /// status line, /status, --help and the man page [default: the
+    /// executable's file name]
+    #[arg(long, global = true, value_name = "NAME", value_parser = appname::validate, env = "MYFLASK_APP_NAME")]
+    pub app_name: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -204,11 +215,23 @@ pub fn main() -> ExitCode {
 ///
 /// `make_app` gets the server's live figures (for a status page).
 pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App) -> ExitCode {
-    let cli = Cli::parse();
+    // The name is needed before parsing, to name the command in --help and
+    // in usage errors; clap then checks the same flag and reports a bad one.
+    if let Some(name) = name_from_args(std::env::args_os())
+        .or_else(|| std::env::var("MYFLASK_APP_NAME").ok())
+        .and_then(|n| appname::validate(&n).ok())
+    {
+        appname::set(name);
+    }
+    let cmd = command(appname::get());
+    let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Serve(args) => serve(args, make_app),
         Command::Request(args) => request(args),
-        Command::Manpage => match manpage() {
+        Command::Manpage => match manpage(appname::get()) {
             Ok(page) => {
                 let _ = std::io::stdout().write_all(&page);
                 ExitCode::SUCCESS
@@ -221,21 +244,63 @@ pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::A
     }
 }
 
-/// myflask(8): one page with every subcommand's synopsis and options (the
+/// `--app-name NAME` or `--app-name=NAME` before any `--`.
+fn name_from_args(args: impl Iterator<Item = std::ffi::OsString>) -> Option<String> {
+    let mut args = args.skip(1);
+    while let Some(a) = args.next() {
+        let a = a.to_str()?;
+        if a == "--" {
+            return None;
+        }
+        if a == "--app-name" {
+            return args.next()?.into_string().ok();
+        }
+        if let Some(v) = a.strip_prefix("--app-name=") {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
+/// The command line, named `name`. `myflask` itself keeps the texts of
+/// its `#[command]` attributes; another app says what serves it, and its
+/// version says whose version it is.
+fn command(name: &'static str) -> clap::Command {
+    let cmd = Cli::command().name(name).bin_name(name).long_about(format!(
+        "{name} serves an HTTP application over FastCGI on sockets systemd hands over \
+         (LISTEN_FDS), so nginx reaches it with `fastcgi_pass unix:/run/{name}/fcgi.sock;`. \
+         It reports readiness, status and liveness to systemd (Type=notify, WatchdogSec=), \
+         logs to the journal (SYSLOG_IDENTIFIER={name}), and drains in-flight requests on \
+         SIGTERM."
+    ));
+    if name == "myflask" {
+        return cmd;
+    }
+    cmd.about("An HTTP application served over FastCGI by myflask, socket-activated by systemd")
+        .version(concat!("(myflask ", env!("CARGO_PKG_VERSION"), ")"))
+        .mut_subcommand("serve", |s| {
+            s.about("Serve the application over FastCGI (and HTTP if asked).")
+        })
+}
+
+/// NAME(8): one page with every subcommand's synopsis and options (the
 /// serve options carry their MYFLASK_* variables), so the package needs no
-/// myflask-serve(8) and friends.
-fn manpage() -> std::io::Result<Vec<u8>> {
-    let cmd = Cli::command();
-    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+/// NAME-serve(8) and friends.
+fn manpage(name: &'static str) -> std::io::Result<Vec<u8>> {
+    let cmd = command(name);
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .title(name.to_uppercase());
     let mut out = Vec::new();
     man.render_title(&mut out)?;
     man.render_name_section(&mut out)?;
     man.render_synopsis_section(&mut out)?;
     man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = sub.get_name().to_uppercase();
-        out.extend_from_slice(format!(".SH \"MYFLASK {name}\"\n").as_bytes());
-        let sub = sub.clone().bin_name(format!("myflask {}", sub.get_name()));
+        let title = format!("{} {}", name, sub.get_name()).to_uppercase();
+        out.extend_from_slice(format!(".SH \"{title}\"\n").as_bytes());
+        let sub = sub.clone().bin_name(format!("{name} {}", sub.get_name()));
         let sman = clap_mangen::Man::new(sub).section("8");
         let mut part = Vec::new();
         sman.render_synopsis_section(&mut part)?;
@@ -246,11 +311,21 @@ fn manpage() -> std::io::Result<Vec<u8>> {
         out.extend_from_slice(part.as_bytes());
     }
     out.extend_from_slice(
-        b".SH FILES\n.TP\n/etc/default/myflask\nMYFLASK_* settings read by myflask.service.\n\
-          .TP\n/run/myflask/fcgi.sock\nThe FastCGI socket, owned by myflask.socket (root:www-data, 0660).\n\
-          .SH \"SEE ALSO\"\nsystemd.socket(5), systemd.service(5), nginx(8), journalctl(1)\n",
+        format!(
+            ".SH FILES\n.TP\n/etc/default/{name}\nMYFLASK_* settings read by {name}.service.\n\
+             .TP\n/run/{name}/fcgi.sock\nThe FastCGI socket, owned by {name}.socket (root:www-data, 0660).\n\
+             .SH JOURNAL\nLogs go to the journal with SYSLOG_IDENTIFIER={name}; read them with\n\
+             .B journalctl -u {name}\n\
+             .SH \"SEE ALSO\"\nsystemd.socket(5), systemd.service(5), nginx(8), journalctl(1)\n"
+        )
+        .as_bytes(),
     );
-    man.render_version_section(&mut out)?;
+    if name == "myflask" {
+        man.render_version_section(&mut out)?;
+    } else {
+        let v = env!("CARGO_PKG_VERSION");
+        out.extend_from_slice(format!(".SH VERSION\nBuilt on myflask {v}.\n").as_bytes());
+    }
     Ok(out)
 }
 

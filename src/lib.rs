@@ -27,6 +27,7 @@
 pub mod access;
 pub mod addr;
 pub mod app;
+pub mod appname;
 pub mod body;
 pub mod cli;
 pub mod fastcgi;

@@ -5,8 +5,8 @@
 //! connected to the journal; comparing it with stderr's own device and inode
 //! (systemd.exec(5)) tells "our stderr is the journal" apart from "a child of
 //! a service that redirected stderr". Only then are structured fields worth
-//! sending, with `SYSLOG_IDENTIFIER=myflask`. A missing journald socket falls
-//! back to stderr with one warning.
+//! sending, with `SYSLOG_IDENTIFIER=` the app's name (`crate::appname`). A
+//! missing journald socket falls back to stderr with one warning.
 
 use std::str::FromStr;
 use tracing_subscriber::filter::Targets;
@@ -96,7 +96,7 @@ fn init_with(target: LogTarget, filter: Targets) {
         match tracing_journald::layer() {
             Ok(layer) => {
                 let layer = layer
-                    .with_syslog_identifier("myflask".to_string())
+                    .with_syslog_identifier(crate::appname::get().to_string())
                     .with_field_prefix(None);
                 tracing_subscriber::registry()
                     .with(filter)
