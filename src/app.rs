@@ -7,8 +7,8 @@
 //! - `GET /healthz` `200 ok`
 //! - `GET /status`  JSON with php-fpm status-page parity, and the app's
 //!   `name` (`--app-name`)
-//! - `GET /request` JSON of the request and every CGI param received (the
-//!   tool to debug an nginx `fastcgi_param` setup)
+//! - `GET /request` JSON of the request (with its `mount_prefix`) and every
+//!   CGI param received (the tool to debug an nginx `fastcgi_param` setup)
 //! - `POST /echo`   the body back, byte for byte, with its Content-Type
 //! - `POST /upload` reads the body as it streams in, keeps none of it, and
 //!   answers its size and FNV-1a hash (`?pace_ms=N` waits N ms per chunk:
@@ -69,6 +69,9 @@ fn html_escape(s: &str) -> String {
 
 fn index(req: &Request<Body>) -> Response<ResponseBody> {
     let info = req.extensions().get::<RequestInfo>();
+    // Links go through the mount prefix, as Flask's url_for does with
+    // SCRIPT_NAME.
+    let base = html_escape(info.and_then(|i| i.mount_prefix.as_deref()).unwrap_or(""));
     let (transport, listener, origin) = match info {
         Some(i) => (
             i.transport.as_str(),
@@ -85,8 +88,8 @@ fn index(req: &Request<Body>) -> Response<ResponseBody> {
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>myflask</title></head>\n\
          <body><h1>myflask {version}</h1>\n\
          <p>Served over <strong>{transport}</strong> on <code>{listener}</code>, {origin}.</p>\n\
-         <ul><li><a href=\"/healthz\">/healthz</a></li><li><a href=\"/status\">/status</a></li>\
-         <li><a href=\"/request\">/request</a></li></ul>\n</body></html>\n",
+         <ul><li><a href=\"{base}/healthz\">/healthz</a></li><li><a href=\"{base}/status\">/status</a></li>\
+         <li><a href=\"{base}/request\">/request</a></li></ul>\n</body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
     );
     let mut r = Response::new(box_body(Full::new(Bytes::from(page))));
@@ -126,6 +129,7 @@ fn request_dump(req: &Request<Body>) -> Response<ResponseBody> {
         "scheme": info.map(|i| i.scheme.as_str().to_string()),
         "peer": info.and_then(|i| i.peer.clone()),
         "request_id": info.map(|i| i.request_id),
+        "mount_prefix": info.and_then(|i| i.mount_prefix.as_deref()),
         "headers": headers,
         "params": params,
     }))

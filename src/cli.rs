@@ -11,6 +11,7 @@
 use crate::addr::ListenAddr;
 use crate::appname;
 use crate::fastcgi::client;
+use crate::mount::{self, MountPrefix};
 use crate::server::{Server, ServerConfig};
 use crate::systemd::journal::{self, LogTarget};
 use crate::systemd::listen::{self, BindOptions};
@@ -160,6 +161,13 @@ pub struct ServeArgs {
     /// Seconds between STATUS= refreshes sent to systemd (hidden: for tests).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs, env = "MYFLASK_STATUS_INTERVAL", hide = true)]
     pub status_interval: Duration,
+
+    /// Serve the app under this path prefix, e.g. /hello (WSGI's
+    /// SCRIPT_NAME): /hello/x reaches the app as /x, /hello as /, and
+    /// paths outside the prefix get a 404 from the server. The app finds
+    /// the prefix in RequestInfo::mount_prefix. Empty or / means none.
+    #[arg(long, value_name = "/PREFIX", value_parser = MountPrefix::parse, env = "MYFLASK_MOUNT_PREFIX")]
+    pub mount_prefix: Option<MountPrefix>,
 
     /// Where logs go: auto (journald when stderr is the journal), journald,
     /// or stderr.
@@ -405,7 +413,11 @@ fn serve(
         Err(e) => return fail_start(anyhow::Error::new(e).context("building the runtime")),
     };
     let server = Server::new(config, listeners);
-    let app = make_app(server.stats());
+    let mut app = make_app(server.stats());
+    if let Some(prefix) = args.mount_prefix.as_ref().filter(|p| !p.is_root()) {
+        tracing::info!("serving the app under the path prefix {prefix}");
+        app = mount::mount(app, prefix);
+    }
     match rt.block_on(server.serve(app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail_start(e),

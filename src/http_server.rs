@@ -97,6 +97,7 @@ async fn handle(
             peer,
             scheme: http::uri::Scheme::HTTP,
             params: None,
+            mount_prefix: None,
         });
         let r = match AssertUnwindSafe(engine.app.call(req)).catch_unwind().await {
             Ok(Ok(r)) => r,

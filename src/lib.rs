@@ -32,6 +32,7 @@ pub mod body;
 pub mod cli;
 pub mod fastcgi;
 pub mod http_server;
+pub mod mount;
 #[cfg(all(feature = "libm-free", target_os = "linux"))]
 mod nolibm;
 pub mod server;
@@ -85,4 +86,9 @@ pub struct RequestInfo {
     /// SCRIPT_NAME, DOCUMENT_ROOT, ... to the ones the package's snippet
     /// lists).
     pub params: Option<Params>,
+    /// The path prefix the app is mounted under (`--mount-prefix`, e.g.
+    /// `/hello`), WSGI's `SCRIPT_NAME`: already stripped from the request's
+    /// URI, so a request for `/hello/x` reaches the app as `/x`. Prepend it
+    /// to build links. `None` when the app is not mounted under a prefix.
+    pub mount_prefix: Option<Arc<str>>,
 }

@@ -1094,6 +1094,7 @@ impl<R: ConnRead> Reader<R> {
             peer: mapped.peer,
             scheme: mapped.scheme,
             params: Some(params),
+            mount_prefix: None,
         });
 
         let inline = bodiless && self.inline.is_none() && self.live() == 1;
