@@ -13,6 +13,9 @@
 //! - `POST /upload` reads the body as it streams in, keeps none of it, and
 //!   answers its size and FNV-1a hash (`?pace_ms=N` waits N ms per chunk:
 //!   a slow consumer, to see backpressure at work)
+//! - `GET /sleep?ms=N` answers `{"slept_ms": N}` after N ms (0 to 60000;
+//!   400 with one sentence otherwise): a slow request on demand, to watch
+//!   drains and reloads and to check timeouts
 //! - anything else  404
 
 use crate::RequestInfo;
@@ -240,6 +243,49 @@ async fn upload(req: Request<Body>) -> Response<ResponseBody> {
     json_response(&json!({ "bytes": bytes, "fnv1a64": format!("{hash:016x}") }))
 }
 
+/// The longest `/sleep`, one minute: as long as nginx's default
+/// `fastcgi_read_timeout` and twice the default `--shutdown-timeout`, so
+/// either can be reached, while no request holds a slot for long.
+pub const SLEEP_CAP_MS: u64 = 60_000;
+
+/// `ms` from `/sleep`'s query, or the one-sentence 400 body.
+fn sleep_ms(query: Option<&str>) -> Result<u64, String> {
+    let raw = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="));
+    let Some(raw) = raw else {
+        return Err(format!(
+            "400 /sleep needs ?ms=N, a whole number of milliseconds from 0 to {SLEEP_CAP_MS}\n"
+        ));
+    };
+    match raw.parse::<u64>() {
+        Ok(ms) if ms <= SLEEP_CAP_MS => Ok(ms),
+        Ok(_) => Err(format!(
+            "400 ms={raw} is above the cap of {SLEEP_CAP_MS} ms\n"
+        )),
+        // All digits yet no u64: far above the cap.
+        Err(_) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
+            "400 ms={raw} is above the cap of {SLEEP_CAP_MS} ms\n"
+        )),
+        Err(_) => Err(format!(
+            "400 ms={raw:?} is not a whole number of milliseconds from 0 to {SLEEP_CAP_MS}\n"
+        )),
+    }
+}
+
+/// Answers after the asked time; the request is in flight meanwhile (it
+/// counts in `/status`, and a drain waits for it).
+async fn sleep(req: &Request<Body>) -> Response<ResponseBody> {
+    match sleep_ms(req.uri().query()) {
+        Ok(ms) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            json_response(&json!({ "slept_ms": ms }))
+        }
+        Err(why) => text_response(StatusCode::BAD_REQUEST, why),
+    }
+}
+
 /// The built-in service.
 #[derive(Clone)]
 pub struct Builtin {
@@ -261,10 +307,11 @@ impl Builtin {
             "/healthz" if get => text_response(StatusCode::OK, "ok\n"),
             "/status" if get => status(&self.stats),
             "/request" => request_dump(&req),
+            "/sleep" if get => Box::pin(sleep(&req)).await,
             "/echo" if req.method() == Method::POST || req.method() == Method::PUT => {
                 Box::pin(echo(req)).await
             }
-            "/" | "/healthz" | "/status" => method_not_allowed("GET, HEAD"),
+            "/" | "/healthz" | "/status" | "/sleep" => method_not_allowed("GET, HEAD"),
             "/upload" if req.method() == Method::POST || req.method() == Method::PUT => {
                 Box::pin(upload(req)).await
             }
@@ -290,4 +337,29 @@ impl hyper::service::Service<Request<Body>> for Builtin {
 /// The built-in application, ready to serve.
 pub fn builtin(stats: Arc<Stats>) -> App {
     App::from_hyper(Builtin::new(stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_takes_whole_milliseconds_up_to_the_cap() {
+        assert_eq!(sleep_ms(Some("ms=0")), Ok(0));
+        assert_eq!(sleep_ms(Some("x=1&ms=250")), Ok(250));
+        assert_eq!(sleep_ms(Some("ms=60000")), Ok(SLEEP_CAP_MS));
+        let cases = [
+            (None, "needs ?ms=N"),
+            (Some("msx=1"), "needs ?ms=N"),
+            (Some("ms=60001"), "ms=60001 is above the cap of 60000 ms"),
+            (Some("ms=-1"), "ms=\"-1\" is not a whole number"),
+            (Some("ms=1.5"), "is not a whole number"),
+            (Some("ms="), "ms=\"\" is not a whole number"),
+            (Some("ms=99999999999999999999"), "is above the cap"),
+        ];
+        for (q, want) in cases {
+            let e = sleep_ms(q).expect_err(want);
+            assert!(e.starts_with("400 ") && e.contains(want), "{q:?}: {e}");
+        }
+    }
 }
