@@ -486,12 +486,21 @@ fn request_inner(args: &RequestArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("building the runtime")?;
     let addr = args.addr.clone();
+    let exchange = async {
+        // A failed connect gets a diagnosis (missing socket, permissions,
+        // nothing listening), a failed exchange the plain error.
+        let s = client::connect(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!(crate::diagnose::connect_error(&addr, &e)))?;
+        client::request_on(s, &req)
+            .await
+            .with_context(|| format!("FastCGI request to {addr} failed"))
+    };
     let resp = rt
-        .block_on(async {
-            tokio::time::timeout(args.timeout, client::request_once(&addr, &req)).await
-        })
-        .map_err(|_| anyhow::anyhow!("no complete answer from {addr} within {:?}", args.timeout))?
-        .with_context(|| format!("FastCGI request to {addr} failed"))?;
+        .block_on(async { tokio::time::timeout(args.timeout, exchange).await })
+        .map_err(|_| {
+            anyhow::anyhow!("no complete answer from {addr} within {:?}", args.timeout)
+        })??;
     let mut out = std::io::stdout().lock();
     if resp.protocol_status != 0 {
         anyhow::bail!(

@@ -30,6 +30,7 @@ pub mod app;
 pub mod appname;
 pub mod body;
 pub mod cli;
+pub mod diagnose;
 pub mod fastcgi;
 pub mod http_server;
 pub mod mount;

@@ -216,7 +216,13 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
 /// is still arriving (Go's net/http/fcgi does) would otherwise deadlock
 /// against a client that sends its whole body first.
 pub async fn request_once(addr: &ListenAddr, req: &Request) -> io::Result<Response> {
-    let s = connect(addr).await?;
+    request_on(connect(addr).await?, req).await
+}
+
+/// One request on a connection made by [`connect`], which it then drops
+/// (no KEEP_CONN). Apart from `request_once` so that a caller can tell a
+/// failed connect from a failed exchange.
+pub async fn request_on(s: Box<dyn Stream>, req: &Request) -> io::Result<Response> {
     let (mut rd, mut wr) = tokio::io::split(s);
     let mut out = BytesMut::new();
     encode_request(&mut out, 1, false, req);

@@ -269,15 +269,24 @@ fn lookup_group(name: &str) -> anyhow::Result<libc::gid_t> {
     Ok(unsafe { (*gr).gr_gid })
 }
 
-fn warn_if_tmp(path: &Path) {
+/// Why a socket under /tmp or /var/tmp goes missing for nginx (`None`
+/// elsewhere); `myflask request` prints it too when such a socket is absent.
+pub fn private_tmp_hint(path: &Path) -> Option<String> {
     let p = path.to_string_lossy();
     if p.starts_with("/tmp/") || p.starts_with("/var/tmp/") {
-        tracing::warn!(
+        return Some(format!(
             "socket {p} is under /tmp or /var/tmp: if myflask or nginx runs with systemd's \
              PrivateTmp= (DynamicUser= implies it), each sees its own private /tmp and nginx \
              fails with \"connect() to unix:{p} failed (2: No such file or directory)\"; \
              use a directory under /run (e.g. /run/myflask/fcgi.sock) instead"
-        );
+        ));
+    }
+    None
+}
+
+fn warn_if_tmp(path: &Path) {
+    if let Some(hint) = private_tmp_hint(path) {
+        tracing::warn!("{hint}");
     }
 }
 
