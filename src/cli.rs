@@ -256,7 +256,7 @@ pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::A
 fn name_from_args(args: impl Iterator<Item = std::ffi::OsString>) -> Option<String> {
     let mut args = args.skip(1);
     while let Some(a) = args.next() {
-        let a = a.to_str()?;
+        let Some(a) = a.to_str() else { continue };
         if a == "--" {
             return None;
         }
@@ -525,4 +525,25 @@ fn request_inner(args: &RequestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(args: &[&str]) -> Option<String> {
+        name_from_args(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn app_name_is_found_before_parsing() {
+        assert_eq!(
+            scan(&["x", "--app-name", "a", "serve"]).as_deref(),
+            Some("a")
+        );
+        assert_eq!(scan(&["x", "serve", "--app-name=b"]).as_deref(), Some("b"));
+        assert_eq!(scan(&["x", "serve", "--", "--app-name", "c"]), None);
+        assert_eq!(scan(&["x", "--app-name"]), None);
+        assert_eq!(scan(&["--app-name", "argv0-is-skipped"]), None);
+    }
 }
