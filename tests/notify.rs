@@ -6,9 +6,9 @@
 mod common;
 
 use bytes::BytesMut;
-use common::{BIN, Proc, Server, clean_cmd, fcgi_get, target_tmpdir};
+use common::{BIN, Proc, Server, clean_cmd, fcgi_get, noise, raw, target_tmpdir};
 use myflask::addr::ListenAddr;
-use myflask::fastcgi::{client, params, record};
+use myflask::fastcgi::{client, record};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -368,30 +368,11 @@ fn start_failure_is_reported_to_systemd() {
 // ---------------------------------------------------------------------------
 // Drain on SIGTERM.
 
-fn begin_post(buf: &mut BytesMut, id: u16, keep_conn: bool, len: usize) {
-    let flags = if keep_conn { record::KEEP_CONN } else { 0 };
-    record::put_begin_request(buf, id, record::ROLE_RESPONDER, flags);
-    let mut p = BytesMut::new();
-    let len = len.to_string();
-    for (k, v) in [
-        ("REQUEST_METHOD", "POST"),
-        ("REQUEST_URI", "/echo"),
-        ("SCRIPT_NAME", "/echo"),
-        ("QUERY_STRING", ""),
-        ("CONTENT_TYPE", "application/x-drain-test"),
-        ("CONTENT_LENGTH", len.as_str()),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("REMOTE_ADDR", "127.0.0.1"),
-        ("HTTP_HOST", "localhost"),
-    ] {
-        params::encode_pair(&mut p, k.as_bytes(), v.as_bytes());
-    }
-    record::put_stream(buf, record::PARAMS, id, &p);
-    record::put_stream_end(buf, record::PARAMS, id);
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+/// BEGIN and PARAMS of `POST /echo` with a body of `len` bytes, which the
+/// test then sends in pieces; the content type comes back in the echo.
+fn begin_post(id: u16, keep_conn: bool, len: usize) -> BytesMut {
+    let ct = [("CONTENT_TYPE", "application/x-drain-test")];
+    raw::head(id, keep_conn, "POST", "/echo", &ct, Some(len))
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -433,13 +414,12 @@ fn assert_not_accepted(path: &Path) {
 #[test]
 fn sigterm_mid_body_drains_the_request() {
     let mut s = Server::start(&[]);
-    let body = pattern(512 * 1024);
+    let body = noise(512 * 1024, 1);
     let chunks: Vec<&[u8]> = body.chunks(64 * 1024).collect();
     let rt = rt();
     let (resp, eof_after) = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
-        let mut out = BytesMut::new();
-        begin_post(&mut out, 1, true, body.len());
+        let out = begin_post(1, true, body.len());
         c.write_all(&out).await.unwrap();
         for (i, chunk) in chunks.iter().enumerate() {
             if i == 3 {
@@ -608,8 +588,7 @@ fn shutdown_timeout_bounds_the_drain() {
     let rt = rt();
     let _c = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
-        let mut out = BytesMut::new();
-        begin_post(&mut out, 1, true, 1000);
+        let mut out = begin_post(1, true, 1000);
         record::put_stream(&mut out, record::STDIN, 1, &[b'x'; 100]);
         c.write_all(&out).await.unwrap();
         // The rest of the body never comes.
@@ -641,11 +620,10 @@ fn watchdog_keeps_pinging_while_draining() {
     n.wait_for("READY=1", START);
     let sock = dir.path().join("fcgi.sock");
     let rt = rt();
-    let body = pattern(10_000);
+    let body = noise(10_000, 2);
     let resp = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&sock).await.unwrap();
-        let mut out = BytesMut::new();
-        begin_post(&mut out, 1, false, body.len());
+        let mut out = begin_post(1, false, body.len());
         record::put_stream(&mut out, record::STDIN, 1, &body[..5000]);
         c.write_all(&out).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;

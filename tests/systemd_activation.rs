@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    BIN, Proc, clean_cmd, fcgi_get, http_over_unix, require_tool, target_tmpdir, under_tmp,
+    BIN, Proc, clean_cmd, fcgi_get, free_tcp_port, http_over_unix, require_tool, target_tmpdir,
+    under_tmp,
 };
 use myflask::addr::ListenAddr;
 use std::io::{Read, Write};
@@ -29,14 +30,6 @@ fn wait_for_path(p: &Path) {
 
 fn unix(p: &Path) -> ListenAddr {
     ListenAddr::Unix(p.to_path_buf())
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Puts `fd` on fd 3 of the child, without FD_CLOEXEC.

@@ -1,13 +1,9 @@
 //! What tests measure and compare: the memory of a process, deterministic
 //! bodies, and hashes that name a body in a failure message.
 
+/// VmRSS of process `pid` in KiB (0 once it is gone).
 pub fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    proc_kib(pid, "VmRSS")
 }
 
 /// Deterministic pseudo-random bytes (xorshift), for bodies whose every
@@ -25,11 +21,19 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// FNV-1a, to name a body in a failure message.
+/// The FNV-1a 64 offset basis: the hash of no bytes.
+pub const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64 of `b`, to name a body in a failure message (the app's
+/// `/upload` answers with the same hash).
 pub fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x100000001b3)
-    })
+    fnv_continue(FNV_BASIS, b)
+}
+
+/// FNV-1a 64 continued from state `h` over `b`, for data hashed in pieces.
+pub fn fnv_continue(h: u64, b: &[u8]) -> u64 {
+    b.iter()
+        .fold(h, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Asserts two bodies are equal, reporting length, hash and the first

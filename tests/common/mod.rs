@@ -4,11 +4,10 @@
 //!   to completion;
 //! - `process`: other children (nginx, systemd tools), a clean environment,
 //!   bounded waits, finding programs;
-//! - `sockets`: socket directories;
+//! - `sockets`: socket directories, free ports, RLIMIT_NOFILE;
 //! - `client`: whole requests through the project's FastCGI client and raw
 //!   HTTP over a unix socket;
-//! - `measure`: process memory, deterministic bodies, hashes (reachable
-//!   as `common::raw::name`, where they were first);
+//! - `measure`: process memory, deterministic bodies, hashes;
 //! - [`raw`]: a record-level FastCGI client that checks the protocol.
 //!
 //! Every helper is reachable as `common::name` (and the record-level ones
@@ -31,10 +30,10 @@ mod sockets;
 #[allow(unused_imports)]
 pub use client::{fcgi_get, fcgi_request, http_over_unix, read_all};
 #[allow(unused_imports)]
-pub use measure::rss_kib;
+pub use measure::{FNV_BASIS, assert_same, fnv, fnv_continue, noise, proc_kib, rss_kib};
 #[allow(unused_imports)]
 pub use process::{Proc, clean_cmd, require_tool, wait_child};
 #[allow(unused_imports)]
 pub use server::{BIN, Server, run};
 #[allow(unused_imports)]
-pub use sockets::{target_tmpdir, under_tmp};
+pub use sockets::{free_tcp_port, raise_nofile, require_nofile, target_tmpdir, under_tmp};

@@ -73,16 +73,22 @@ pub fn stream(kind: u8, id: u16, data: &[u8]) -> BytesMut {
 /// One record with explicit padding (filled with 0xAA, which a server
 /// must ignore).
 pub fn record_padded(kind: u8, id: u16, content: &[u8], pad: u8) -> Vec<u8> {
+    record_padded_with(kind, id, content, pad, 0xAA)
+}
+
+/// A record as any sender may write it: version 1 header, any padding
+/// length, padding bytes of any value.
+pub fn record_padded_with(kind: u8, id: u16, content: &[u8], pad: u8, pad_byte: u8) -> Vec<u8> {
     assert!(content.len() <= record::MAX_CONTENT_LEN);
-    let mut v = Vec::with_capacity(8 + content.len() + pad as usize);
+    let mut v = Vec::with_capacity(record::HEADER_LEN + content.len() + pad as usize);
     v.push(record::VERSION_1);
     v.push(kind);
     v.extend_from_slice(&id.to_be_bytes());
     v.extend_from_slice(&(content.len() as u16).to_be_bytes());
     v.push(pad);
-    v.push(0);
+    v.push(0); // reserved
     v.extend_from_slice(content);
-    v.extend(std::iter::repeat_n(0xAA, pad as usize));
+    v.extend(std::iter::repeat_n(pad_byte, pad as usize));
     v
 }
 
@@ -98,12 +104,27 @@ pub fn request(
     body: &[u8],
 ) -> BytesMut {
     let cl = (!body.is_empty()).then_some(body.len());
+    let mut b = head(id, keep, method, uri, extra, cl);
+    b.extend_from_slice(&stream(record::STDIN, id, body));
+    b
+}
+
+/// The start of a request whose body the test sends itself: BEGIN, PARAMS
+/// (standard ones plus `extra`, `CONTENT_LENGTH` as given) and the empty
+/// PARAMS record.
+pub fn head(
+    id: u16,
+    keep: bool,
+    method: &str,
+    uri: &str,
+    extra: &[(&str, &str)],
+    content_length: Option<usize>,
+) -> BytesMut {
     let mut b = begin(id, keep);
     b.extend_from_slice(&stream(
         record::PARAMS,
         id,
-        &std_params(method, uri, cl, extra),
+        &std_params(method, uri, content_length, extra),
     ));
-    b.extend_from_slice(&stream(record::STDIN, id, body));
     b
 }

@@ -17,7 +17,9 @@ mod reply;
 #[allow(unused_imports)]
 pub use super::measure::{assert_same, fnv, noise, proc_kib};
 #[allow(unused_imports)]
-pub use build::{begin, pairs, record_padded, request, std_params, stream};
+pub use build::{
+    begin, head, pairs, record_padded, record_padded_with, request, std_params, stream,
+};
 pub use conn::Conn;
 pub use reply::{Http, Reply};
 
