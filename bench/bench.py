@@ -18,7 +18,9 @@ Environment:
   BENCH_PEERS     comma-separated subset of peer names (default: all)
 
 bench.py --report results/raw/<date> rewrites the reports of an earlier run
-from its results.json (no measuring).
+from its results.json (no measuring). bench.py --dry-run prints what a run
+would do, peer by peer (server command, points, loadgen arguments), and
+writes every peer's nginx.conf to a temporary directory; it starts nothing.
 """
 
 import csv
@@ -36,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -106,26 +110,77 @@ H2H_CONNS = [16] if QUICK else [16, 64]
 # myflask runs with its access log off (nginx runs with access_log off too).
 MYFLASK_LOG = ["--log-target", "stderr", "--log-level", "info,myflask::access=off"]
 
-# name, label, server kind, upstream protocol, nginx keepalive
+PHP_SCRIPT = os.path.join(BENCH, "peers", "php", "index.php")
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One peer: the server behind nginx, how it starts, how nginx talks to
+    it, and which points it runs."""
+    name: str
+    label: str
+    # argv of the server listening on unix socket `sock`, given its Peer
+    # (None: nginx alone, the ceiling)
+    command: Optional[Callable[["Peer", str], List[str]]] = None
+    proto: Optional[str] = None  # "fcgi" (fastcgi_pass) or "http" (proxy_pass)
+    keep: bool = False  # upstream keepalive 512, fastcgi_keep_conn / HTTP/1.1 to the upstream
+    snippet: bool = False  # fastcgi_param lines of the package's snippet instead of Debian's fastcgi_params
+    nginx_extra: str = ""  # more lines in nginx's location (flup routes on PATH_INFO)
+    fcgi_params: Tuple[str, ...] = ()  # NAME=VALUE params loadgen sends when it talks to the peer directly
+    echo: bool = True  # serves POST /echo (the floor answers everything with its canned GET reply)
+    get_only: bool = False  # GET points only: no echo points
+    cold: bool = True  # cold start measured
+    direct: Optional[str] = None  # loadgen run without nginx: "mux" (keep-alive + multiplexed), "keep", "nokeep"
+
+
+def myflask_cmd(peer, sock):
+    """myflask serving FastCGI on `sock`."""
+    return [MYFLASK, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
+
+
+def myflask_http_cmd(peer, sock):
+    """myflask serving HTTP on `sock` (and FastCGI on a socket nobody uses)."""
+    return [MYFLASK, "serve", "--listen", "unix:" + os.path.join(peer.dir, "fcgi.sock"),
+            "--http", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
+
+
+def php_cmd(peer, sock):
+    """php-fpm in the foreground with a config of its own for `sock`."""
+    return [PHP_FPM, "-F", "-R", "-y", peer.php_conf(sock), "-p", peer.dir]
+
+
 PEERS = [
-    dict(name="ceiling", label="nginx return 200 (ceiling)", kind="ceiling"),
+    PeerSpec("ceiling", "nginx return 200 (ceiling)"),
     # Diagnostic, not a contender: the ceiling's counterpart for fastcgi_pass,
-    # with exactly the nginx config of the keep_conn FastCGI peers. GET only.
-    dict(name="fastcgi-floor", label="FastCGI floor (canned reply, no parsing)", kind="floor", proto="fcgi",
-         keep=True, params="snippet", get_only=True),
-    dict(name="php-fpm", label="php-fpm 8.2 (static, 4 children)", kind="php", proto="fcgi", keep=False),
-    dict(name="flup", label="Python flup + Flask", kind="flup", proto="fcgi", keep=True),
-    dict(name="go", label="Go net/http/fcgi", kind="go", proto="fcgi", keep=True),
-    dict(name="tokio-fastcgi", label="Rust tokio-fastcgi 1.3", kind="tokio-fastcgi", proto="fcgi", keep=True),
-    dict(name="hyper", label="Rust hyper 1.x, proxy_pass", kind="hyper", proto="http", keep=True),
-    dict(name="myflask", label="myflask FastCGI, keep_conn", kind="myflask", proto="fcgi", keep=True,
-         params="snippet"),
-    # The same with Debian's fastcgi_params instead of the package's snippet.
-    dict(name="myflask-fcgiparams", label="myflask FastCGI, keep_conn, Debian fastcgi_params", kind="myflask",
-         proto="fcgi", keep=True, get_only=True),
-    dict(name="myflask-nokeep", label="myflask FastCGI, no keepalive", kind="myflask", proto="fcgi", keep=False,
-         params="snippet"),
-    dict(name="myflask-http", label="myflask HTTP, proxy_pass", kind="myflask-http", proto="http", keep=True),
+    # with exactly the nginx config of the keep_conn FastCGI peers. GET only,
+    # and no cold start: its start says nothing about a server.
+    PeerSpec("fastcgi-floor", "FastCGI floor (canned reply, no parsing)", lambda p, sock: [FLOOR, sock],
+             proto="fcgi", keep=True, snippet=True, echo=False, get_only=True, cold=False),
+    # Without keep-alive on both paths: with FCGI_KEEP_CONN each of the 4
+    # workers stays bound to one connection and the others starve.
+    PeerSpec("php-fpm", "php-fpm 8.2 (static, 4 children)", php_cmd, proto="fcgi", keep=False,
+             fcgi_params=("SCRIPT_FILENAME=" + PHP_SCRIPT,), direct="nokeep"),
+    PeerSpec("flup", "Python flup + Flask",
+             lambda p, sock: [VENV_PY, os.path.join(BENCH, "peers", "flup", "app.py"), sock],
+             proto="fcgi", keep=True,
+             # flup/Flask route on PATH_INFO (Flask's own FastCGI docs set these two).
+             nginx_extra='fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;',
+             fcgi_params=("SCRIPT_NAME=", "PATH_INFO=/")),
+    # Go and myflask multiplex, so their direct runs include the multiplexed mode.
+    PeerSpec("go", "Go net/http/fcgi", lambda p, sock: [GO, sock], proto="fcgi", keep=True, direct="mux"),
+    PeerSpec("tokio-fastcgi", "Rust tokio-fastcgi 1.3", lambda p, sock: [TOKIO_FCGI, sock], proto="fcgi",
+             keep=True, direct="keep"),
+    PeerSpec("hyper", "Rust hyper 1.x, proxy_pass", lambda p, sock: [HYPER, sock], proto="http", keep=True),
+    PeerSpec("myflask", "myflask FastCGI, keep_conn", myflask_cmd, proto="fcgi", keep=True, snippet=True,
+             direct="mux"),
+    # The same server with Debian's fastcgi_params instead of the package's
+    # snippet (a GET comparison: no echo, and its start is myflask's).
+    PeerSpec("myflask-fcgiparams", "myflask FastCGI, keep_conn, Debian fastcgi_params", myflask_cmd,
+             proto="fcgi", keep=True, get_only=True, cold=False),
+    # The same server, one connection per request (its start is myflask's).
+    PeerSpec("myflask-nokeep", "myflask FastCGI, no keepalive", myflask_cmd, proto="fcgi", keep=False,
+             snippet=True, cold=False),
+    PeerSpec("myflask-http", "myflask HTTP, proxy_pass", myflask_http_cmd, proto="http", keep=True),
 ]
 REF = "myflask"
 CEIL = "ceiling"
@@ -313,7 +368,7 @@ class RssSampler:
 class Peer:
     def __init__(self, spec, tmp):
         self.spec = spec
-        self.name = spec["name"]
+        self.name = spec.name
         self.dir = os.path.join(tmp, self.name)
         os.makedirs(self.dir, exist_ok=True)
         self.sock = os.path.join(self.dir, "app.sock")
@@ -324,26 +379,7 @@ class Peer:
 
     # -- commands ------------------------------------------------------
     def server_cmd(self, sock=None):
-        sock = sock or self.sock
-        k = self.spec["kind"]
-        if k == "php":
-            return [PHP_FPM, "-F", "-R", "-y", self.php_conf(sock), "-p", self.dir]
-        if k == "flup":
-            return [VENV_PY, os.path.join(BENCH, "peers", "flup", "app.py"), sock]
-        if k == "go":
-            return [GO, sock]
-        if k == "tokio-fastcgi":
-            return [TOKIO_FCGI, sock]
-        if k == "hyper":
-            return [HYPER, sock]
-        if k == "floor":
-            return [FLOOR, sock]
-        if k == "myflask":
-            return [MYFLASK, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
-        if k == "myflask-http":
-            return [MYFLASK, "serve", "--listen", "unix:" + os.path.join(self.dir, "fcgi.sock"),
-                    "--http", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
-        raise ValueError(k)
+        return self.spec.command(self, sock or self.sock)
 
     def php_conf(self, sock):
         path = os.path.join(self.dir, "php-fpm.conf")
@@ -366,47 +402,16 @@ php_admin_value[output_buffering] = 0
         return path
 
     def nginx_conf(self):
-        s = self.spec
         d = self.dir
         user = "user root;\n" if os.geteuid() == 0 else ""
-        mod = ""
-        if s["kind"] == "ceiling":
-            if os.path.exists(ECHO_MODULE):
-                mod = f"load_module {ECHO_MODULE};\n"
-                echo = "location = /echo { echo_read_request_body; echo_request_body; }\n"
-            else:
-                echo = ""
-            body = f"""
-        location = / {{ default_type text/plain; return 200 "Hello, World!\\n"; }}
-        {echo}"""
+        if self.spec.command is None:
+            mod, body = self._ceiling_locations()
             upstream = ""
         else:
-            ka = "keepalive 512;" if s["keep"] else ""
+            mod = ""
+            ka = "keepalive 512;" if self.spec.keep else ""
             upstream = f"upstream app {{ server unix:{self.sock}; {ka} }}"
-            if s["proto"] == "fcgi":
-                keep = "fastcgi_keep_conn on;" if s["keep"] else ""
-                script = os.path.join(BENCH, "peers", "php", "index.php")
-                # flup/Flask route on PATH_INFO (Flask's own FastCGI docs set these two).
-                wsgi = ('fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;'
-                        if s["kind"] == "flup" else "")
-                if s.get("params") == "snippet":
-                    params = "\n            ".join(snippet_params())
-                else:
-                    params = f"include /etc/nginx/fastcgi_params;\n            fastcgi_param SCRIPT_FILENAME {script};"
-                body = f"""
-        location / {{
-            {params}
-            {wsgi}
-            fastcgi_pass app;
-            {keep}
-        }}"""
-            else:
-                conn = 'proxy_http_version 1.1; proxy_set_header Connection "";' if s["keep"] else ""
-                body = f"""
-        location / {{
-            proxy_pass http://app;
-            {conn}
-        }}"""
+            body = self._fastcgi_location() if self.spec.proto == "fcgi" else self._proxy_location()
         conf = f"""{user}{mod}worker_processes {NGINX_WORKERS};
 daemon off;
 pid {d}/nginx.pid;
@@ -433,6 +438,41 @@ http {{
             f.write(conf)
         return path
 
+    def _ceiling_locations(self):
+        """nginx answers itself: `return 200`, and the echo module's echo
+        when it is installed. Returns (load_module line, locations)."""
+        mod, echo = "", ""
+        if os.path.exists(ECHO_MODULE):
+            mod = f"load_module {ECHO_MODULE};\n"
+            echo = "location = /echo { echo_read_request_body; echo_request_body; }\n"
+        body = f"""
+        location = / {{ default_type text/plain; return 200 "Hello, World!\\n"; }}
+        {echo}"""
+        return mod, body
+
+    def _fastcgi_location(self):
+        s = self.spec
+        keep = "fastcgi_keep_conn on;" if s.keep else ""
+        if s.snippet:
+            params = "\n            ".join(snippet_params())
+        else:
+            params = f"include /etc/nginx/fastcgi_params;\n            fastcgi_param SCRIPT_FILENAME {PHP_SCRIPT};"
+        return f"""
+        location / {{
+            {params}
+            {s.nginx_extra}
+            fastcgi_pass app;
+            {keep}
+        }}"""
+
+    def _proxy_location(self):
+        conn = 'proxy_http_version 1.1; proxy_set_header Connection "";' if self.spec.keep else ""
+        return f"""
+        location / {{
+            proxy_pass http://app;
+            {conn}
+        }}"""
+
     # -- lifecycle -----------------------------------------------------
     def _spawn(self, cmd, tag):
         out = open(os.path.join(self.dir, f"{tag}.log"), "wb")
@@ -441,7 +481,7 @@ http {{
                                 start_new_session=True, cwd=self.dir)
 
     def start(self):
-        if self.spec["kind"] != "ceiling":
+        if self.spec.command is not None:
             self.server = self._spawn(self.server_cmd(), "server")
             wait_unix(self.sock, 20, self.server)
         conf = self.nginx_conf()
@@ -512,7 +552,7 @@ def check_peer(peer):
     st, body = http_req(peer.port, "GET", "/")
     if st != 200 or not body:
         raise RuntimeError(f"GET / -> {st} {body[:80]!r}")
-    if peer.spec["kind"] == "floor":
+    if not peer.spec.echo:
         # The floor answers every request with its canned GET / reply, so an
         # echo check could only fail: it has no /echo and is never measured on it.
         return len(body)
@@ -560,8 +600,9 @@ def run_loadgen(args, timeout):
 # ---------------------------------------------------------------- main ----
 
 def bench_peer(peer, rows, direct_rows, errors):
-    spec = peer.spec
-    log(f"== {peer.name}: {spec['label']}")
+    """Every point of one peer, on its own: idle RSS, GET, echo, direct
+    FastCGI, and the machine's load around it all."""
+    log(f"== {peer.name}: {peer.spec.label}")
     cpu0 = cpu_sample()
     la0 = loadavg()
     peer.start()
@@ -572,48 +613,9 @@ def bench_peer(peer, rows, direct_rows, errors):
         rows.append(dict(section="idle", peer=peer.name, rss_kib=idle))
         # warm-up (not recorded)
         run_wrk(peer.port, 16, WARMUP)
-        for c in GET_CONNS:
-            with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
-                r = run_wrk(peer.port, c, DURATION)
-            cpu, ncpu = s.per_req(r["requests"])
-            rows.append(dict(section="get", peer=peer.name, conns=c, body=get_len, rss_kib=s.peak,
-                             cpu_us=cpu, nginx_cpu_us=ncpu, **r))
-            log(f"   GET c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
-                f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
-        for b in ECHO_BODIES:
-            if peer.name == CEIL and not os.path.exists(ECHO_MODULE):
-                continue
-            if spec.get("get_only"):  # the floor has no /echo; the other is a GET comparison
-                continue
-            with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
-                r = run_wrk(peer.port, ECHO_CONNS, DURATION, b)
-            cpu, ncpu = s.per_req(r["requests"])
-            rows.append(dict(section="echo", peer=peer.name, conns=ECHO_CONNS, body=b, rss_kib=s.peak,
-                             cpu_us=cpu, nginx_cpu_us=ncpu, **r))
-            log(f"   echo {b // KIB} KiB: {r['rps']:.0f} req/s {r['mib_s']:.0f} MiB/s p99 {r['p99_ms']:.1f} ms "
-                f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
-        # direct FastCGI, same server process, no nginx in the path (not the
-        # floor: it is there to show nginx's fastcgi_pass path, not a server)
-        direct = {"myflask": True, "go": True, "tokio-fastcgi": False, "php-fpm": False}
-        if peer.name in direct:
-            extra = []
-            if peer.name == "php-fpm":
-                extra = ["--no-keepalive", "--param",
-                         "SCRIPT_FILENAME=" + os.path.join(BENCH, "peers", "php", "index.php")]
-            modes = [(c, 1) for c in DIRECT_CONNS]
-            if direct[peer.name]:
-                modes.append(MUX)
-            for c, m in modes:
-                args = ["run", "--addr", "unix:" + peer.sock, "--conns", str(c), "--mux", str(m),
-                        "--duration", str(DURATION), "--warmup", str(min(1.0, WARMUP)), *extra]
-                with RssSampler(peer.root_pid()) as s:
-                    r = run_loadgen(args, DURATION + 60)
-                r["rss_kib"] = s.peak
-                r["cpu_us"] = s.per_req(r["requests"])[0]
-                r["peer"] = peer.name
-                direct_rows.append(r)
-                log(f"   direct c={c} mux={m}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} ms "
-                    f"errors {r['non2xx'] + r['bad_len'] + r['io_errors']}")
+        bench_get(peer, rows, get_len)
+        bench_echo(peer, rows)
+        bench_direct(peer, direct_rows)
     finally:
         peer.stop()
     busy, bg = cpu_delta(cpu0, cpu_sample())
@@ -626,6 +628,67 @@ def bench_peer(peer, rows, direct_rows, errors):
             errors.append(f"{peer.name}: {len(lines)} nginx error-log lines, first: {lines[0].strip()[:200]}")
 
 
+def bench_get(peer, rows, get_len):
+    """GET / through nginx at each connection count."""
+    for c in GET_CONNS:
+        with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
+            r = run_wrk(peer.port, c, DURATION)
+        cpu, ncpu = s.per_req(r["requests"])
+        rows.append(dict(section="get", peer=peer.name, conns=c, body=get_len, rss_kib=s.peak,
+                         cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+        log(f"   GET c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+            f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
+
+
+def echo_bodies(spec):
+    """The echo points of a peer: none for a GET-only peer, nor for the
+    ceiling without nginx's echo module."""
+    if spec.get_only or (spec.name == CEIL and not os.path.exists(ECHO_MODULE)):
+        return []
+    return ECHO_BODIES
+
+
+def bench_echo(peer, rows):
+    """POST /echo through nginx at each of the peer's body sizes."""
+    for b in echo_bodies(peer.spec):
+        with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
+            r = run_wrk(peer.port, ECHO_CONNS, DURATION, b)
+        cpu, ncpu = s.per_req(r["requests"])
+        rows.append(dict(section="echo", peer=peer.name, conns=ECHO_CONNS, body=b, rss_kib=s.peak,
+                         cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+        log(f"   echo {b // KIB} KiB: {r['rps']:.0f} req/s {r['mib_s']:.0f} MiB/s p99 {r['p99_ms']:.1f} ms "
+            f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
+
+
+def direct_runs(peer):
+    """loadgen arguments of the peer's direct FastCGI runs, by (connections,
+    requests in flight): none unless its spec asks for them (not the floor:
+    it is there to show nginx's fastcgi_pass path, not a server)."""
+    spec = peer.spec
+    if spec.direct is None:
+        return []
+    extra = ["--no-keepalive"] if spec.direct == "nokeep" else []
+    for p in spec.fcgi_params:
+        extra += ["--param", p]
+    modes = [(c, 1) for c in DIRECT_CONNS] + ([MUX] if spec.direct == "mux" else [])
+    return [((c, m), ["run", "--addr", "unix:" + peer.sock, "--conns", str(c), "--mux", str(m),
+                      "--duration", str(DURATION), "--warmup", str(min(1.0, WARMUP)), *extra])
+            for c, m in modes]
+
+
+def bench_direct(peer, direct_rows):
+    """Direct FastCGI on the same server process, no nginx in the path."""
+    for (c, m), args in direct_runs(peer):
+        with RssSampler(peer.root_pid()) as s:
+            r = run_loadgen(args, DURATION + 60)
+        r["rss_kib"] = s.peak
+        r["cpu_us"] = s.per_req(r["requests"])[0]
+        r["peer"] = peer.name
+        direct_rows.append(r)
+        log(f"   direct c={c} mux={m}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} ms "
+            f"errors {r['non2xx'] + r['bad_len'] + r['io_errors']}")
+
+
 def cold_starts(tmp, names):
     """Process start -> first response, direct on the socket (no nginx)."""
     out = []
@@ -633,36 +696,16 @@ def cold_starts(tmp, names):
     os.makedirs(d, exist_ok=True)
     sock = os.path.join(d, "app.sock")
     for spec in PEERS:
-        if spec["name"] == "myflask-nokeep" or spec["name"] not in names:
+        if not spec.cold or spec.name not in names:
             continue
-        if spec.get("get_only"):  # the floor: a canned reply; the other: myflask again
-            continue
-        peer = Peer(spec, d)
-        proto, addr, path = "fcgi", "unix:" + sock, "/"
-        extra = []
-        if spec["kind"] == "ceiling":
-            cmd = [NGINX, "-p", peer.dir, "-c", peer.nginx_conf()]
-            proto, addr = "http", f"127.0.0.1:{peer.port}"
-        else:
-            cmd = peer.server_cmd(sock)
-            proto = spec["proto"]
-        if spec["kind"] == "php":
-            extra = ["--param", "SCRIPT_FILENAME=" + os.path.join(BENCH, "peers", "php", "index.php")]
-        if spec["kind"] == "flup":
-            extra = ["--param", "SCRIPT_NAME=", "--param", "PATH_INFO=/"]
-        r = run_loadgen(["coldstart", "--addr", addr, "--proto", proto, "--repeat", str(COLD_REPEAT),
-                         "--path", path, *extra, "--", *cmd], 120)
-        r["peer"] = spec["name"]
+        r = run_loadgen(cold_start_args(Peer(spec, d), sock), 120)
+        r["peer"] = spec.name
         r["mode"] = "process start -> first response"
         out.append(r)
-        log(f"   cold {spec['name']}: median {r['median_ms']:.1f} ms ({r['failures']} failures)")
+        log(f"   cold {spec.name}: median {r['median_ms']:.1f} ms ({r['failures']} failures)")
     if "myflask" not in names:
         return out
-    # myflask, socket-activated: systemd-socket-activate holds the socket and
-    # execs myflask on the first connection.
-    cmd = [ACTIVATE, "-l", sock, "--fdname=fcgi", MYFLASK, "serve", *MYFLASK_LOG]
-    r = run_loadgen(["coldstart", "--addr", "unix:" + sock, "--activated", "--repeat", str(COLD_REPEAT),
-                     "--", *cmd], 120)
+    r = run_loadgen(activated_start_args(sock), 120)
     r["peer"] = "myflask-activated"
     r["mode"] = "first connection -> response (systemd-socket-activate)"
     out.append(r)
@@ -670,12 +713,35 @@ def cold_starts(tmp, names):
     return out
 
 
+def cold_start_args(peer, sock):
+    """loadgen arguments that time the peer's start: its server on `sock`
+    (the ceiling: nginx on its port) from spawn to the first response."""
+    spec = peer.spec
+    if spec.command is None:
+        cmd = [NGINX, "-p", peer.dir, "-c", peer.nginx_conf()]
+        proto, addr = "http", f"127.0.0.1:{peer.port}"
+    else:
+        cmd = peer.server_cmd(sock)
+        proto, addr = spec.proto, "unix:" + sock
+    extra = [a for p in spec.fcgi_params for a in ("--param", p)]
+    return ["coldstart", "--addr", addr, "--proto", proto, "--repeat", str(COLD_REPEAT),
+            "--path", "/", *extra, "--", *cmd]
+
+
+def activated_start_args(sock):
+    """loadgen arguments that time myflask socket-activated:
+    systemd-socket-activate holds `sock` and execs myflask on the first
+    connection."""
+    cmd = [ACTIVATE, "-l", sock, "--fdname=fcgi", MYFLASK, "serve", *MYFLASK_LOG]
+    return ["coldstart", "--addr", "unix:" + sock, "--activated", "--repeat", str(COLD_REPEAT), "--", *cmd]
+
+
 def head_to_head(tmp, names, rows):
     """Interleaved rounds of the target comparisons (see H2H_PEERS)."""
-    specs = [p for p in PEERS if p["name"] in H2H_PEERS and p["name"] in names]
+    specs = [p for p in PEERS if p.name in H2H_PEERS and p.name in names]
     if len(specs) < 2 or H2H_ROUNDS < 1:
         return
-    log(f"== head to head: {', '.join(p['name'] for p in specs)}, {H2H_ROUNDS} rounds")
+    log(f"== head to head: {', '.join(p.name for p in specs)}, {H2H_ROUNDS} rounds")
     peers = []
     try:
         for spec in specs:
@@ -778,10 +844,44 @@ def machine():
     return f"{os.cpu_count()} × {model}, {mem} RAM, Linux {platform.release()}, Debian {deb}"
 
 
+def selected_peers():
+    """The peers BENCH_PEERS names (all when it is unset), in PEERS order."""
+    wanted = os.environ.get("BENCH_PEERS", "")
+    return [p for p in PEERS if not wanted or p.name in wanted.split(",")]
+
+
+def dry_run():
+    """Prints what a run would do, peer by peer, and writes every peer's
+    configs to a temporary directory that it keeps; starts nothing."""
+    tmp = tempfile.mkdtemp(prefix="myflask-bench-dry.")
+    peers = selected_peers()
+    names = [p.name for p in peers]
+    print(f"{len(peers)} peers, {DURATION:g} s per point after {WARMUP:g} s warm-up; configs in {tmp}")
+    for spec in peers:
+        peer = Peer(spec, tmp)
+        peer.nginx_conf()
+        print(f"\n{spec.name}: {spec.label}")
+        print("  server: " + (" ".join(peer.server_cmd()) if spec.command else "none (nginx answers)"))
+        print(f"  nginx: {os.path.join(peer.dir, 'nginx.conf')}")
+        print(f"  GET at {', '.join(map(str, GET_CONNS))} connections; echo: "
+              + (", ".join(body_label(b) for b in echo_bodies(spec)) or "none"))
+        for _, args in direct_runs(peer):
+            print("  direct: loadgen " + " ".join(args))
+        cold = os.path.join(tmp, "cold")
+        if spec.cold:
+            print("  cold start: loadgen " + " ".join(cold_start_args(Peer(spec, cold), os.path.join(cold, "app.sock"))))
+        if spec.name == REF:
+            print("  cold start, socket-activated: loadgen "
+                  + " ".join(activated_start_args(os.path.join(cold, "app.sock"))))
+        if spec.name in H2H_PEERS and len([n for n in H2H_PEERS if n in names]) >= 2 and H2H_ROUNDS >= 1:
+            echo = " and echo 1 MiB" if spec.name in H2H_ECHO_PEERS else ""
+            print(f"  head to head: GET at {', '.join(map(str, H2H_CONNS))}{echo}, {H2H_ROUNDS} rounds")
+    return 0
+
+
 def main():
     os.makedirs(RAW, exist_ok=True)
-    wanted = os.environ.get("BENCH_PEERS", "")
-    peers = [p for p in PEERS if not wanted or p["name"] in wanted.split(",")]
+    peers = selected_peers()
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     tmp = tempfile.mkdtemp(prefix="myflask-bench.", dir=shm)
     os.chmod(tmp, 0o755)
@@ -802,14 +902,14 @@ def main():
             log(f"   FAILED: {e}")
             peer.stop()
     try:
-        head_to_head(tmp, [p["name"] for p in peers], rows)
+        head_to_head(tmp, [p.name for p in peers], rows)
     except Exception as e:  # noqa: BLE001
         failed.append(f"head to head: {e}")
         log(f"   FAILED: {e}")
     cold = []
     log("== cold starts")
     try:
-        cold = cold_starts(tmp, [p["name"] for p in peers])
+        cold = cold_starts(tmp, [p.name for p in peers])
     except Exception as e:  # noqa: BLE001
             failed.append(f"cold starts: {e}")
             log(f"   FAILED: {e}")
@@ -859,7 +959,7 @@ def rereport(raw_dir):
     """Rewrites the reports of an earlier run from its raw results.json."""
     d = json.load(open(os.path.join(raw_dir, "results.json")))
     names = {r["peer"] for r in d["rows"]}
-    peers = [p for p in PEERS if p["name"] in names]
+    peers = [p for p in PEERS if p.name in names]
     stamp = os.path.basename(os.path.normpath(raw_dir))
     base = write_reports(d["meta"], peers, d["rows"], d["direct"], d["cold"], d["errors"], d["failed"], stamp)
     log(f"bench: rewrote {base}.md and .csv from {raw_dir}")
@@ -930,7 +1030,7 @@ def body_label(b):
 
 
 def report(meta, peers, rows, direct_rows, cold, errors, failed):
-    labels = {p["name"]: p["label"] for p in PEERS}
+    labels = {p.name: p.label for p in PEERS}
     pick = {}
     for r in rows:
         pick[(r["section"], r["peer"], r.get("conns"), r.get("body") if r["section"] == "echo" else None)] = r
@@ -970,16 +1070,16 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in peers:
         for c in GET_CONNS:
-            r = get("get", p["name"], c)
+            r = get("get", p.name, c)
             if not r:
                 continue
             ce, mf = get("get", CEIL, c), get("get", REF, c)
             xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
             p99m = ratio(r["p99_ms"], mf and mf["p99_ms"])
-            w(f"| {labels[p['name']]} | {c} | {fmt_n(r['rps'])} | {fmt_r(xc)} | {fmt_r(xm)} | "
+            w(f"| {labels[p.name]} | {c} | {fmt_n(r['rps'])} | {fmt_r(xc)} | {fmt_r(xm)} | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {fmt_r(p99m)} | {r['non2xx']} | {r['sock_err']} | "
-              f"{mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} | {fmt_us(r.get('nginx_cpu_us'), p['name'] == CEIL)} |")
-            csv_rows.append(dict(section="get", peer=p["name"], conns=c, body=r["body"], rps=round(r["rps"], 1),
+              f"{mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} | {fmt_us(r.get('nginx_cpu_us'), p.name == CEIL)} |")
+            csv_rows.append(dict(section="get", peer=p.name, conns=c, body=r["body"], rps=round(r["rps"], 1),
                                  x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
                                  mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
                                  p99_x_myflask=p99m and round(p99m, 3), non2xx=r["non2xx"],
@@ -997,17 +1097,17 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in peers:
         for b in ECHO_BODIES:
-            r = get("echo", p["name"], ECHO_CONNS, b)
+            r = get("echo", p.name, ECHO_CONNS, b)
             if not r:
                 continue
             ce, mf = get("echo", CEIL, ECHO_CONNS, b), get("echo", REF, ECHO_CONNS, b)
             xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
             rx = ratio(r["rss_kib"], mf and mf["rss_kib"])
-            w(f"| {labels[p['name']]} | {body_label(b)} | {fmt_n(r['rps'])} | {r['mib_s']:.0f} | {fmt_r(xc)} | "
+            w(f"| {labels[p.name]} | {body_label(b)} | {fmt_n(r['rps'])} | {r['mib_s']:.0f} | {fmt_r(xc)} | "
               f"{fmt_r(xm)} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non2xx']} | {r['sock_err']} | "
               f"{mib(r['rss_kib'])} | {fmt_r(rx)} | {fmt_us(r.get('cpu_us'))} | "
-              f"{fmt_us(r.get('nginx_cpu_us'), p['name'] == CEIL)} |")
-            csv_rows.append(dict(section="echo", peer=p["name"], conns=ECHO_CONNS, body=b, rps=round(r["rps"], 1),
+              f"{fmt_us(r.get('nginx_cpu_us'), p.name == CEIL)} |")
+            csv_rows.append(dict(section="echo", peer=p.name, conns=ECHO_CONNS, body=b, rps=round(r["rps"], 1),
                                  x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
                                  mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
                                  non2xx=r["non2xx"], sock_err=r["sock_err"], rss_kib=r["rss_kib"],
@@ -1025,15 +1125,15 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     mf_idle = get("idle", REF)
     mf_get, mf_echo = get("get", REF, top_c), get("echo", REF, ECHO_CONNS, echo_b)
     for p in peers:
-        i, g, e = get("idle", p["name"]), get("get", p["name"], top_c), get("echo", p["name"], ECHO_CONNS, echo_b)
+        i, g, e = get("idle", p.name), get("get", p.name, top_c), get("echo", p.name, ECHO_CONNS, echo_b)
         if not i:
             continue
         ri = ratio(i["rss_kib"], mf_idle and mf_idle["rss_kib"])
         rg = ratio(g and g["rss_kib"], mf_get and mf_get["rss_kib"])
         re_ = ratio(e and e["rss_kib"], mf_echo and mf_echo["rss_kib"])
-        w(f"| {labels[p['name']]} | {mib(i['rss_kib'])} | {fmt_r(ri)} | {mib(g and g['rss_kib'])} | {fmt_r(rg)} | "
+        w(f"| {labels[p.name]} | {mib(i['rss_kib'])} | {fmt_r(ri)} | {mib(g and g['rss_kib'])} | {fmt_r(rg)} | "
           f"{mib(e and e['rss_kib'])} | {fmt_r(re_)} |")
-        csv_rows.append(dict(section="idle", peer=p["name"], rss_kib=i["rss_kib"], rss_x_myflask=ri and round(ri, 3)))
+        csv_rows.append(dict(section="idle", peer=p.name, rss_kib=i["rss_kib"], rss_x_myflask=ri and round(ri, 3)))
 
     # cold start
     if cold:
@@ -1247,7 +1347,17 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     return "\n".join(L) + "\n", csv_rows, targets_ok
 
 
+USAGE = "usage: bench.py [--dry-run | --report results/raw/<date> | --help]"
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--report":
-        sys.exit(rereport(sys.argv[2]))
+    args = sys.argv[1:]
+    if args in (["--help"], ["-h"]):
+        print(__doc__.strip() + "\n\n" + USAGE)
+        sys.exit(0)
+    if args == ["--dry-run"]:
+        sys.exit(dry_run())
+    if len(args) == 2 and args[0] == "--report":
+        sys.exit(rereport(args[1]))
+    if args:
+        sys.exit(f"bench.py: unknown arguments {' '.join(args)}\n{USAGE}")
     sys.exit(main())
