@@ -1029,18 +1029,48 @@ def body_label(b):
     return f"{b // MIB} MiB" if b >= MIB else f"{b // KIB} KiB"
 
 
+class Report:
+    """The report being written: its markdown lines, its CSV rows, and the
+    run's rows found by (section, peer, conns, body)."""
+
+    def __init__(self, rows):
+        self.lines = []
+        self.csv = []
+        self.labels = {p.name: p.label for p in PEERS}
+        self.pick = {}
+        for r in rows:
+            self.pick[(r["section"], r["peer"], r.get("conns"), r.get("body") if r["section"] == "echo" else None)] = r
+
+    def w(self, line):
+        self.lines.append(line)
+
+    def get(self, section, peer, conns=None, body=None):
+        return self.pick.get((section, peer, conns, body))
+
+
 def report(meta, peers, rows, direct_rows, cold, errors, failed):
-    labels = {p.name: p.label for p in PEERS}
-    pick = {}
-    for r in rows:
-        pick[(r["section"], r["peer"], r.get("conns"), r.get("body") if r["section"] == "echo" else None)] = r
+    """The markdown report, its CSV rows, and whether every target was met."""
+    rep = Report(rows)
+    write_header(rep, meta, failed)
+    write_get(rep, peers, rows)
+    write_echo(rep, peers)
+    write_memory(rep, peers)
+    write_cold(rep, cold)
+    write_direct(rep, direct_rows)
+    write_load(rep, rows)
+    h2h = h2h_points(rows)
+    write_h2h(rep, h2h, meta)
+    targets_ok = True
+    if not meta["quick"]:
+        targets_ok = write_targets(rep, h2h, rows, direct_rows, cold)
+    write_floor_context(rep, h2h)
+    write_errors(rep, errors)
+    return "\n".join(rep.lines) + "\n", rep.csv, targets_ok
 
-    def get(section, peer, conns=None, body=None):
-        return pick.get((section, peer, conns, body))
 
-    csv_rows = []
-    L = []
-    w = L.append
+def write_header(rep, meta, failed):
+    """Title, machine, load, versions, settings, and what failed."""
+    w = rep.w
     title = "myflask benchmark" + (" (quick smoke)" if meta["quick"] else "")
     w(f"# {title} — {meta['date']}\n")
     w(f"Machine: {meta['machine']}.  ")
@@ -1063,288 +1093,348 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     if failed:
         w("**Failed:** " + "; ".join(failed) + "\n")
 
-    # GET table
+
+def write_get(rep, peers, rows):
+    """GET / through nginx, every peer at every connection count."""
+    w = rep.w
     w("## GET / through nginx\n")
     w("| peer | conns | req/s | ×ceil | ×mf | p50 ms | p99 ms | p99 ×mf | non-2xx | socket err | RSS MiB | "
       "CPU µs/req server | CPU µs/req nginx |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in peers:
         for c in GET_CONNS:
-            r = get("get", p.name, c)
+            r = rep.get("get", p.name, c)
             if not r:
                 continue
-            ce, mf = get("get", CEIL, c), get("get", REF, c)
+            ce, mf = rep.get("get", CEIL, c), rep.get("get", REF, c)
             xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
             p99m = ratio(r["p99_ms"], mf and mf["p99_ms"])
-            w(f"| {labels[p.name]} | {c} | {fmt_n(r['rps'])} | {fmt_r(xc)} | {fmt_r(xm)} | "
+            w(f"| {rep.labels[p.name]} | {c} | {fmt_n(r['rps'])} | {fmt_r(xc)} | {fmt_r(xm)} | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {fmt_r(p99m)} | {r['non2xx']} | {r['sock_err']} | "
               f"{mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} | {fmt_us(r.get('nginx_cpu_us'), p.name == CEIL)} |")
-            csv_rows.append(dict(section="get", peer=p.name, conns=c, body=r["body"], rps=round(r["rps"], 1),
-                                 x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
-                                 mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
-                                 p99_x_myflask=p99m and round(p99m, 3), non2xx=r["non2xx"],
-                                 sock_err=r["sock_err"], rss_kib=r["rss_kib"],
-                                 cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+            rep.csv.append(dict(section="get", peer=p.name, conns=c, body=r["body"], rps=round(r["rps"], 1),
+                                x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
+                                mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                                p99_x_myflask=p99m and round(p99m, 3), non2xx=r["non2xx"],
+                                sock_err=r["sock_err"], rss_kib=r["rss_kib"],
+                                cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
     gl = {r["peer"]: r["body"] for r in rows if r["section"] == "get"}
     if gl:
         w("\nGET / response body bytes: " + ", ".join(f"{k} {v}" for k, v in gl.items()) +
           " (every peer, myflask included, answers \"Hello, World!\\n\").\n")
 
-    # echo table
+
+def write_echo(rep, peers):
+    """POST /echo through nginx, every peer at every body size."""
+    w = rep.w
     w("## POST /echo through nginx (by body size)\n")
     w("| peer | body | req/s | MiB/s | ×ceil | ×mf | p50 ms | p99 ms | non-2xx/bad len | socket err | "
       "RSS MiB | RSS ×mf | CPU µs/req server | CPU µs/req nginx |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in peers:
         for b in ECHO_BODIES:
-            r = get("echo", p.name, ECHO_CONNS, b)
+            r = rep.get("echo", p.name, ECHO_CONNS, b)
             if not r:
                 continue
-            ce, mf = get("echo", CEIL, ECHO_CONNS, b), get("echo", REF, ECHO_CONNS, b)
+            ce, mf = rep.get("echo", CEIL, ECHO_CONNS, b), rep.get("echo", REF, ECHO_CONNS, b)
             xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
             rx = ratio(r["rss_kib"], mf and mf["rss_kib"])
-            w(f"| {labels[p.name]} | {body_label(b)} | {fmt_n(r['rps'])} | {r['mib_s']:.0f} | {fmt_r(xc)} | "
+            w(f"| {rep.labels[p.name]} | {body_label(b)} | {fmt_n(r['rps'])} | {r['mib_s']:.0f} | {fmt_r(xc)} | "
               f"{fmt_r(xm)} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non2xx']} | {r['sock_err']} | "
               f"{mib(r['rss_kib'])} | {fmt_r(rx)} | {fmt_us(r.get('cpu_us'))} | "
               f"{fmt_us(r.get('nginx_cpu_us'), p.name == CEIL)} |")
-            csv_rows.append(dict(section="echo", peer=p.name, conns=ECHO_CONNS, body=b, rps=round(r["rps"], 1),
-                                 x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
-                                 mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
-                                 non2xx=r["non2xx"], sock_err=r["sock_err"], rss_kib=r["rss_kib"],
-                                 rss_x_myflask=rx and round(rx, 3),
-                                 cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+            rep.csv.append(dict(section="echo", peer=p.name, conns=ECHO_CONNS, body=b, rps=round(r["rps"], 1),
+                                x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
+                                mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                                non2xx=r["non2xx"], sock_err=r["sock_err"], rss_kib=r["rss_kib"],
+                                rss_x_myflask=rx and round(rx, 3),
+                                cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
     if os.path.exists(ECHO_MODULE):
         w("\nThe ceiling's echo is nginx's echo module (`echo_read_request_body; echo_request_body`).\n")
 
-    # memory summary
+
+def write_memory(rep, peers):
+    """Idle RSS and the peaks of the top GET point and the 1 MiB echo."""
+    w = rep.w
     w("## Memory (server process tree, VmRSS)\n")
     top_c = GET_CONNS[-1]
     echo_b = MIB if MIB in ECHO_BODIES else ECHO_BODIES[-1]
     w(f"| peer | idle MiB | ×mf | GET c={top_c} peak MiB | ×mf | echo {body_label(echo_b)} peak MiB | ×mf |")
     w("|---|---:|---:|---:|---:|---:|---:|")
-    mf_idle = get("idle", REF)
-    mf_get, mf_echo = get("get", REF, top_c), get("echo", REF, ECHO_CONNS, echo_b)
+    mf_idle = rep.get("idle", REF)
+    mf_get, mf_echo = rep.get("get", REF, top_c), rep.get("echo", REF, ECHO_CONNS, echo_b)
     for p in peers:
-        i, g, e = get("idle", p.name), get("get", p.name, top_c), get("echo", p.name, ECHO_CONNS, echo_b)
+        i, g = rep.get("idle", p.name), rep.get("get", p.name, top_c)
+        e = rep.get("echo", p.name, ECHO_CONNS, echo_b)
         if not i:
             continue
         ri = ratio(i["rss_kib"], mf_idle and mf_idle["rss_kib"])
         rg = ratio(g and g["rss_kib"], mf_get and mf_get["rss_kib"])
         re_ = ratio(e and e["rss_kib"], mf_echo and mf_echo["rss_kib"])
-        w(f"| {labels[p.name]} | {mib(i['rss_kib'])} | {fmt_r(ri)} | {mib(g and g['rss_kib'])} | {fmt_r(rg)} | "
+        w(f"| {rep.labels[p.name]} | {mib(i['rss_kib'])} | {fmt_r(ri)} | {mib(g and g['rss_kib'])} | {fmt_r(rg)} | "
           f"{mib(e and e['rss_kib'])} | {fmt_r(re_)} |")
-        csv_rows.append(dict(section="idle", peer=p.name, rss_kib=i["rss_kib"], rss_x_myflask=ri and round(ri, 3)))
+        rep.csv.append(dict(section="idle", peer=p.name, rss_kib=i["rss_kib"], rss_x_myflask=ri and round(ri, 3)))
 
-    # cold start
-    if cold:
-        w("\n## Cold start (direct on the socket, no nginx)\n")
-        w("| peer | what | median ms | min ms | ×mf | samples ms | failures |")
-        w("|---|---|---:|---:|---:|---|---:|")
-        mfc = next((c for c in cold if c["peer"] == REF), None)
-        for c in cold:
-            x = ratio(c["median_ms"], mfc and mfc["median_ms"])
-            lab = labels.get(c["peer"], "myflask, socket-activated")
-            if c["peer"] == REF:
-                lab = "myflask FastCGI"
-            w(f"| {lab} | {c['mode']} | {c['median_ms']:.1f} | {c['min_ms']:.1f} | {fmt_r(x)} | "
-              f"{', '.join(f'{s:.1f}' for s in c['samples_ms'])} | {c['failures']} |")
-            csv_rows.append(dict(section="coldstart", peer=c["peer"], median_ms=c["median_ms"]))
 
-    # direct
-    if direct_rows:
-        w("\n## Direct FastCGI, no nginx (bench/loadgen, GET /)\n")
-        w("| peer | connections × in flight | keep-alive | req/s | ×mf | p50 ms | p99 ms | errors | RSS MiB | "
-          "CPU µs/req server |")
-        w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-        mfd = {(r["conns"], r["mux"]): r for r in direct_rows if r["peer"] == REF}
-        for r in direct_rows:
-            m = mfd.get((r["conns"], r["mux"]))
-            x = ratio(r["rps"], m and m["rps"])
-            err = r["non2xx"] + r["bad_len"] + r["io_errors"]
-            mode = "multiplexed" if r["mux"] > 1 else ("yes" if r["keepalive"] else "no (conn per request)")
-            w(f"| {labels[r['peer']]} | {r['conns']} × {r['mux']} | {mode} | {fmt_n(r['rps'])} | {fmt_r(x)} | "
-              f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {err} | {mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} |")
-            csv_rows.append(dict(section="direct", peer=r["peer"], conns=r["conns"], mux=r["mux"],
-                                 rps=r["rps"], x_myflask=x and round(x, 3), p50_ms=r["p50_ms"],
-                                 p99_ms=r["p99_ms"], non2xx=r["non2xx"] + r["bad_len"], sock_err=r["io_errors"],
-                                 rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us"))))
-        w("\nphp-fpm is driven without keep-alive (as nginx drives it here): with FCGI_KEEP_CONN each of its "
-          "4 workers stays bound to one connection. Multiplexed mode only against myflask and Go "
-          "(php-fpm, flup and tokio-fastcgi do not multiplex). These runs come right after the echo points "
-          "on the same server process, so their RSS column includes heap the server still holds after "
-          "the 8 MiB echoes.\n")
+def write_cold(rep, cold):
+    """Cold starts, direct on the socket."""
+    if not cold:
+        return
+    w = rep.w
+    w("\n## Cold start (direct on the socket, no nginx)\n")
+    w("| peer | what | median ms | min ms | ×mf | samples ms | failures |")
+    w("|---|---|---:|---:|---:|---|---:|")
+    mfc = next((c for c in cold if c["peer"] == REF), None)
+    for c in cold:
+        x = ratio(c["median_ms"], mfc and mfc["median_ms"])
+        lab = rep.labels.get(c["peer"], "myflask, socket-activated")
+        if c["peer"] == REF:
+            lab = "myflask FastCGI"
+        w(f"| {lab} | {c['mode']} | {c['median_ms']:.1f} | {c['min_ms']:.1f} | {fmt_r(x)} | "
+          f"{', '.join(f'{s:.1f}' for s in c['samples_ms'])} | {c['failures']} |")
+        rep.csv.append(dict(section="coldstart", peer=c["peer"], median_ms=c["median_ms"]))
 
-    # per-peer load
+
+def write_direct(rep, direct_rows):
+    """Direct FastCGI runs (loadgen, no nginx)."""
+    if not direct_rows:
+        return
+    w = rep.w
+    w("\n## Direct FastCGI, no nginx (bench/loadgen, GET /)\n")
+    w("| peer | connections × in flight | keep-alive | req/s | ×mf | p50 ms | p99 ms | errors | RSS MiB | "
+      "CPU µs/req server |")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    mfd = {(r["conns"], r["mux"]): r for r in direct_rows if r["peer"] == REF}
+    for r in direct_rows:
+        m = mfd.get((r["conns"], r["mux"]))
+        x = ratio(r["rps"], m and m["rps"])
+        err = r["non2xx"] + r["bad_len"] + r["io_errors"]
+        mode = "multiplexed" if r["mux"] > 1 else ("yes" if r["keepalive"] else "no (conn per request)")
+        w(f"| {rep.labels[r['peer']]} | {r['conns']} × {r['mux']} | {mode} | {fmt_n(r['rps'])} | {fmt_r(x)} | "
+          f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {err} | {mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} |")
+        rep.csv.append(dict(section="direct", peer=r["peer"], conns=r["conns"], mux=r["mux"],
+                            rps=r["rps"], x_myflask=x and round(x, 3), p50_ms=r["p50_ms"],
+                            p99_ms=r["p99_ms"], non2xx=r["non2xx"] + r["bad_len"], sock_err=r["io_errors"],
+                            rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us"))))
+    w("\nphp-fpm is driven without keep-alive (as nginx drives it here): with FCGI_KEEP_CONN each of its "
+      "4 workers stays bound to one connection. Multiplexed mode only against myflask and Go "
+      "(php-fpm, flup and tokio-fastcgi do not multiplex). These runs come right after the echo points "
+      "on the same server process, so their RSS column includes heap the server still holds after "
+      "the 8 MiB echoes.\n")
+
+
+def write_load(rep, rows):
+    """The machine's load around each peer."""
     loads = [r for r in rows if r["section"] == "load"]
-    if loads:
-        w("## Machine load per peer\n")
-        w("| peer | loadavg before | loadavg after | machine CPU busy % | background cores |")
-        w("|---|---|---|---:|---:|")
-        for r in loads:
-            w(f"| {labels[r['peer']]} | {r['load_before']} | {r['load_after']} | {r['cpu_busy']:.0f} | "
-              f"{r['background']:.2f} |")
-            csv_rows.append(dict(section="load", peer=r["peer"], load_before=r["load_before"],
-                                 load_after=r["load_after"], cpu_busy=round(r["cpu_busy"], 1),
-                                 background_cores=round(r["background"], 2)))
-        w("")
+    if not loads:
+        return
+    w = rep.w
+    w("## Machine load per peer\n")
+    w("| peer | loadavg before | loadavg after | machine CPU busy % | background cores |")
+    w("|---|---|---|---:|---:|")
+    for r in loads:
+        w(f"| {rep.labels[r['peer']]} | {r['load_before']} | {r['load_after']} | {r['cpu_busy']:.0f} | "
+          f"{r['background']:.2f} |")
+        rep.csv.append(dict(section="load", peer=r["peer"], load_before=r["load_before"],
+                            load_after=r["load_after"], cpu_busy=round(r["cpu_busy"], 1),
+                            background_cores=round(r["background"], 2)))
+    w("")
 
-    # head to head
+
+def h2h_points(rows):
+    """{(section, conns): (rows by peer, myflask ÷ peer per round)} of the
+    head-to-head points that ran with two peers or more."""
     h2h = {}
     for section, conns in [("h2h_get", c) for c in H2H_CONNS] + [("h2h_echo", ECHO_CONNS)]:
         by_peer, ratios = h2h_summary(rows, section, conns)
         if len(by_peer) >= 2:
             h2h[(section, conns)] = (by_peer, ratios)
-    if h2h:
-        nr = max(len(v) for by_peer, _ in h2h.values() for v in by_peer.values())
-        w("## Head to head: the target comparisons, interleaved\n")
-        w(f"The peers the targets compare run side by side (each with its own nginx) and are measured "
-          f"in turn, {nr} rounds, the order rotating each round, {meta['duration']:g} s a point. "
-          f"×mf is the median of the rounds' ratios (figure / myflask's in the same round), so each "
-          f"ratio compares figures taken seconds apart; the targets below use these."
-          + (" The FastCGI floor runs in the GET rounds as context for them, not as a target."
-             if any(FLOOR_PEER in by_peer for by_peer, _ in h2h.values()) else "") + "\n")
-        w("| point | peer | median req/s | min–max req/s | ×mf (median of rounds) | per-round ×mf | "
-          "median p99 ms | median CPU µs/req server | nginx |")
-        w("|---|---|---:|---:|---:|---|---:|---:|---:|")
-        for (section, conns), (by_peer, ratios) in h2h.items():
-            what = f"GET c={conns}" if section == "h2h_get" else f"echo 1 MiB c={conns}"
-            for peer in [n for n in H2H_PEERS if n in by_peer]:
-                rs = by_peer[peer]
-                rps = [r["rps"] for r in rs]
-                x = median([1 / q for q in ratios[peer]]) if peer != REF and ratios[peer] else None
-                per = ", ".join(f"{1 / q:.2f}" for q in ratios[peer]) if peer != REF else ""
-                w(f"| {what} | {labels[peer]} | {fmt_n(median(rps))} | {fmt_n(min(rps))}–{fmt_n(max(rps))} | "
-                  f"{fmt_r(x) if x else '1' if peer == REF else '–'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
-                  f"{fmt_us(median([r['cpu_us'] for r in rs if r.get('cpu_us') is not None]))} | "
-                  f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]), peer == CEIL)} |")
-                for r in rs:
-                    csv_rows.append(dict(section=section, peer=peer, conns=conns, body=r.get("body"),
-                                         round=r["round"], rps=round(r["rps"], 1), p50_ms=r["p50_ms"],
-                                         p99_ms=r["p99_ms"], non2xx=r["non2xx"], sock_err=r["sock_err"],
-                                         rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us")),
-                                         cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
-        w("")
+    return h2h
 
-    def h2h_x(section, conns, peer):
-        """myflask ÷ peer: median of the rounds' ratios, with how many rounds."""
-        v = h2h.get((section, conns))
-        if not v or not v[1].get(peer):
-            return None
-        return median(v[1][peer]), len(v[1][peer])
 
-    def h2h_pair(conns, a, b):
-        """a ÷ b in GET req/s at c=conns: median of the rounds' ratios, with how
-        many rounds (h2h_x is the same with a = myflask)."""
-        v = h2h.get(("h2h_get", conns))
-        if not v:
-            return None
-        rb = {r["round"]: r for r in v[0].get(b, [])}
-        xs = [r["rps"] / rb[r["round"]]["rps"] for r in v[0].get(a, [])
-              if r["round"] in rb and rb[r["round"]]["rps"]]
-        return (median(xs), len(xs)) if xs else None
+def write_h2h(rep, h2h, meta):
+    """The interleaved rounds: medians per point and peer, and every round's ratio."""
+    if not h2h:
+        return
+    w = rep.w
+    nr = max(len(v) for by_peer, _ in h2h.values() for v in by_peer.values())
+    w("## Head to head: the target comparisons, interleaved\n")
+    w(f"The peers the targets compare run side by side (each with its own nginx) and are measured "
+      f"in turn, {nr} rounds, the order rotating each round, {meta['duration']:g} s a point. "
+      f"×mf is the median of the rounds' ratios (figure / myflask's in the same round), so each "
+      f"ratio compares figures taken seconds apart; the targets below use these."
+      + (" The FastCGI floor runs in the GET rounds as context for them, not as a target."
+         if any(FLOOR_PEER in by_peer for by_peer, _ in h2h.values()) else "") + "\n")
+    w("| point | peer | median req/s | min–max req/s | ×mf (median of rounds) | per-round ×mf | "
+      "median p99 ms | median CPU µs/req server | nginx |")
+    w("|---|---|---:|---:|---:|---|---:|---:|---:|")
+    for (section, conns), (by_peer, ratios) in h2h.items():
+        what = f"GET c={conns}" if section == "h2h_get" else f"echo 1 MiB c={conns}"
+        for peer in [n for n in H2H_PEERS if n in by_peer]:
+            write_h2h_peer(rep, section, conns, what, peer, by_peer[peer], ratios[peer])
+    w("")
 
-    def h2h_p99(conns, peer):
-        v = h2h.get(("h2h_get", conns))
-        if not v or peer not in v[0]:
-            return None
-        return median([r["p99_ms"] for r in v[0][peer]])
 
-    # targets
-    targets_ok = True
-    if not meta["quick"]:
-        w("## Targets (issue 4)\n")
-        w("| target | measured | met |")
-        w("|---|---|---|")
-        res = []
+def write_h2h_peer(rep, section, conns, what, peer, rs, ratios):
+    """One peer's line of one head-to-head point, and its rounds in the CSV."""
+    rps = [r["rps"] for r in rs]
+    x = median([1 / q for q in ratios]) if peer != REF and ratios else None
+    per = ", ".join(f"{1 / q:.2f}" for q in ratios) if peer != REF else ""
+    rep.w(f"| {what} | {rep.labels[peer]} | {fmt_n(median(rps))} | {fmt_n(min(rps))}–{fmt_n(max(rps))} | "
+          f"{fmt_r(x) if x else '1' if peer == REF else '–'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
+          f"{fmt_us(median([r['cpu_us'] for r in rs if r.get('cpu_us') is not None]))} | "
+          f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]), peer == CEIL)} |")
+    for r in rs:
+        rep.csv.append(dict(section=section, peer=peer, conns=conns, body=r.get("body"),
+                            round=r["round"], rps=round(r["rps"], 1), p50_ms=r["p50_ms"],
+                            p99_ms=r["p99_ms"], non2xx=r["non2xx"], sock_err=r["sock_err"],
+                            rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us")),
+                            cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
 
-        def t(name, measured, ok):
-            nonlocal targets_ok
-            if ok is None:
-                res.append(f"| {name} | {measured} | n/a |")
-                return
-            targets_ok &= ok
-            res.append(f"| {name} | {measured} | {'yes' if ok else '**no**'} |")
 
-        def vs(section, c, peer, mf, other, goal, what):
-            """A ratio target: head to head if it ran, else the single pass."""
-            hx = h2h_x(section, c, peer)
-            if hx:
-                x, n = hx
-                single = f"; single pass {mf['rps'] / other['rps']:.2f}×" if mf and other else ""
-                t(what, f"{x:.2f}× (median of {n} rounds{single})", x >= goal)
-            elif mf and other:
-                x = mf["rps"] / other["rps"]
-                t(what, f"{x:.2f}× (single pass)", x >= goal)
+def h2h_x(h2h, section, conns, peer):
+    """myflask ÷ peer: median of the rounds' ratios, with how many rounds."""
+    v = h2h.get((section, conns))
+    if not v or not v[1].get(peer):
+        return None
+    return median(v[1][peer]), len(v[1][peer])
 
-        for c in (16, 64):
-            mf, hy, tf, ce = get("get", REF, c), get("get", "hyper", c), get("get", "tokio-fastcgi", c), get("get", CEIL, c)
-            vs("h2h_get", c, "hyper", mf, hy, 1.0, f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass")
-            vs("h2h_get", c, "tokio-fastcgi", mf, tf, 1.5, f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi")
-            vs("h2h_get", c, CEIL, mf, ce, 0.40, f"GET c={c}: myflask ≥ 0.40× ceiling")
-        mf, hy = get("get", REF, 64), get("get", "hyper", 64)
-        a, b = h2h_p99(64, REF), h2h_p99(64, "hyper")
-        if a is not None and b is not None:
-            t("p99 at c=64 ≤ hyper's", f"{a:.2f} ms vs {b:.2f} ms (medians of the rounds)", a <= b)
-        elif mf and hy:
-            t("p99 at c=64 ≤ hyper's", f"{mf['p99_ms']:.2f} ms vs {hy['p99_ms']:.2f} ms (single pass)",
-              mf["p99_ms"] <= hy["p99_ms"])
-        mf, hy, tf = get("echo", REF, ECHO_CONNS, MIB), get("echo", "hyper", ECHO_CONNS, MIB), \
-            get("echo", "tokio-fastcgi", ECHO_CONNS, MIB)
-        vs("h2h_echo", ECHO_CONNS, "hyper", mf, hy, 1.0, "1 MiB echo: myflask ≥ 1.0× hyper")
-        if mf and tf:
-            x = mf["rss_kib"] / tf["rss_kib"]
-            t("RSS under 1 MiB echo ≤ 0.5× tokio-fastcgi's",
-              f"{mib(mf['rss_kib'])} vs {mib(tf['rss_kib'])} MiB = {x:.2f}×", x <= 0.5)
-        i = get("idle", REF)
-        if i:
-            t("idle RSS ≤ 4 MiB", f"{mib(i['rss_kib'])} MiB", i["rss_kib"] <= 4096)
-        a = next((c for c in cold if c["peer"] == "myflask-activated"), None)
-        if a:
-            t("socket-activated cold start ≤ 10 ms", f"{a['median_ms']:.1f} ms (median of {len(a['samples_ms'])})",
-              a["failures"] == 0 and 0 <= a["median_ms"] <= 10)
-        tot = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows)
-        dtot = sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
-        mfe = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows if r["peer"].startswith("myflask"))
-        t("no errors in any run", f"{tot} through nginx (myflask rows: {mfe}), {dtot} direct", tot + dtot == 0)
-        L.extend(res)
-        w("")
 
-    # The floor beside the targets: context, so none of it counts in "met".
-    # floor ÷ hyper is the gap to hyper left with no server work at all (what
-    # nginx's FastCGI path costs against proxy_pass); myflask ÷ floor is what
-    # myflask's own work costs. After the targets table; in a quick run (no
-    # targets), after the head to head. Old runs without the floor get nothing.
+def h2h_pair(h2h, conns, a, b):
+    """a ÷ b in GET req/s at c=conns: median of the rounds' ratios, with how
+    many rounds (h2h_x is the same with a = myflask)."""
+    v = h2h.get(("h2h_get", conns))
+    if not v:
+        return None
+    rb = {r["round"]: r for r in v[0].get(b, [])}
+    xs = [r["rps"] / rb[r["round"]]["rps"] for r in v[0].get(a, [])
+          if r["round"] in rb and rb[r["round"]]["rps"]]
+    return (median(xs), len(xs)) if xs else None
+
+
+def h2h_p99(h2h, conns, peer):
+    """The median of a peer's p99s over the GET rounds at c=conns."""
+    v = h2h.get(("h2h_get", conns))
+    if not v or peer not in v[0]:
+        return None
+    return median([r["p99_ms"] for r in v[0][peer]])
+
+
+def write_targets(rep, h2h, rows, direct_rows, cold):
+    """The targets of issue 4, each measured and judged; True if all are met."""
+    w = rep.w
+    w("## Targets (issue 4)\n")
+    w("| target | measured | met |")
+    w("|---|---|---|")
+    results = speed_targets(rep, h2h) + footprint_targets(rep, rows, direct_rows, cold)
+    for name, measured, ok in results:
+        met = "n/a" if ok is None else "yes" if ok else "**no**"
+        w(f"| {name} | {measured} | {met} |")
+    w("")
+    return all(ok for _, _, ok in results if ok is not None)
+
+
+def ratio_target(h2h, section, c, peer, mf, other, goal, what):
+    """A ratio target: head to head if it ran, else the single pass; [] when
+    neither ran."""
+    hx = h2h_x(h2h, section, c, peer)
+    if hx:
+        x, n = hx
+        single = f"; single pass {mf['rps'] / other['rps']:.2f}×" if mf and other else ""
+        return [(what, f"{x:.2f}× (median of {n} rounds{single})", x >= goal)]
+    if mf and other:
+        x = mf["rps"] / other["rps"]
+        return [(what, f"{x:.2f}× (single pass)", x >= goal)]
+    return []
+
+
+def speed_targets(rep, h2h):
+    """(name, measured, met) of the throughput and latency targets."""
+    get, res = rep.get, []
+    for c in (16, 64):
+        mf, hy, tf, ce = get("get", REF, c), get("get", "hyper", c), get("get", "tokio-fastcgi", c), get("get", CEIL, c)
+        res += ratio_target(h2h, "h2h_get", c, "hyper", mf, hy, 1.0, f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass")
+        res += ratio_target(h2h, "h2h_get", c, "tokio-fastcgi", mf, tf, 1.5, f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi")
+        res += ratio_target(h2h, "h2h_get", c, CEIL, mf, ce, 0.40, f"GET c={c}: myflask ≥ 0.40× ceiling")
+    mf, hy = get("get", REF, 64), get("get", "hyper", 64)
+    a, b = h2h_p99(h2h, 64, REF), h2h_p99(h2h, 64, "hyper")
+    if a is not None and b is not None:
+        res.append(("p99 at c=64 ≤ hyper's", f"{a:.2f} ms vs {b:.2f} ms (medians of the rounds)", a <= b))
+    elif mf and hy:
+        res.append(("p99 at c=64 ≤ hyper's", f"{mf['p99_ms']:.2f} ms vs {hy['p99_ms']:.2f} ms (single pass)",
+                    mf["p99_ms"] <= hy["p99_ms"]))
+    mf, hy = get("echo", REF, ECHO_CONNS, MIB), get("echo", "hyper", ECHO_CONNS, MIB)
+    res += ratio_target(h2h, "h2h_echo", ECHO_CONNS, "hyper", mf, hy, 1.0, "1 MiB echo: myflask ≥ 1.0× hyper")
+    return res
+
+
+def footprint_targets(rep, rows, direct_rows, cold):
+    """(name, measured, met) of the memory, cold-start and error targets."""
+    get, res = rep.get, []
+    mf, tf = get("echo", REF, ECHO_CONNS, MIB), get("echo", "tokio-fastcgi", ECHO_CONNS, MIB)
+    if mf and tf:
+        x = mf["rss_kib"] / tf["rss_kib"]
+        res.append(("RSS under 1 MiB echo ≤ 0.5× tokio-fastcgi's",
+                    f"{mib(mf['rss_kib'])} vs {mib(tf['rss_kib'])} MiB = {x:.2f}×", x <= 0.5))
+    i = get("idle", REF)
+    if i:
+        res.append(("idle RSS ≤ 4 MiB", f"{mib(i['rss_kib'])} MiB", i["rss_kib"] <= 4096))
+    a = next((c for c in cold if c["peer"] == "myflask-activated"), None)
+    if a:
+        res.append(("socket-activated cold start ≤ 10 ms",
+                    f"{a['median_ms']:.1f} ms (median of {len(a['samples_ms'])})",
+                    a["failures"] == 0 and 0 <= a["median_ms"] <= 10))
+    tot = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows)
+    dtot = sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
+    mfe = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows if r["peer"].startswith("myflask"))
+    res.append(("no errors in any run", f"{tot} through nginx (myflask rows: {mfe}), {dtot} direct", tot + dtot == 0))
+    return res
+
+
+def write_floor_context(rep, h2h):
+    """The FastCGI floor beside the targets, as context that counts in no
+    "met": floor ÷ hyper is the gap to hyper left with no server work at all
+    (what nginx's FastCGI path costs against proxy_pass); myflask ÷ floor is
+    what myflask's own work costs. Nothing for runs without the floor."""
     floor_cells = []
     for c in H2H_CONNS:
-        cells = []
-        for a, b in ((FLOOR_PEER, "hyper"), (REF, FLOOR_PEER)):
-            hx = h2h_pair(c, a, b)
-            ga, gb = get("get", a, c), get("get", b, c)
-            if hx:
-                cells.append(f"{hx[0]:.2f}× (median of {hx[1]} rounds)")
-            elif ga and gb and gb["rps"]:
-                cells.append(f"{ga['rps'] / gb['rps']:.2f}× (single pass)")
-            else:
-                cells.append("–")
+        cells = [floor_cell(rep, h2h, c, a, b) for a, b in ((FLOOR_PEER, "hyper"), (REF, FLOOR_PEER))]
         if any(x != "–" for x in cells):
             floor_cells.append((c, cells))
-    if floor_cells:
-        w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with "
-          "myflask's `GET /` reply, canned, parsing nothing but record headers, behind the same nginx "
-          "config as myflask. floor ÷ hyper is the gap to hyper that remains with no server work at "
-          "all (nginx's `fastcgi_pass`, with the params of myflask's snippet, against `proxy_pass`); "
-          "myflask ÷ floor is what myflask's own work costs (below 1 if it costs throughput).\n")
-        w("| GET | floor ÷ hyper proxy_pass | myflask ÷ floor |")
-        w("|---|---:|---:|")
-        for c, (fh, mff) in floor_cells:
-            w(f"| c={c} | {fh} | {mff} |")
-        w("")
-    if errors:
-        w("## nginx error logs\n")
-        for e in errors:
-            w(f"- {e}")
-        w("")
-    return "\n".join(L) + "\n", csv_rows, targets_ok
+    if not floor_cells:
+        return
+    w = rep.w
+    w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with "
+      "myflask's `GET /` reply, canned, parsing nothing but record headers, behind the same nginx "
+      "config as myflask. floor ÷ hyper is the gap to hyper that remains with no server work at "
+      "all (nginx's `fastcgi_pass`, with the params of myflask's snippet, against `proxy_pass`); "
+      "myflask ÷ floor is what myflask's own work costs (below 1 if it costs throughput).\n")
+    w("| GET | floor ÷ hyper proxy_pass | myflask ÷ floor |")
+    w("|---|---:|---:|")
+    for c, (fh, mff) in floor_cells:
+        w(f"| c={c} | {fh} | {mff} |")
+    w("")
+
+
+def floor_cell(rep, h2h, c, a, b):
+    """a ÷ b in GET req/s at c: head to head if it ran, else the single pass."""
+    hx = h2h_pair(h2h, c, a, b)
+    ga, gb = rep.get("get", a, c), rep.get("get", b, c)
+    if hx:
+        return f"{hx[0]:.2f}× (median of {hx[1]} rounds)"
+    if ga and gb and gb["rps"]:
+        return f"{ga['rps'] / gb['rps']:.2f}× (single pass)"
+    return "–"
+
+
+def write_errors(rep, errors):
+    """The nginx error-log lines the run left."""
+    if not errors:
+        return
+    rep.w("## nginx error logs\n")
+    for e in errors:
+        rep.w(f"- {e}")
+    rep.w("")
 
 
 USAGE = "usage: bench.py [--dry-run | --report results/raw/<date> | --help]"
