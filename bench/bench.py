@@ -628,16 +628,24 @@ def bench_peer(peer, rows, direct_rows, errors):
             errors.append(f"{peer.name}: {len(lines)} nginx error-log lines, first: {lines[0].strip()[:200]}")
 
 
+def wrk_point(peer, section, conns, body_size, body, **extra):
+    """One wrk point through the peer's nginx (`body_size` bytes posted to
+    /echo, 0 for GET /) while sampling the server tree: its row, with `body`
+    and `extra` (the round) recorded as given."""
+    with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
+        r = run_wrk(peer.port, conns, DURATION, body_size)
+    cpu, ncpu = s.per_req(r["requests"])
+    return dict(section=section, peer=peer.name, conns=conns, body=body, **extra, rss_kib=s.peak,
+                cpu_us=cpu, nginx_cpu_us=ncpu, **r)
+
+
 def bench_get(peer, rows, get_len):
     """GET / through nginx at each connection count."""
     for c in GET_CONNS:
-        with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
-            r = run_wrk(peer.port, c, DURATION)
-        cpu, ncpu = s.per_req(r["requests"])
-        rows.append(dict(section="get", peer=peer.name, conns=c, body=get_len, rss_kib=s.peak,
-                         cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+        r = wrk_point(peer, "get", c, 0, get_len)
+        rows.append(r)
         log(f"   GET c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
-            f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
+            f"errors {r['non2xx'] + r['sock_err']} rss {r['rss_kib'] / 1024:.1f} MiB")
 
 
 def echo_bodies(spec):
@@ -651,13 +659,10 @@ def echo_bodies(spec):
 def bench_echo(peer, rows):
     """POST /echo through nginx at each of the peer's body sizes."""
     for b in echo_bodies(peer.spec):
-        with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
-            r = run_wrk(peer.port, ECHO_CONNS, DURATION, b)
-        cpu, ncpu = s.per_req(r["requests"])
-        rows.append(dict(section="echo", peer=peer.name, conns=ECHO_CONNS, body=b, rss_kib=s.peak,
-                         cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+        r = wrk_point(peer, "echo", ECHO_CONNS, b, b)
+        rows.append(r)
         log(f"   echo {b // KIB} KiB: {r['rps']:.0f} req/s {r['mib_s']:.0f} MiB/s p99 {r['p99_ms']:.1f} ms "
-            f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
+            f"errors {r['non2xx'] + r['sock_err']} rss {r['rss_kib'] / 1024:.1f} MiB")
 
 
 def direct_runs(peer):
@@ -758,11 +763,7 @@ def head_to_head(tmp, names, rows):
             points.append(("h2h_echo", ECHO_CONNS, MIB, [p for p in order if p.name in H2H_ECHO_PEERS]))
             for section, c, body, who in points:
                 for p in who:
-                    with RssSampler(p.root_pid(), p.nginx.pid) as s:
-                        r = run_wrk(p.port, c, DURATION, body)
-                    cpu, ncpu = s.per_req(r["requests"])
-                    rows.append(dict(section=section, peer=p.name, conns=c, body=body, round=rnd,
-                                     rss_kib=s.peak, cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+                    rows.append(wrk_point(p, section, c, body, body, round=rnd))
             log(f"   round {rnd + 1}: " + "; ".join(
                 f"{r['peer']} {r['section'][4:]} c={r['conns']} {r['rps']:.0f}"
                 for r in rows if r.get("round") == rnd and r["section"].startswith("h2h")))
