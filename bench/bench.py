@@ -881,6 +881,8 @@ def dry_run():
 
 
 def main():
+    """A whole run: measure, keep the raw data, write the reports; exit
+    status 1 if a peer failed (or, in a quick run, any request failed)."""
     os.makedirs(RAW, exist_ok=True)
     peers = selected_peers()
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -891,9 +893,34 @@ def main():
                 load_before=loadavg(), quick=QUICK, duration=DURATION, warmup=WARMUP)
     procs0 = proc_cpu()
     log(f"bench: {len(peers)} peers, {DURATION:g} s per point, load before {meta['load_before']}")
-    rows, direct_rows, errors, failed = [], [], [], []
     cpu0 = cpu_sample()
     t0 = time.time()
+    res = measure_all(peers, tmp)
+    cpu1 = cpu_sample()
+    busy, bg = cpu_delta(cpu0, cpu1)
+    meta.update(load_after=loadavg(), elapsed_s=round(time.time() - t0), cpu_busy=busy, background=bg,
+                top_background=top_background(procs0, proc_cpu(), cpu1[0] - cpu0[0]))
+    stamp = started.strftime("%Y-%m-%d-%H%M")
+    raw_dir = save_raw(tmp, stamp, meta, res)
+    rows, direct_rows, failed = res["rows"], res["direct"], res["failed"]
+    base = write_reports(meta, peers, rows, direct_rows, res["cold"], res["errors"], failed, stamp)
+    log(f"bench: wrote {base}.md and .csv (raw data in {raw_dir}); load after {meta['load_after']}, "
+        f"background {meta['background']:.2f} cores")
+    total_err = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows) + \
+        sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
+    if failed:
+        log("bench: FAILED peers: " + "; ".join(failed))
+        return 1
+    if QUICK and total_err:
+        log(f"bench: {total_err} errors")
+        return 1
+    return 0
+
+
+def measure_all(peers, tmp):
+    """Every peer on its own, then the head-to-head rounds, then the cold
+    starts; a failure costs only its own part and is listed in "failed"."""
+    rows, direct_rows, errors, failed = [], [], [], []
     for spec in peers:
         peer = Peer(spec, tmp)
         try:
@@ -912,32 +939,22 @@ def main():
     try:
         cold = cold_starts(tmp, [p.name for p in peers])
     except Exception as e:  # noqa: BLE001
-            failed.append(f"cold starts: {e}")
-            log(f"   FAILED: {e}")
-    cpu1 = cpu_sample()
-    busy, bg = cpu_delta(cpu0, cpu1)
-    meta.update(load_after=loadavg(), elapsed_s=round(time.time() - t0), cpu_busy=busy, background=bg,
-                top_background=top_background(procs0, proc_cpu(), cpu1[0] - cpu0[0]))
-    stamp = started.strftime("%Y-%m-%d-%H%M")
+        failed.append(f"cold starts: {e}")
+        log(f"   FAILED: {e}")
+    return dict(rows=rows, direct=direct_rows, cold=cold, errors=errors, failed=failed)
+
+
+def save_raw(tmp, stamp, meta, res):
+    """Moves the run's configs and logs to results/raw/<stamp>/ with
+    results.json beside them (what --report reads); returns that directory."""
     raw_dir = os.path.join(RAW, stamp)
     shutil.copytree(tmp, raw_dir, ignore=shutil.ignore_patterns("*.sock", "client_body", "*_temp"),
                     dirs_exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     with open(os.path.join(raw_dir, "results.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows, direct=direct_rows, cold=cold, errors=errors, failed=failed),
-                  f, indent=1)
-    base = write_reports(meta, peers, rows, direct_rows, cold, errors, failed, stamp)
-    log(f"bench: wrote {base}.md and .csv (raw data in {raw_dir}); load after {meta['load_after']}, "
-        f"background {meta['background']:.2f} cores")
-    total_err = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows) + \
-        sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
-    if failed:
-        log("bench: FAILED peers: " + "; ".join(failed))
-        return 1
-    if QUICK and total_err:
-        log(f"bench: {total_err} errors")
-        return 1
-    return 0
+        json.dump(dict(meta=meta, rows=res["rows"], direct=res["direct"], cold=res["cold"],
+                       errors=res["errors"], failed=res["failed"]), f, indent=1)
+    return raw_dir
 
 
 def write_reports(meta, peers, rows, direct_rows, cold, errors, failed, stamp):
