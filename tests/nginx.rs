@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Proc, Server, clean_cmd, free_tcp_port, noise, require_tool};
+use common::{Proc, Server, clean_cmd, free_tcp_port, json_pairs, noise, require_tool};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -311,20 +311,6 @@ fn shipped_snippet() -> PathBuf {
 }
 
 /// The params of `/request` as (name, value) pairs.
-fn params_of(v: &serde_json::Value) -> Vec<(String, String)> {
-    v["params"]
-        .as_array()
-        .expect("params")
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn nginx_with_the_shipped_snippet_sends_what_myflask_maps() {
     // The snippet lists its params instead of including fastcgi_params:
@@ -358,7 +344,7 @@ fn nginx_with_the_shipped_snippet_sends_what_myflask_maps() {
             .is_some_and(|p| p.starts_with("127.0.0.1:")),
         "{v}"
     );
-    let params = params_of(&v);
+    let params = json_pairs(&v, "params");
     let mut names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -437,7 +423,7 @@ fn nginx_fastcgi_pass_to_myflask() {
     assert_eq!(v["method"], "GET");
     assert_eq!(v["uri"], "/request?a=1&b=%20x");
     assert_eq!(v["transport"], "FastCGI");
-    let params = params_of(&v);
+    let params = json_pairs(&v, "params");
     let param = |name: &str| -> Vec<&str> {
         params
             .iter()

@@ -6,7 +6,9 @@
 mod common;
 
 use bytes::BytesMut;
-use common::{BIN, Proc, Server, clean_cmd, fcgi_get, noise, raw, target_tmpdir};
+use common::{
+    BIN, Proc, Server, clean_cmd, current_thread_runtime, fcgi_get, noise, raw, target_tmpdir,
+};
 use myflask::addr::ListenAddr;
 use myflask::fastcgi::{client, record};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -375,13 +377,6 @@ fn begin_post(id: u16, keep_conn: bool, len: usize) -> BytesMut {
     raw::head(id, keep_conn, "POST", "/echo", &ct, Some(len))
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// After SIGTERM, connecting must fail, or the connection must never be
 /// served.
 fn assert_not_accepted(path: &Path) {
@@ -416,7 +411,7 @@ fn sigterm_mid_body_drains_the_request() {
     let mut s = Server::start(&[]);
     let body = noise(512 * 1024, 1);
     let chunks: Vec<&[u8]> = body.chunks(64 * 1024).collect();
-    let rt = rt();
+    let rt = current_thread_runtime();
     let (resp, eof_after) = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
         let out = begin_post(1, true, body.len());
@@ -507,7 +502,7 @@ async fn keepalive_get(c: &mut tokio::net::UnixStream, buf: &mut BytesMut) -> cl
 #[test]
 fn sigterm_tells_idle_keepalive_connections_then_closes_them() {
     let mut s = Server::start(&[]);
-    let rt = rt();
+    let rt = current_thread_runtime();
     let (t_mark, t_eof) = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
         let mut buf = BytesMut::new();
@@ -551,7 +546,7 @@ fn request_racing_the_farewell_is_served_then_the_connection_closes() {
     // nginx may have sent a request on a cached connection just before the
     // farewell reached it: that request must be answered, not reset.
     let mut s = Server::start(&[]);
-    let rt = rt();
+    let rt = current_thread_runtime();
     rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
         let mut buf = BytesMut::new();
@@ -585,7 +580,7 @@ fn request_racing_the_farewell_is_served_then_the_connection_closes() {
 #[test]
 fn shutdown_timeout_bounds_the_drain() {
     let mut s = Server::start(&["--shutdown-timeout", "1"]);
-    let rt = rt();
+    let rt = current_thread_runtime();
     let _c = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
         let mut out = begin_post(1, true, 1000);
@@ -619,7 +614,7 @@ fn watchdog_keeps_pinging_while_draining() {
     let mut p = serve_notified(dir.path(), &n, &[], &[("WATCHDOG_USEC", "500000")]);
     n.wait_for("READY=1", START);
     let sock = dir.path().join("fcgi.sock");
-    let rt = rt();
+    let rt = current_thread_runtime();
     let body = noise(10_000, 2);
     let resp = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&sock).await.unwrap();

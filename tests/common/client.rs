@@ -13,11 +13,7 @@ pub fn fcgi_request(
     req: &myflask::fastcgi::client::Request,
     limit: Duration,
 ) -> std::io::Result<myflask::fastcgi::client::Response> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    current_thread_runtime().block_on(async {
         tokio::time::timeout(limit, myflask::fastcgi::client::request_once(addr, req))
             .await
             .unwrap_or_else(|_| {
@@ -27,6 +23,15 @@ pub fn fcgi_request(
                 ))
             })
     })
+}
+
+/// A single-threaded tokio runtime with I/O and timers, for a synchronous
+/// test that drives async clients with `block_on`.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// `GET uri` over FastCGI; panics on a transport error.

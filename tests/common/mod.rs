@@ -6,7 +6,8 @@
 //!   bounded waits, finding programs;
 //! - `sockets`: socket directories, free ports, RLIMIT_NOFILE;
 //! - `client`: whole requests through the project's FastCGI client and raw
-//!   HTTP over a unix socket;
+//!   HTTP over a unix socket, and the runtime for them;
+//! - `app`: reading back the built-in app's answers;
 //! - `measure`: process memory, deterministic bodies, hashes;
 //! - [`raw`]: a record-level FastCGI client that checks the protocol.
 //!
@@ -20,6 +21,7 @@
 //! unused in most crates for the same reason and carry their own allow.
 #![allow(dead_code)]
 
+mod app;
 mod client;
 mod measure;
 mod process;
@@ -28,7 +30,9 @@ mod server;
 mod sockets;
 
 #[allow(unused_imports)]
-pub use client::{fcgi_get, fcgi_request, http_over_unix, read_all};
+pub use app::json_pairs;
+#[allow(unused_imports)]
+pub use client::{current_thread_runtime, fcgi_get, fcgi_request, http_over_unix, read_all};
 #[allow(unused_imports)]
 pub use measure::{FNV_BASIS, assert_same, fnv, fnv_continue, noise, proc_kib, rss_kib};
 #[allow(unused_imports)]
