@@ -7,7 +7,8 @@ mod common;
 
 use bytes::BytesMut;
 use common::{
-    BIN, Proc, Server, clean_cmd, current_thread_runtime, fcgi_get, noise, raw, target_tmpdir,
+    BIN, Proc, Server, clean_cmd, current_thread_runtime, fcgi_get, noise, raw, serve_cmd,
+    target_tmpdir,
 };
 use myflask::addr::ListenAddr;
 use myflask::fastcgi::{client, record};
@@ -138,16 +139,8 @@ impl Drop for Collector {
 }
 
 fn serve_notified(dir: &Path, n: &Collector, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-    let sock = dir.join("fcgi.sock");
-    let mut cmd = clean_cmd(BIN);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .args(extra)
-        .env("NOTIFY_SOCKET", &n.path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = serve_cmd(&dir.join("fcgi.sock"), extra, env);
+    cmd.env("NOTIFY_SOCKET", &n.path);
     Proc::spawn(&mut cmd, &dir.join("log"))
 }
 

@@ -38,6 +38,6 @@ pub use measure::{FNV_BASIS, assert_same, fnv, fnv_continue, noise, proc_kib, rs
 #[allow(unused_imports)]
 pub use process::{Proc, clean_cmd, require_tool, wait_child};
 #[allow(unused_imports)]
-pub use server::{BIN, Server, run};
+pub use server::{BIN, Server, run, serve_cmd};
 #[allow(unused_imports)]
 pub use sockets::{free_tcp_port, raise_nofile, require_nofile, target_tmpdir, under_tmp};

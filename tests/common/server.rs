@@ -3,12 +3,26 @@
 //! `myflask <args>` run to completion.
 
 use super::measure::rss_kib;
-use super::process::wait_child;
-use std::path::PathBuf;
+use super::process::{clean_cmd, wait_child};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_myflask");
+
+/// `myflask serve --listen unix:<sock> <extra...>` with `env` on top of a
+/// clean environment ([`clean_cmd`]); stderr is the caller's to direct.
+pub fn serve_cmd(sock: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = clean_cmd(BIN);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
 
 /// A running `myflask serve`.
 pub struct Server {
@@ -25,28 +39,16 @@ impl Server {
         Self::start_env(extra, &[])
     }
 
+    /// Like [`Server::start`], with `env` added to the server's environment.
     pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("fcgi.sock");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .args(extra)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .env_remove("JOURNAL_STREAM")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn myflask");
+        let child = serve_cmd(&sock, extra, env)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn myflask");
         let s = Server {
             child: Some(child),
             dir,
