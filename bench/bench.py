@@ -18,7 +18,9 @@ Environment:
   BENCH_PEERS     comma-separated subset of peer names (default: all)
 
 bench.py --report results/raw/<date> rewrites the reports of an earlier run
-from its results.json (no measuring).
+from its results.json (no measuring). bench.py --dry-run prints what a run
+would do, peer by peer (server command, points, loadgen arguments), and
+writes every peer's nginx.conf to a temporary directory; it starts nothing.
 """
 
 import csv
@@ -36,6 +38,8 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -106,26 +110,77 @@ H2H_CONNS = [16] if QUICK else [16, 64]
 # myflask runs with its access log off (nginx runs with access_log off too).
 MYFLASK_LOG = ["--log-target", "stderr", "--log-level", "info,myflask::access=off"]
 
-# name, label, server kind, upstream protocol, nginx keepalive
+PHP_SCRIPT = os.path.join(BENCH, "peers", "php", "index.php")
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One peer: the server behind nginx, how it starts, how nginx talks to
+    it, and which points it runs."""
+    name: str
+    label: str
+    # argv of the server listening on unix socket `sock`, given its Peer
+    # (None: nginx alone, the ceiling)
+    command: Optional[Callable[["Peer", str], List[str]]] = None
+    proto: Optional[str] = None  # "fcgi" (fastcgi_pass) or "http" (proxy_pass)
+    keep: bool = False  # upstream keepalive 512, fastcgi_keep_conn / HTTP/1.1 to the upstream
+    snippet: bool = False  # fastcgi_param lines of the package's snippet instead of Debian's fastcgi_params
+    nginx_extra: str = ""  # more lines in nginx's location (flup routes on PATH_INFO)
+    fcgi_params: Tuple[str, ...] = ()  # NAME=VALUE params loadgen sends when it talks to the peer directly
+    echo: bool = True  # serves POST /echo (the floor answers everything with its canned GET reply)
+    get_only: bool = False  # GET points only: no echo points
+    cold: bool = True  # cold start measured
+    direct: Optional[str] = None  # loadgen run without nginx: "mux" (keep-alive + multiplexed), "keep", "nokeep"
+
+
+def myflask_cmd(peer, sock):
+    """myflask serving FastCGI on `sock`."""
+    return [MYFLASK, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
+
+
+def myflask_http_cmd(peer, sock):
+    """myflask serving HTTP on `sock` (and FastCGI on a socket nobody uses)."""
+    return [MYFLASK, "serve", "--listen", "unix:" + os.path.join(peer.dir, "fcgi.sock"),
+            "--http", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
+
+
+def php_cmd(peer, sock):
+    """php-fpm in the foreground with a config of its own for `sock`."""
+    return [PHP_FPM, "-F", "-R", "-y", peer.php_conf(sock), "-p", peer.dir]
+
+
 PEERS = [
-    dict(name="ceiling", label="nginx return 200 (ceiling)", kind="ceiling"),
+    PeerSpec("ceiling", "nginx return 200 (ceiling)"),
     # Diagnostic, not a contender: the ceiling's counterpart for fastcgi_pass,
-    # with exactly the nginx config of the keep_conn FastCGI peers. GET only.
-    dict(name="fastcgi-floor", label="FastCGI floor (canned reply, no parsing)", kind="floor", proto="fcgi",
-         keep=True, params="snippet", get_only=True),
-    dict(name="php-fpm", label="php-fpm 8.2 (static, 4 children)", kind="php", proto="fcgi", keep=False),
-    dict(name="flup", label="Python flup + Flask", kind="flup", proto="fcgi", keep=True),
-    dict(name="go", label="Go net/http/fcgi", kind="go", proto="fcgi", keep=True),
-    dict(name="tokio-fastcgi", label="Rust tokio-fastcgi 1.3", kind="tokio-fastcgi", proto="fcgi", keep=True),
-    dict(name="hyper", label="Rust hyper 1.x, proxy_pass", kind="hyper", proto="http", keep=True),
-    dict(name="myflask", label="myflask FastCGI, keep_conn", kind="myflask", proto="fcgi", keep=True,
-         params="snippet"),
-    # The same with Debian's fastcgi_params instead of the package's snippet.
-    dict(name="myflask-fcgiparams", label="myflask FastCGI, keep_conn, Debian fastcgi_params", kind="myflask",
-         proto="fcgi", keep=True, get_only=True),
-    dict(name="myflask-nokeep", label="myflask FastCGI, no keepalive", kind="myflask", proto="fcgi", keep=False,
-         params="snippet"),
-    dict(name="myflask-http", label="myflask HTTP, proxy_pass", kind="myflask-http", proto="http", keep=True),
+    # with exactly the nginx config of the keep_conn FastCGI peers. GET only,
+    # and no cold start: its start says nothing about a server.
+    PeerSpec("fastcgi-floor", "FastCGI floor (canned reply, no parsing)", lambda p, sock: [FLOOR, sock],
+             proto="fcgi", keep=True, snippet=True, echo=False, get_only=True, cold=False),
+    # Without keep-alive on both paths: with FCGI_KEEP_CONN each of the 4
+    # workers stays bound to one connection and the others starve.
+    PeerSpec("php-fpm", "php-fpm 8.2 (static, 4 children)", php_cmd, proto="fcgi", keep=False,
+             fcgi_params=("SCRIPT_FILENAME=" + PHP_SCRIPT,), direct="nokeep"),
+    PeerSpec("flup", "Python flup + Flask",
+             lambda p, sock: [VENV_PY, os.path.join(BENCH, "peers", "flup", "app.py"), sock],
+             proto="fcgi", keep=True,
+             # flup/Flask route on PATH_INFO (Flask's own FastCGI docs set these two).
+             nginx_extra='fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;',
+             fcgi_params=("SCRIPT_NAME=", "PATH_INFO=/")),
+    # Go and myflask multiplex, so their direct runs include the multiplexed mode.
+    PeerSpec("go", "Go net/http/fcgi", lambda p, sock: [GO, sock], proto="fcgi", keep=True, direct="mux"),
+    PeerSpec("tokio-fastcgi", "Rust tokio-fastcgi 1.3", lambda p, sock: [TOKIO_FCGI, sock], proto="fcgi",
+             keep=True, direct="keep"),
+    PeerSpec("hyper", "Rust hyper 1.x, proxy_pass", lambda p, sock: [HYPER, sock], proto="http", keep=True),
+    PeerSpec("myflask", "myflask FastCGI, keep_conn", myflask_cmd, proto="fcgi", keep=True, snippet=True,
+             direct="mux"),
+    # The same server with Debian's fastcgi_params instead of the package's
+    # snippet (a GET comparison: no echo, and its start is myflask's).
+    PeerSpec("myflask-fcgiparams", "myflask FastCGI, keep_conn, Debian fastcgi_params", myflask_cmd,
+             proto="fcgi", keep=True, get_only=True, cold=False),
+    # The same server, one connection per request (its start is myflask's).
+    PeerSpec("myflask-nokeep", "myflask FastCGI, no keepalive", myflask_cmd, proto="fcgi", keep=False,
+             snippet=True, cold=False),
+    PeerSpec("myflask-http", "myflask HTTP, proxy_pass", myflask_http_cmd, proto="http", keep=True),
 ]
 REF = "myflask"
 CEIL = "ceiling"
@@ -313,7 +368,7 @@ class RssSampler:
 class Peer:
     def __init__(self, spec, tmp):
         self.spec = spec
-        self.name = spec["name"]
+        self.name = spec.name
         self.dir = os.path.join(tmp, self.name)
         os.makedirs(self.dir, exist_ok=True)
         self.sock = os.path.join(self.dir, "app.sock")
@@ -324,26 +379,7 @@ class Peer:
 
     # -- commands ------------------------------------------------------
     def server_cmd(self, sock=None):
-        sock = sock or self.sock
-        k = self.spec["kind"]
-        if k == "php":
-            return [PHP_FPM, "-F", "-R", "-y", self.php_conf(sock), "-p", self.dir]
-        if k == "flup":
-            return [VENV_PY, os.path.join(BENCH, "peers", "flup", "app.py"), sock]
-        if k == "go":
-            return [GO, sock]
-        if k == "tokio-fastcgi":
-            return [TOKIO_FCGI, sock]
-        if k == "hyper":
-            return [HYPER, sock]
-        if k == "floor":
-            return [FLOOR, sock]
-        if k == "myflask":
-            return [MYFLASK, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
-        if k == "myflask-http":
-            return [MYFLASK, "serve", "--listen", "unix:" + os.path.join(self.dir, "fcgi.sock"),
-                    "--http", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
-        raise ValueError(k)
+        return self.spec.command(self, sock or self.sock)
 
     def php_conf(self, sock):
         path = os.path.join(self.dir, "php-fpm.conf")
@@ -366,47 +402,16 @@ php_admin_value[output_buffering] = 0
         return path
 
     def nginx_conf(self):
-        s = self.spec
         d = self.dir
         user = "user root;\n" if os.geteuid() == 0 else ""
-        mod = ""
-        if s["kind"] == "ceiling":
-            if os.path.exists(ECHO_MODULE):
-                mod = f"load_module {ECHO_MODULE};\n"
-                echo = "location = /echo { echo_read_request_body; echo_request_body; }\n"
-            else:
-                echo = ""
-            body = f"""
-        location = / {{ default_type text/plain; return 200 "Hello, World!\\n"; }}
-        {echo}"""
+        if self.spec.command is None:
+            mod, body = self._ceiling_locations()
             upstream = ""
         else:
-            ka = "keepalive 512;" if s["keep"] else ""
+            mod = ""
+            ka = "keepalive 512;" if self.spec.keep else ""
             upstream = f"upstream app {{ server unix:{self.sock}; {ka} }}"
-            if s["proto"] == "fcgi":
-                keep = "fastcgi_keep_conn on;" if s["keep"] else ""
-                script = os.path.join(BENCH, "peers", "php", "index.php")
-                # flup/Flask route on PATH_INFO (Flask's own FastCGI docs set these two).
-                wsgi = ('fastcgi_param SCRIPT_NAME ""; fastcgi_param PATH_INFO $fastcgi_script_name;'
-                        if s["kind"] == "flup" else "")
-                if s.get("params") == "snippet":
-                    params = "\n            ".join(snippet_params())
-                else:
-                    params = f"include /etc/nginx/fastcgi_params;\n            fastcgi_param SCRIPT_FILENAME {script};"
-                body = f"""
-        location / {{
-            {params}
-            {wsgi}
-            fastcgi_pass app;
-            {keep}
-        }}"""
-            else:
-                conn = 'proxy_http_version 1.1; proxy_set_header Connection "";' if s["keep"] else ""
-                body = f"""
-        location / {{
-            proxy_pass http://app;
-            {conn}
-        }}"""
+            body = self._fastcgi_location() if self.spec.proto == "fcgi" else self._proxy_location()
         conf = f"""{user}{mod}worker_processes {NGINX_WORKERS};
 daemon off;
 pid {d}/nginx.pid;
@@ -433,6 +438,41 @@ http {{
             f.write(conf)
         return path
 
+    def _ceiling_locations(self):
+        """nginx answers itself: `return 200`, and the echo module's echo
+        when it is installed. Returns (load_module line, locations)."""
+        mod, echo = "", ""
+        if os.path.exists(ECHO_MODULE):
+            mod = f"load_module {ECHO_MODULE};\n"
+            echo = "location = /echo { echo_read_request_body; echo_request_body; }\n"
+        body = f"""
+        location = / {{ default_type text/plain; return 200 "Hello, World!\\n"; }}
+        {echo}"""
+        return mod, body
+
+    def _fastcgi_location(self):
+        s = self.spec
+        keep = "fastcgi_keep_conn on;" if s.keep else ""
+        if s.snippet:
+            params = "\n            ".join(snippet_params())
+        else:
+            params = f"include /etc/nginx/fastcgi_params;\n            fastcgi_param SCRIPT_FILENAME {PHP_SCRIPT};"
+        return f"""
+        location / {{
+            {params}
+            {s.nginx_extra}
+            fastcgi_pass app;
+            {keep}
+        }}"""
+
+    def _proxy_location(self):
+        conn = 'proxy_http_version 1.1; proxy_set_header Connection "";' if self.spec.keep else ""
+        return f"""
+        location / {{
+            proxy_pass http://app;
+            {conn}
+        }}"""
+
     # -- lifecycle -----------------------------------------------------
     def _spawn(self, cmd, tag):
         out = open(os.path.join(self.dir, f"{tag}.log"), "wb")
@@ -441,7 +481,7 @@ http {{
                                 start_new_session=True, cwd=self.dir)
 
     def start(self):
-        if self.spec["kind"] != "ceiling":
+        if self.spec.command is not None:
             self.server = self._spawn(self.server_cmd(), "server")
             wait_unix(self.sock, 20, self.server)
         conf = self.nginx_conf()
@@ -512,7 +552,7 @@ def check_peer(peer):
     st, body = http_req(peer.port, "GET", "/")
     if st != 200 or not body:
         raise RuntimeError(f"GET / -> {st} {body[:80]!r}")
-    if peer.spec["kind"] == "floor":
+    if not peer.spec.echo:
         # The floor answers every request with its canned GET / reply, so an
         # echo check could only fail: it has no /echo and is never measured on it.
         return len(body)
@@ -560,8 +600,9 @@ def run_loadgen(args, timeout):
 # ---------------------------------------------------------------- main ----
 
 def bench_peer(peer, rows, direct_rows, errors):
-    spec = peer.spec
-    log(f"== {peer.name}: {spec['label']}")
+    """Every point of one peer, on its own: idle RSS, GET, echo, direct
+    FastCGI, and the machine's load around it all."""
+    log(f"== {peer.name}: {peer.spec.label}")
     cpu0 = cpu_sample()
     la0 = loadavg()
     peer.start()
@@ -572,48 +613,9 @@ def bench_peer(peer, rows, direct_rows, errors):
         rows.append(dict(section="idle", peer=peer.name, rss_kib=idle))
         # warm-up (not recorded)
         run_wrk(peer.port, 16, WARMUP)
-        for c in GET_CONNS:
-            with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
-                r = run_wrk(peer.port, c, DURATION)
-            cpu, ncpu = s.per_req(r["requests"])
-            rows.append(dict(section="get", peer=peer.name, conns=c, body=get_len, rss_kib=s.peak,
-                             cpu_us=cpu, nginx_cpu_us=ncpu, **r))
-            log(f"   GET c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
-                f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
-        for b in ECHO_BODIES:
-            if peer.name == CEIL and not os.path.exists(ECHO_MODULE):
-                continue
-            if spec.get("get_only"):  # the floor has no /echo; the other is a GET comparison
-                continue
-            with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
-                r = run_wrk(peer.port, ECHO_CONNS, DURATION, b)
-            cpu, ncpu = s.per_req(r["requests"])
-            rows.append(dict(section="echo", peer=peer.name, conns=ECHO_CONNS, body=b, rss_kib=s.peak,
-                             cpu_us=cpu, nginx_cpu_us=ncpu, **r))
-            log(f"   echo {b // KIB} KiB: {r['rps']:.0f} req/s {r['mib_s']:.0f} MiB/s p99 {r['p99_ms']:.1f} ms "
-                f"errors {r['non2xx'] + r['sock_err']} rss {s.peak / 1024:.1f} MiB")
-        # direct FastCGI, same server process, no nginx in the path (not the
-        # floor: it is there to show nginx's fastcgi_pass path, not a server)
-        direct = {"myflask": True, "go": True, "tokio-fastcgi": False, "php-fpm": False}
-        if peer.name in direct:
-            extra = []
-            if peer.name == "php-fpm":
-                extra = ["--no-keepalive", "--param",
-                         "SCRIPT_FILENAME=" + os.path.join(BENCH, "peers", "php", "index.php")]
-            modes = [(c, 1) for c in DIRECT_CONNS]
-            if direct[peer.name]:
-                modes.append(MUX)
-            for c, m in modes:
-                args = ["run", "--addr", "unix:" + peer.sock, "--conns", str(c), "--mux", str(m),
-                        "--duration", str(DURATION), "--warmup", str(min(1.0, WARMUP)), *extra]
-                with RssSampler(peer.root_pid()) as s:
-                    r = run_loadgen(args, DURATION + 60)
-                r["rss_kib"] = s.peak
-                r["cpu_us"] = s.per_req(r["requests"])[0]
-                r["peer"] = peer.name
-                direct_rows.append(r)
-                log(f"   direct c={c} mux={m}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} ms "
-                    f"errors {r['non2xx'] + r['bad_len'] + r['io_errors']}")
+        bench_get(peer, rows, get_len)
+        bench_echo(peer, rows)
+        bench_direct(peer, direct_rows)
     finally:
         peer.stop()
     busy, bg = cpu_delta(cpu0, cpu_sample())
@@ -626,6 +628,72 @@ def bench_peer(peer, rows, direct_rows, errors):
             errors.append(f"{peer.name}: {len(lines)} nginx error-log lines, first: {lines[0].strip()[:200]}")
 
 
+def wrk_point(peer, section, conns, body_size, body, **extra):
+    """One wrk point through the peer's nginx (`body_size` bytes posted to
+    /echo, 0 for GET /) while sampling the server tree: its row, with `body`
+    and `extra` (the round) recorded as given."""
+    with RssSampler(peer.root_pid(), peer.nginx.pid) as s:
+        r = run_wrk(peer.port, conns, DURATION, body_size)
+    cpu, ncpu = s.per_req(r["requests"])
+    return dict(section=section, peer=peer.name, conns=conns, body=body, **extra, rss_kib=s.peak,
+                cpu_us=cpu, nginx_cpu_us=ncpu, **r)
+
+
+def bench_get(peer, rows, get_len):
+    """GET / through nginx at each connection count."""
+    for c in GET_CONNS:
+        r = wrk_point(peer, "get", c, 0, get_len)
+        rows.append(r)
+        log(f"   GET c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+            f"errors {r['non2xx'] + r['sock_err']} rss {r['rss_kib'] / 1024:.1f} MiB")
+
+
+def echo_bodies(spec):
+    """The echo points of a peer: none for a GET-only peer, nor for the
+    ceiling without nginx's echo module."""
+    if spec.get_only or (spec.name == CEIL and not os.path.exists(ECHO_MODULE)):
+        return []
+    return ECHO_BODIES
+
+
+def bench_echo(peer, rows):
+    """POST /echo through nginx at each of the peer's body sizes."""
+    for b in echo_bodies(peer.spec):
+        r = wrk_point(peer, "echo", ECHO_CONNS, b, b)
+        rows.append(r)
+        log(f"   echo {b // KIB} KiB: {r['rps']:.0f} req/s {r['mib_s']:.0f} MiB/s p99 {r['p99_ms']:.1f} ms "
+            f"errors {r['non2xx'] + r['sock_err']} rss {r['rss_kib'] / 1024:.1f} MiB")
+
+
+def direct_runs(peer):
+    """loadgen arguments of the peer's direct FastCGI runs, by (connections,
+    requests in flight): none unless its spec asks for them (not the floor:
+    it is there to show nginx's fastcgi_pass path, not a server)."""
+    spec = peer.spec
+    if spec.direct is None:
+        return []
+    extra = ["--no-keepalive"] if spec.direct == "nokeep" else []
+    for p in spec.fcgi_params:
+        extra += ["--param", p]
+    modes = [(c, 1) for c in DIRECT_CONNS] + ([MUX] if spec.direct == "mux" else [])
+    return [((c, m), ["run", "--addr", "unix:" + peer.sock, "--conns", str(c), "--mux", str(m),
+                      "--duration", str(DURATION), "--warmup", str(min(1.0, WARMUP)), *extra])
+            for c, m in modes]
+
+
+def bench_direct(peer, direct_rows):
+    """Direct FastCGI on the same server process, no nginx in the path."""
+    for (c, m), args in direct_runs(peer):
+        with RssSampler(peer.root_pid()) as s:
+            r = run_loadgen(args, DURATION + 60)
+        r["rss_kib"] = s.peak
+        r["cpu_us"] = s.per_req(r["requests"])[0]
+        r["peer"] = peer.name
+        direct_rows.append(r)
+        log(f"   direct c={c} mux={m}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} ms "
+            f"errors {r['non2xx'] + r['bad_len'] + r['io_errors']}")
+
+
 def cold_starts(tmp, names):
     """Process start -> first response, direct on the socket (no nginx)."""
     out = []
@@ -633,36 +701,16 @@ def cold_starts(tmp, names):
     os.makedirs(d, exist_ok=True)
     sock = os.path.join(d, "app.sock")
     for spec in PEERS:
-        if spec["name"] == "myflask-nokeep" or spec["name"] not in names:
+        if not spec.cold or spec.name not in names:
             continue
-        if spec.get("get_only"):  # the floor: a canned reply; the other: myflask again
-            continue
-        peer = Peer(spec, d)
-        proto, addr, path = "fcgi", "unix:" + sock, "/"
-        extra = []
-        if spec["kind"] == "ceiling":
-            cmd = [NGINX, "-p", peer.dir, "-c", peer.nginx_conf()]
-            proto, addr = "http", f"127.0.0.1:{peer.port}"
-        else:
-            cmd = peer.server_cmd(sock)
-            proto = spec["proto"]
-        if spec["kind"] == "php":
-            extra = ["--param", "SCRIPT_FILENAME=" + os.path.join(BENCH, "peers", "php", "index.php")]
-        if spec["kind"] == "flup":
-            extra = ["--param", "SCRIPT_NAME=", "--param", "PATH_INFO=/"]
-        r = run_loadgen(["coldstart", "--addr", addr, "--proto", proto, "--repeat", str(COLD_REPEAT),
-                         "--path", path, *extra, "--", *cmd], 120)
-        r["peer"] = spec["name"]
+        r = run_loadgen(cold_start_args(Peer(spec, d), sock), 120)
+        r["peer"] = spec.name
         r["mode"] = "process start -> first response"
         out.append(r)
-        log(f"   cold {spec['name']}: median {r['median_ms']:.1f} ms ({r['failures']} failures)")
+        log(f"   cold {spec.name}: median {r['median_ms']:.1f} ms ({r['failures']} failures)")
     if "myflask" not in names:
         return out
-    # myflask, socket-activated: systemd-socket-activate holds the socket and
-    # execs myflask on the first connection.
-    cmd = [ACTIVATE, "-l", sock, "--fdname=fcgi", MYFLASK, "serve", *MYFLASK_LOG]
-    r = run_loadgen(["coldstart", "--addr", "unix:" + sock, "--activated", "--repeat", str(COLD_REPEAT),
-                     "--", *cmd], 120)
+    r = run_loadgen(activated_start_args(sock), 120)
     r["peer"] = "myflask-activated"
     r["mode"] = "first connection -> response (systemd-socket-activate)"
     out.append(r)
@@ -670,12 +718,35 @@ def cold_starts(tmp, names):
     return out
 
 
+def cold_start_args(peer, sock):
+    """loadgen arguments that time the peer's start: its server on `sock`
+    (the ceiling: nginx on its port) from spawn to the first response."""
+    spec = peer.spec
+    if spec.command is None:
+        cmd = [NGINX, "-p", peer.dir, "-c", peer.nginx_conf()]
+        proto, addr = "http", f"127.0.0.1:{peer.port}"
+    else:
+        cmd = peer.server_cmd(sock)
+        proto, addr = spec.proto, "unix:" + sock
+    extra = [a for p in spec.fcgi_params for a in ("--param", p)]
+    return ["coldstart", "--addr", addr, "--proto", proto, "--repeat", str(COLD_REPEAT),
+            "--path", "/", *extra, "--", *cmd]
+
+
+def activated_start_args(sock):
+    """loadgen arguments that time myflask socket-activated:
+    systemd-socket-activate holds `sock` and execs myflask on the first
+    connection."""
+    cmd = [ACTIVATE, "-l", sock, "--fdname=fcgi", MYFLASK, "serve", *MYFLASK_LOG]
+    return ["coldstart", "--addr", "unix:" + sock, "--activated", "--repeat", str(COLD_REPEAT), "--", *cmd]
+
+
 def head_to_head(tmp, names, rows):
     """Interleaved rounds of the target comparisons (see H2H_PEERS)."""
-    specs = [p for p in PEERS if p["name"] in H2H_PEERS and p["name"] in names]
+    specs = [p for p in PEERS if p.name in H2H_PEERS and p.name in names]
     if len(specs) < 2 or H2H_ROUNDS < 1:
         return
-    log(f"== head to head: {', '.join(p['name'] for p in specs)}, {H2H_ROUNDS} rounds")
+    log(f"== head to head: {', '.join(p.name for p in specs)}, {H2H_ROUNDS} rounds")
     peers = []
     try:
         for spec in specs:
@@ -692,11 +763,7 @@ def head_to_head(tmp, names, rows):
             points.append(("h2h_echo", ECHO_CONNS, MIB, [p for p in order if p.name in H2H_ECHO_PEERS]))
             for section, c, body, who in points:
                 for p in who:
-                    with RssSampler(p.root_pid(), p.nginx.pid) as s:
-                        r = run_wrk(p.port, c, DURATION, body)
-                    cpu, ncpu = s.per_req(r["requests"])
-                    rows.append(dict(section=section, peer=p.name, conns=c, body=body, round=rnd,
-                                     rss_kib=s.peak, cpu_us=cpu, nginx_cpu_us=ncpu, **r))
+                    rows.append(wrk_point(p, section, c, body, body, round=rnd))
             log(f"   round {rnd + 1}: " + "; ".join(
                 f"{r['peer']} {r['section'][4:]} c={r['conns']} {r['rps']:.0f}"
                 for r in rows if r.get("round") == rnd and r["section"].startswith("h2h")))
@@ -778,10 +845,46 @@ def machine():
     return f"{os.cpu_count()} × {model}, {mem} RAM, Linux {platform.release()}, Debian {deb}"
 
 
-def main():
-    os.makedirs(RAW, exist_ok=True)
+def selected_peers():
+    """The peers BENCH_PEERS names (all when it is unset), in PEERS order."""
     wanted = os.environ.get("BENCH_PEERS", "")
-    peers = [p for p in PEERS if not wanted or p["name"] in wanted.split(",")]
+    return [p for p in PEERS if not wanted or p.name in wanted.split(",")]
+
+
+def dry_run():
+    """Prints what a run would do, peer by peer, and writes every peer's
+    configs to a temporary directory that it keeps; starts nothing."""
+    tmp = tempfile.mkdtemp(prefix="myflask-bench-dry.")
+    peers = selected_peers()
+    names = [p.name for p in peers]
+    print(f"{len(peers)} peers, {DURATION:g} s per point after {WARMUP:g} s warm-up; configs in {tmp}")
+    for spec in peers:
+        peer = Peer(spec, tmp)
+        peer.nginx_conf()
+        print(f"\n{spec.name}: {spec.label}")
+        print("  server: " + (" ".join(peer.server_cmd()) if spec.command else "none (nginx answers)"))
+        print(f"  nginx: {os.path.join(peer.dir, 'nginx.conf')}")
+        print(f"  GET at {', '.join(map(str, GET_CONNS))} connections; echo: "
+              + (", ".join(body_label(b) for b in echo_bodies(spec)) or "none"))
+        for _, args in direct_runs(peer):
+            print("  direct: loadgen " + " ".join(args))
+        cold = os.path.join(tmp, "cold")
+        if spec.cold:
+            print("  cold start: loadgen " + " ".join(cold_start_args(Peer(spec, cold), os.path.join(cold, "app.sock"))))
+        if spec.name == REF:
+            print("  cold start, socket-activated: loadgen "
+                  + " ".join(activated_start_args(os.path.join(cold, "app.sock"))))
+        if spec.name in H2H_PEERS and len([n for n in H2H_PEERS if n in names]) >= 2 and H2H_ROUNDS >= 1:
+            echo = " and echo 1 MiB" if spec.name in H2H_ECHO_PEERS else ""
+            print(f"  head to head: GET at {', '.join(map(str, H2H_CONNS))}{echo}, {H2H_ROUNDS} rounds")
+    return 0
+
+
+def main():
+    """A whole run: measure, keep the raw data, write the reports; exit
+    status 1 if a peer failed (or, in a quick run, any request failed)."""
+    os.makedirs(RAW, exist_ok=True)
+    peers = selected_peers()
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     tmp = tempfile.mkdtemp(prefix="myflask-bench.", dir=shm)
     os.chmod(tmp, 0o755)
@@ -790,42 +893,17 @@ def main():
                 load_before=loadavg(), quick=QUICK, duration=DURATION, warmup=WARMUP)
     procs0 = proc_cpu()
     log(f"bench: {len(peers)} peers, {DURATION:g} s per point, load before {meta['load_before']}")
-    rows, direct_rows, errors, failed = [], [], [], []
     cpu0 = cpu_sample()
     t0 = time.time()
-    for spec in peers:
-        peer = Peer(spec, tmp)
-        try:
-            bench_peer(peer, rows, direct_rows, errors)
-        except Exception as e:  # noqa: BLE001
-            failed.append(f"{peer.name}: {e}")
-            log(f"   FAILED: {e}")
-            peer.stop()
-    try:
-        head_to_head(tmp, [p["name"] for p in peers], rows)
-    except Exception as e:  # noqa: BLE001
-        failed.append(f"head to head: {e}")
-        log(f"   FAILED: {e}")
-    cold = []
-    log("== cold starts")
-    try:
-        cold = cold_starts(tmp, [p["name"] for p in peers])
-    except Exception as e:  # noqa: BLE001
-            failed.append(f"cold starts: {e}")
-            log(f"   FAILED: {e}")
+    res = measure_all(peers, tmp)
     cpu1 = cpu_sample()
     busy, bg = cpu_delta(cpu0, cpu1)
     meta.update(load_after=loadavg(), elapsed_s=round(time.time() - t0), cpu_busy=busy, background=bg,
                 top_background=top_background(procs0, proc_cpu(), cpu1[0] - cpu0[0]))
     stamp = started.strftime("%Y-%m-%d-%H%M")
-    raw_dir = os.path.join(RAW, stamp)
-    shutil.copytree(tmp, raw_dir, ignore=shutil.ignore_patterns("*.sock", "client_body", "*_temp"),
-                    dirs_exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(raw_dir, "results.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows, direct=direct_rows, cold=cold, errors=errors, failed=failed),
-                  f, indent=1)
-    base = write_reports(meta, peers, rows, direct_rows, cold, errors, failed, stamp)
+    raw_dir = save_raw(tmp, stamp, meta, res)
+    rows, direct_rows, failed = res["rows"], res["direct"], res["failed"]
+    base = write_reports(meta, peers, rows, direct_rows, res["cold"], res["errors"], failed, stamp)
     log(f"bench: wrote {base}.md and .csv (raw data in {raw_dir}); load after {meta['load_after']}, "
         f"background {meta['background']:.2f} cores")
     total_err = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows) + \
@@ -837,6 +915,46 @@ def main():
         log(f"bench: {total_err} errors")
         return 1
     return 0
+
+
+def measure_all(peers, tmp):
+    """Every peer on its own, then the head-to-head rounds, then the cold
+    starts; a failure costs only its own part and is listed in "failed"."""
+    rows, direct_rows, errors, failed = [], [], [], []
+    for spec in peers:
+        peer = Peer(spec, tmp)
+        try:
+            bench_peer(peer, rows, direct_rows, errors)
+        except Exception as e:  # noqa: BLE001
+            failed.append(f"{peer.name}: {e}")
+            log(f"   FAILED: {e}")
+            peer.stop()
+    try:
+        head_to_head(tmp, [p.name for p in peers], rows)
+    except Exception as e:  # noqa: BLE001
+        failed.append(f"head to head: {e}")
+        log(f"   FAILED: {e}")
+    cold = []
+    log("== cold starts")
+    try:
+        cold = cold_starts(tmp, [p.name for p in peers])
+    except Exception as e:  # noqa: BLE001
+        failed.append(f"cold starts: {e}")
+        log(f"   FAILED: {e}")
+    return dict(rows=rows, direct=direct_rows, cold=cold, errors=errors, failed=failed)
+
+
+def save_raw(tmp, stamp, meta, res):
+    """Moves the run's configs and logs to results/raw/<stamp>/ with
+    results.json beside them (what --report reads); returns that directory."""
+    raw_dir = os.path.join(RAW, stamp)
+    shutil.copytree(tmp, raw_dir, ignore=shutil.ignore_patterns("*.sock", "client_body", "*_temp"),
+                    dirs_exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(raw_dir, "results.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=res["rows"], direct=res["direct"], cold=res["cold"],
+                       errors=res["errors"], failed=res["failed"]), f, indent=1)
+    return raw_dir
 
 
 def write_reports(meta, peers, rows, direct_rows, cold, errors, failed, stamp):
@@ -859,7 +977,7 @@ def rereport(raw_dir):
     """Rewrites the reports of an earlier run from its raw results.json."""
     d = json.load(open(os.path.join(raw_dir, "results.json")))
     names = {r["peer"] for r in d["rows"]}
-    peers = [p for p in PEERS if p["name"] in names]
+    peers = [p for p in PEERS if p.name in names]
     stamp = os.path.basename(os.path.normpath(raw_dir))
     base = write_reports(d["meta"], peers, d["rows"], d["direct"], d["cold"], d["errors"], d["failed"], stamp)
     log(f"bench: rewrote {base}.md and .csv from {raw_dir}")
@@ -929,18 +1047,48 @@ def body_label(b):
     return f"{b // MIB} MiB" if b >= MIB else f"{b // KIB} KiB"
 
 
+class Report:
+    """The report being written: its markdown lines, its CSV rows, and the
+    run's rows found by (section, peer, conns, body)."""
+
+    def __init__(self, rows):
+        self.lines = []
+        self.csv = []
+        self.labels = {p.name: p.label for p in PEERS}
+        self.pick = {}
+        for r in rows:
+            self.pick[(r["section"], r["peer"], r.get("conns"), r.get("body") if r["section"] == "echo" else None)] = r
+
+    def w(self, line):
+        self.lines.append(line)
+
+    def get(self, section, peer, conns=None, body=None):
+        return self.pick.get((section, peer, conns, body))
+
+
 def report(meta, peers, rows, direct_rows, cold, errors, failed):
-    labels = {p["name"]: p["label"] for p in PEERS}
-    pick = {}
-    for r in rows:
-        pick[(r["section"], r["peer"], r.get("conns"), r.get("body") if r["section"] == "echo" else None)] = r
+    """The markdown report, its CSV rows, and whether every target was met."""
+    rep = Report(rows)
+    write_header(rep, meta, failed)
+    write_get(rep, peers, rows)
+    write_echo(rep, peers)
+    write_memory(rep, peers)
+    write_cold(rep, cold)
+    write_direct(rep, direct_rows)
+    write_load(rep, rows)
+    h2h = h2h_points(rows)
+    write_h2h(rep, h2h, meta)
+    targets_ok = True
+    if not meta["quick"]:
+        targets_ok = write_targets(rep, h2h, rows, direct_rows, cold)
+    write_floor_context(rep, h2h)
+    write_errors(rep, errors)
+    return "\n".join(rep.lines) + "\n", rep.csv, targets_ok
 
-    def get(section, peer, conns=None, body=None):
-        return pick.get((section, peer, conns, body))
 
-    csv_rows = []
-    L = []
-    w = L.append
+def write_header(rep, meta, failed):
+    """Title, machine, load, versions, settings, and what failed."""
+    w = rep.w
     title = "myflask benchmark" + (" (quick smoke)" if meta["quick"] else "")
     w(f"# {title} — {meta['date']}\n")
     w(f"Machine: {meta['machine']}.  ")
@@ -963,291 +1111,361 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     if failed:
         w("**Failed:** " + "; ".join(failed) + "\n")
 
-    # GET table
+
+def write_get(rep, peers, rows):
+    """GET / through nginx, every peer at every connection count."""
+    w = rep.w
     w("## GET / through nginx\n")
     w("| peer | conns | req/s | ×ceil | ×mf | p50 ms | p99 ms | p99 ×mf | non-2xx | socket err | RSS MiB | "
       "CPU µs/req server | CPU µs/req nginx |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in peers:
         for c in GET_CONNS:
-            r = get("get", p["name"], c)
+            r = rep.get("get", p.name, c)
             if not r:
                 continue
-            ce, mf = get("get", CEIL, c), get("get", REF, c)
+            ce, mf = rep.get("get", CEIL, c), rep.get("get", REF, c)
             xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
             p99m = ratio(r["p99_ms"], mf and mf["p99_ms"])
-            w(f"| {labels[p['name']]} | {c} | {fmt_n(r['rps'])} | {fmt_r(xc)} | {fmt_r(xm)} | "
+            w(f"| {rep.labels[p.name]} | {c} | {fmt_n(r['rps'])} | {fmt_r(xc)} | {fmt_r(xm)} | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {fmt_r(p99m)} | {r['non2xx']} | {r['sock_err']} | "
-              f"{mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} | {fmt_us(r.get('nginx_cpu_us'), p['name'] == CEIL)} |")
-            csv_rows.append(dict(section="get", peer=p["name"], conns=c, body=r["body"], rps=round(r["rps"], 1),
-                                 x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
-                                 mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
-                                 p99_x_myflask=p99m and round(p99m, 3), non2xx=r["non2xx"],
-                                 sock_err=r["sock_err"], rss_kib=r["rss_kib"],
-                                 cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+              f"{mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} | {fmt_us(r.get('nginx_cpu_us'), p.name == CEIL)} |")
+            rep.csv.append(dict(section="get", peer=p.name, conns=c, body=r["body"], rps=round(r["rps"], 1),
+                                x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
+                                mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                                p99_x_myflask=p99m and round(p99m, 3), non2xx=r["non2xx"],
+                                sock_err=r["sock_err"], rss_kib=r["rss_kib"],
+                                cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
     gl = {r["peer"]: r["body"] for r in rows if r["section"] == "get"}
     if gl:
         w("\nGET / response body bytes: " + ", ".join(f"{k} {v}" for k, v in gl.items()) +
           " (every peer, myflask included, answers \"Hello, World!\\n\").\n")
 
-    # echo table
+
+def write_echo(rep, peers):
+    """POST /echo through nginx, every peer at every body size."""
+    w = rep.w
     w("## POST /echo through nginx (by body size)\n")
     w("| peer | body | req/s | MiB/s | ×ceil | ×mf | p50 ms | p99 ms | non-2xx/bad len | socket err | "
       "RSS MiB | RSS ×mf | CPU µs/req server | CPU µs/req nginx |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in peers:
         for b in ECHO_BODIES:
-            r = get("echo", p["name"], ECHO_CONNS, b)
+            r = rep.get("echo", p.name, ECHO_CONNS, b)
             if not r:
                 continue
-            ce, mf = get("echo", CEIL, ECHO_CONNS, b), get("echo", REF, ECHO_CONNS, b)
+            ce, mf = rep.get("echo", CEIL, ECHO_CONNS, b), rep.get("echo", REF, ECHO_CONNS, b)
             xc, xm = ratio(r["rps"], ce and ce["rps"]), ratio(r["rps"], mf and mf["rps"])
             rx = ratio(r["rss_kib"], mf and mf["rss_kib"])
-            w(f"| {labels[p['name']]} | {body_label(b)} | {fmt_n(r['rps'])} | {r['mib_s']:.0f} | {fmt_r(xc)} | "
+            w(f"| {rep.labels[p.name]} | {body_label(b)} | {fmt_n(r['rps'])} | {r['mib_s']:.0f} | {fmt_r(xc)} | "
               f"{fmt_r(xm)} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non2xx']} | {r['sock_err']} | "
               f"{mib(r['rss_kib'])} | {fmt_r(rx)} | {fmt_us(r.get('cpu_us'))} | "
-              f"{fmt_us(r.get('nginx_cpu_us'), p['name'] == CEIL)} |")
-            csv_rows.append(dict(section="echo", peer=p["name"], conns=ECHO_CONNS, body=b, rps=round(r["rps"], 1),
-                                 x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
-                                 mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
-                                 non2xx=r["non2xx"], sock_err=r["sock_err"], rss_kib=r["rss_kib"],
-                                 rss_x_myflask=rx and round(rx, 3),
-                                 cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+              f"{fmt_us(r.get('nginx_cpu_us'), p.name == CEIL)} |")
+            rep.csv.append(dict(section="echo", peer=p.name, conns=ECHO_CONNS, body=b, rps=round(r["rps"], 1),
+                                x_ceiling=xc and round(xc, 3), x_myflask=xm and round(xm, 3),
+                                mib_s=round(r["mib_s"], 2), p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                                non2xx=r["non2xx"], sock_err=r["sock_err"], rss_kib=r["rss_kib"],
+                                rss_x_myflask=rx and round(rx, 3),
+                                cpu_us_server=rnd(r.get("cpu_us")), cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
     if os.path.exists(ECHO_MODULE):
         w("\nThe ceiling's echo is nginx's echo module (`echo_read_request_body; echo_request_body`).\n")
 
-    # memory summary
+
+def write_memory(rep, peers):
+    """Idle RSS and the peaks of the top GET point and the 1 MiB echo."""
+    w = rep.w
     w("## Memory (server process tree, VmRSS)\n")
     top_c = GET_CONNS[-1]
     echo_b = MIB if MIB in ECHO_BODIES else ECHO_BODIES[-1]
     w(f"| peer | idle MiB | ×mf | GET c={top_c} peak MiB | ×mf | echo {body_label(echo_b)} peak MiB | ×mf |")
     w("|---|---:|---:|---:|---:|---:|---:|")
-    mf_idle = get("idle", REF)
-    mf_get, mf_echo = get("get", REF, top_c), get("echo", REF, ECHO_CONNS, echo_b)
+    mf_idle = rep.get("idle", REF)
+    mf_get, mf_echo = rep.get("get", REF, top_c), rep.get("echo", REF, ECHO_CONNS, echo_b)
     for p in peers:
-        i, g, e = get("idle", p["name"]), get("get", p["name"], top_c), get("echo", p["name"], ECHO_CONNS, echo_b)
+        i, g = rep.get("idle", p.name), rep.get("get", p.name, top_c)
+        e = rep.get("echo", p.name, ECHO_CONNS, echo_b)
         if not i:
             continue
         ri = ratio(i["rss_kib"], mf_idle and mf_idle["rss_kib"])
         rg = ratio(g and g["rss_kib"], mf_get and mf_get["rss_kib"])
         re_ = ratio(e and e["rss_kib"], mf_echo and mf_echo["rss_kib"])
-        w(f"| {labels[p['name']]} | {mib(i['rss_kib'])} | {fmt_r(ri)} | {mib(g and g['rss_kib'])} | {fmt_r(rg)} | "
+        w(f"| {rep.labels[p.name]} | {mib(i['rss_kib'])} | {fmt_r(ri)} | {mib(g and g['rss_kib'])} | {fmt_r(rg)} | "
           f"{mib(e and e['rss_kib'])} | {fmt_r(re_)} |")
-        csv_rows.append(dict(section="idle", peer=p["name"], rss_kib=i["rss_kib"], rss_x_myflask=ri and round(ri, 3)))
+        rep.csv.append(dict(section="idle", peer=p.name, rss_kib=i["rss_kib"], rss_x_myflask=ri and round(ri, 3)))
 
-    # cold start
-    if cold:
-        w("\n## Cold start (direct on the socket, no nginx)\n")
-        w("| peer | what | median ms | min ms | ×mf | samples ms | failures |")
-        w("|---|---|---:|---:|---:|---|---:|")
-        mfc = next((c for c in cold if c["peer"] == REF), None)
-        for c in cold:
-            x = ratio(c["median_ms"], mfc and mfc["median_ms"])
-            lab = labels.get(c["peer"], "myflask, socket-activated")
-            if c["peer"] == REF:
-                lab = "myflask FastCGI"
-            w(f"| {lab} | {c['mode']} | {c['median_ms']:.1f} | {c['min_ms']:.1f} | {fmt_r(x)} | "
-              f"{', '.join(f'{s:.1f}' for s in c['samples_ms'])} | {c['failures']} |")
-            csv_rows.append(dict(section="coldstart", peer=c["peer"], median_ms=c["median_ms"]))
 
-    # direct
-    if direct_rows:
-        w("\n## Direct FastCGI, no nginx (bench/loadgen, GET /)\n")
-        w("| peer | connections × in flight | keep-alive | req/s | ×mf | p50 ms | p99 ms | errors | RSS MiB | "
-          "CPU µs/req server |")
-        w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-        mfd = {(r["conns"], r["mux"]): r for r in direct_rows if r["peer"] == REF}
-        for r in direct_rows:
-            m = mfd.get((r["conns"], r["mux"]))
-            x = ratio(r["rps"], m and m["rps"])
-            err = r["non2xx"] + r["bad_len"] + r["io_errors"]
-            mode = "multiplexed" if r["mux"] > 1 else ("yes" if r["keepalive"] else "no (conn per request)")
-            w(f"| {labels[r['peer']]} | {r['conns']} × {r['mux']} | {mode} | {fmt_n(r['rps'])} | {fmt_r(x)} | "
-              f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {err} | {mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} |")
-            csv_rows.append(dict(section="direct", peer=r["peer"], conns=r["conns"], mux=r["mux"],
-                                 rps=r["rps"], x_myflask=x and round(x, 3), p50_ms=r["p50_ms"],
-                                 p99_ms=r["p99_ms"], non2xx=r["non2xx"] + r["bad_len"], sock_err=r["io_errors"],
-                                 rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us"))))
-        w("\nphp-fpm is driven without keep-alive (as nginx drives it here): with FCGI_KEEP_CONN each of its "
-          "4 workers stays bound to one connection. Multiplexed mode only against myflask and Go "
-          "(php-fpm, flup and tokio-fastcgi do not multiplex). These runs come right after the echo points "
-          "on the same server process, so their RSS column includes heap the server still holds after "
-          "the 8 MiB echoes.\n")
+def write_cold(rep, cold):
+    """Cold starts, direct on the socket."""
+    if not cold:
+        return
+    w = rep.w
+    w("\n## Cold start (direct on the socket, no nginx)\n")
+    w("| peer | what | median ms | min ms | ×mf | samples ms | failures |")
+    w("|---|---|---:|---:|---:|---|---:|")
+    mfc = next((c for c in cold if c["peer"] == REF), None)
+    for c in cold:
+        x = ratio(c["median_ms"], mfc and mfc["median_ms"])
+        lab = rep.labels.get(c["peer"], "myflask, socket-activated")
+        if c["peer"] == REF:
+            lab = "myflask FastCGI"
+        w(f"| {lab} | {c['mode']} | {c['median_ms']:.1f} | {c['min_ms']:.1f} | {fmt_r(x)} | "
+          f"{', '.join(f'{s:.1f}' for s in c['samples_ms'])} | {c['failures']} |")
+        rep.csv.append(dict(section="coldstart", peer=c["peer"], median_ms=c["median_ms"]))
 
-    # per-peer load
+
+def write_direct(rep, direct_rows):
+    """Direct FastCGI runs (loadgen, no nginx)."""
+    if not direct_rows:
+        return
+    w = rep.w
+    w("\n## Direct FastCGI, no nginx (bench/loadgen, GET /)\n")
+    w("| peer | connections × in flight | keep-alive | req/s | ×mf | p50 ms | p99 ms | errors | RSS MiB | "
+      "CPU µs/req server |")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    mfd = {(r["conns"], r["mux"]): r for r in direct_rows if r["peer"] == REF}
+    for r in direct_rows:
+        m = mfd.get((r["conns"], r["mux"]))
+        x = ratio(r["rps"], m and m["rps"])
+        err = r["non2xx"] + r["bad_len"] + r["io_errors"]
+        mode = "multiplexed" if r["mux"] > 1 else ("yes" if r["keepalive"] else "no (conn per request)")
+        w(f"| {rep.labels[r['peer']]} | {r['conns']} × {r['mux']} | {mode} | {fmt_n(r['rps'])} | {fmt_r(x)} | "
+          f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {err} | {mib(r['rss_kib'])} | {fmt_us(r.get('cpu_us'))} |")
+        rep.csv.append(dict(section="direct", peer=r["peer"], conns=r["conns"], mux=r["mux"],
+                            rps=r["rps"], x_myflask=x and round(x, 3), p50_ms=r["p50_ms"],
+                            p99_ms=r["p99_ms"], non2xx=r["non2xx"] + r["bad_len"], sock_err=r["io_errors"],
+                            rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us"))))
+    w("\nphp-fpm is driven without keep-alive (as nginx drives it here): with FCGI_KEEP_CONN each of its "
+      "4 workers stays bound to one connection. Multiplexed mode only against myflask and Go "
+      "(php-fpm, flup and tokio-fastcgi do not multiplex). These runs come right after the echo points "
+      "on the same server process, so their RSS column includes heap the server still holds after "
+      "the 8 MiB echoes.\n")
+
+
+def write_load(rep, rows):
+    """The machine's load around each peer."""
     loads = [r for r in rows if r["section"] == "load"]
-    if loads:
-        w("## Machine load per peer\n")
-        w("| peer | loadavg before | loadavg after | machine CPU busy % | background cores |")
-        w("|---|---|---|---:|---:|")
-        for r in loads:
-            w(f"| {labels[r['peer']]} | {r['load_before']} | {r['load_after']} | {r['cpu_busy']:.0f} | "
-              f"{r['background']:.2f} |")
-            csv_rows.append(dict(section="load", peer=r["peer"], load_before=r["load_before"],
-                                 load_after=r["load_after"], cpu_busy=round(r["cpu_busy"], 1),
-                                 background_cores=round(r["background"], 2)))
-        w("")
+    if not loads:
+        return
+    w = rep.w
+    w("## Machine load per peer\n")
+    w("| peer | loadavg before | loadavg after | machine CPU busy % | background cores |")
+    w("|---|---|---|---:|---:|")
+    for r in loads:
+        w(f"| {rep.labels[r['peer']]} | {r['load_before']} | {r['load_after']} | {r['cpu_busy']:.0f} | "
+          f"{r['background']:.2f} |")
+        rep.csv.append(dict(section="load", peer=r["peer"], load_before=r["load_before"],
+                            load_after=r["load_after"], cpu_busy=round(r["cpu_busy"], 1),
+                            background_cores=round(r["background"], 2)))
+    w("")
 
-    # head to head
+
+def h2h_points(rows):
+    """{(section, conns): (rows by peer, myflask ÷ peer per round)} of the
+    head-to-head points that ran with two peers or more."""
     h2h = {}
     for section, conns in [("h2h_get", c) for c in H2H_CONNS] + [("h2h_echo", ECHO_CONNS)]:
         by_peer, ratios = h2h_summary(rows, section, conns)
         if len(by_peer) >= 2:
             h2h[(section, conns)] = (by_peer, ratios)
-    if h2h:
-        nr = max(len(v) for by_peer, _ in h2h.values() for v in by_peer.values())
-        w("## Head to head: the target comparisons, interleaved\n")
-        w(f"The peers the targets compare run side by side (each with its own nginx) and are measured "
-          f"in turn, {nr} rounds, the order rotating each round, {meta['duration']:g} s a point. "
-          f"×mf is the median of the rounds' ratios (figure / myflask's in the same round), so each "
-          f"ratio compares figures taken seconds apart; the targets below use these."
-          + (" The FastCGI floor runs in the GET rounds as context for them, not as a target."
-             if any(FLOOR_PEER in by_peer for by_peer, _ in h2h.values()) else "") + "\n")
-        w("| point | peer | median req/s | min–max req/s | ×mf (median of rounds) | per-round ×mf | "
-          "median p99 ms | median CPU µs/req server | nginx |")
-        w("|---|---|---:|---:|---:|---|---:|---:|---:|")
-        for (section, conns), (by_peer, ratios) in h2h.items():
-            what = f"GET c={conns}" if section == "h2h_get" else f"echo 1 MiB c={conns}"
-            for peer in [n for n in H2H_PEERS if n in by_peer]:
-                rs = by_peer[peer]
-                rps = [r["rps"] for r in rs]
-                x = median([1 / q for q in ratios[peer]]) if peer != REF and ratios[peer] else None
-                per = ", ".join(f"{1 / q:.2f}" for q in ratios[peer]) if peer != REF else ""
-                w(f"| {what} | {labels[peer]} | {fmt_n(median(rps))} | {fmt_n(min(rps))}–{fmt_n(max(rps))} | "
-                  f"{fmt_r(x) if x else '1' if peer == REF else '–'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
-                  f"{fmt_us(median([r['cpu_us'] for r in rs if r.get('cpu_us') is not None]))} | "
-                  f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]), peer == CEIL)} |")
-                for r in rs:
-                    csv_rows.append(dict(section=section, peer=peer, conns=conns, body=r.get("body"),
-                                         round=r["round"], rps=round(r["rps"], 1), p50_ms=r["p50_ms"],
-                                         p99_ms=r["p99_ms"], non2xx=r["non2xx"], sock_err=r["sock_err"],
-                                         rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us")),
-                                         cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
-        w("")
+    return h2h
 
-    def h2h_x(section, conns, peer):
-        """myflask ÷ peer: median of the rounds' ratios, with how many rounds."""
-        v = h2h.get((section, conns))
-        if not v or not v[1].get(peer):
-            return None
-        return median(v[1][peer]), len(v[1][peer])
 
-    def h2h_pair(conns, a, b):
-        """a ÷ b in GET req/s at c=conns: median of the rounds' ratios, with how
-        many rounds (h2h_x is the same with a = myflask)."""
-        v = h2h.get(("h2h_get", conns))
-        if not v:
-            return None
-        rb = {r["round"]: r for r in v[0].get(b, [])}
-        xs = [r["rps"] / rb[r["round"]]["rps"] for r in v[0].get(a, [])
-              if r["round"] in rb and rb[r["round"]]["rps"]]
-        return (median(xs), len(xs)) if xs else None
+def write_h2h(rep, h2h, meta):
+    """The interleaved rounds: medians per point and peer, and every round's ratio."""
+    if not h2h:
+        return
+    w = rep.w
+    nr = max(len(v) for by_peer, _ in h2h.values() for v in by_peer.values())
+    w("## Head to head: the target comparisons, interleaved\n")
+    w(f"The peers the targets compare run side by side (each with its own nginx) and are measured "
+      f"in turn, {nr} rounds, the order rotating each round, {meta['duration']:g} s a point. "
+      f"×mf is the median of the rounds' ratios (figure / myflask's in the same round), so each "
+      f"ratio compares figures taken seconds apart; the targets below use these."
+      + (" The FastCGI floor runs in the GET rounds as context for them, not as a target."
+         if any(FLOOR_PEER in by_peer for by_peer, _ in h2h.values()) else "") + "\n")
+    w("| point | peer | median req/s | min–max req/s | ×mf (median of rounds) | per-round ×mf | "
+      "median p99 ms | median CPU µs/req server | nginx |")
+    w("|---|---|---:|---:|---:|---|---:|---:|---:|")
+    for (section, conns), (by_peer, ratios) in h2h.items():
+        what = f"GET c={conns}" if section == "h2h_get" else f"echo 1 MiB c={conns}"
+        for peer in [n for n in H2H_PEERS if n in by_peer]:
+            write_h2h_peer(rep, section, conns, what, peer, by_peer[peer], ratios[peer])
+    w("")
 
-    def h2h_p99(conns, peer):
-        v = h2h.get(("h2h_get", conns))
-        if not v or peer not in v[0]:
-            return None
-        return median([r["p99_ms"] for r in v[0][peer]])
 
-    # targets
-    targets_ok = True
-    if not meta["quick"]:
-        w("## Targets (issue 4)\n")
-        w("| target | measured | met |")
-        w("|---|---|---|")
-        res = []
+def write_h2h_peer(rep, section, conns, what, peer, rs, ratios):
+    """One peer's line of one head-to-head point, and its rounds in the CSV."""
+    rps = [r["rps"] for r in rs]
+    x = median([1 / q for q in ratios]) if peer != REF and ratios else None
+    per = ", ".join(f"{1 / q:.2f}" for q in ratios) if peer != REF else ""
+    rep.w(f"| {what} | {rep.labels[peer]} | {fmt_n(median(rps))} | {fmt_n(min(rps))}–{fmt_n(max(rps))} | "
+          f"{fmt_r(x) if x else '1' if peer == REF else '–'} | {per} | {median([r['p99_ms'] for r in rs]):.2f} | "
+          f"{fmt_us(median([r['cpu_us'] for r in rs if r.get('cpu_us') is not None]))} | "
+          f"{fmt_us(median([r['nginx_cpu_us'] for r in rs if r.get('nginx_cpu_us') is not None]), peer == CEIL)} |")
+    for r in rs:
+        rep.csv.append(dict(section=section, peer=peer, conns=conns, body=r.get("body"),
+                            round=r["round"], rps=round(r["rps"], 1), p50_ms=r["p50_ms"],
+                            p99_ms=r["p99_ms"], non2xx=r["non2xx"], sock_err=r["sock_err"],
+                            rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us")),
+                            cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
 
-        def t(name, measured, ok):
-            nonlocal targets_ok
-            if ok is None:
-                res.append(f"| {name} | {measured} | n/a |")
-                return
-            targets_ok &= ok
-            res.append(f"| {name} | {measured} | {'yes' if ok else '**no**'} |")
 
-        def vs(section, c, peer, mf, other, goal, what):
-            """A ratio target: head to head if it ran, else the single pass."""
-            hx = h2h_x(section, c, peer)
-            if hx:
-                x, n = hx
-                single = f"; single pass {mf['rps'] / other['rps']:.2f}×" if mf and other else ""
-                t(what, f"{x:.2f}× (median of {n} rounds{single})", x >= goal)
-            elif mf and other:
-                x = mf["rps"] / other["rps"]
-                t(what, f"{x:.2f}× (single pass)", x >= goal)
+def h2h_x(h2h, section, conns, peer):
+    """myflask ÷ peer: median of the rounds' ratios, with how many rounds."""
+    v = h2h.get((section, conns))
+    if not v or not v[1].get(peer):
+        return None
+    return median(v[1][peer]), len(v[1][peer])
 
-        for c in (16, 64):
-            mf, hy, tf, ce = get("get", REF, c), get("get", "hyper", c), get("get", "tokio-fastcgi", c), get("get", CEIL, c)
-            vs("h2h_get", c, "hyper", mf, hy, 1.0, f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass")
-            vs("h2h_get", c, "tokio-fastcgi", mf, tf, 1.5, f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi")
-            vs("h2h_get", c, CEIL, mf, ce, 0.40, f"GET c={c}: myflask ≥ 0.40× ceiling")
-        mf, hy = get("get", REF, 64), get("get", "hyper", 64)
-        a, b = h2h_p99(64, REF), h2h_p99(64, "hyper")
-        if a is not None and b is not None:
-            t("p99 at c=64 ≤ hyper's", f"{a:.2f} ms vs {b:.2f} ms (medians of the rounds)", a <= b)
-        elif mf and hy:
-            t("p99 at c=64 ≤ hyper's", f"{mf['p99_ms']:.2f} ms vs {hy['p99_ms']:.2f} ms (single pass)",
-              mf["p99_ms"] <= hy["p99_ms"])
-        mf, hy, tf = get("echo", REF, ECHO_CONNS, MIB), get("echo", "hyper", ECHO_CONNS, MIB), \
-            get("echo", "tokio-fastcgi", ECHO_CONNS, MIB)
-        vs("h2h_echo", ECHO_CONNS, "hyper", mf, hy, 1.0, "1 MiB echo: myflask ≥ 1.0× hyper")
-        if mf and tf:
-            x = mf["rss_kib"] / tf["rss_kib"]
-            t("RSS under 1 MiB echo ≤ 0.5× tokio-fastcgi's",
-              f"{mib(mf['rss_kib'])} vs {mib(tf['rss_kib'])} MiB = {x:.2f}×", x <= 0.5)
-        i = get("idle", REF)
-        if i:
-            t("idle RSS ≤ 4 MiB", f"{mib(i['rss_kib'])} MiB", i["rss_kib"] <= 4096)
-        a = next((c for c in cold if c["peer"] == "myflask-activated"), None)
-        if a:
-            t("socket-activated cold start ≤ 10 ms", f"{a['median_ms']:.1f} ms (median of {len(a['samples_ms'])})",
-              a["failures"] == 0 and 0 <= a["median_ms"] <= 10)
-        tot = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows)
-        dtot = sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
-        mfe = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows if r["peer"].startswith("myflask"))
-        t("no errors in any run", f"{tot} through nginx (myflask rows: {mfe}), {dtot} direct", tot + dtot == 0)
-        L.extend(res)
-        w("")
 
-    # The floor beside the targets: context, so none of it counts in "met".
-    # floor ÷ hyper is the gap to hyper left with no server work at all (what
-    # nginx's FastCGI path costs against proxy_pass); myflask ÷ floor is what
-    # myflask's own work costs. After the targets table; in a quick run (no
-    # targets), after the head to head. Old runs without the floor get nothing.
+def h2h_pair(h2h, conns, a, b):
+    """a ÷ b in GET req/s at c=conns: median of the rounds' ratios, with how
+    many rounds (h2h_x is the same with a = myflask)."""
+    v = h2h.get(("h2h_get", conns))
+    if not v:
+        return None
+    rb = {r["round"]: r for r in v[0].get(b, [])}
+    xs = [r["rps"] / rb[r["round"]]["rps"] for r in v[0].get(a, [])
+          if r["round"] in rb and rb[r["round"]]["rps"]]
+    return (median(xs), len(xs)) if xs else None
+
+
+def h2h_p99(h2h, conns, peer):
+    """The median of a peer's p99s over the GET rounds at c=conns."""
+    v = h2h.get(("h2h_get", conns))
+    if not v or peer not in v[0]:
+        return None
+    return median([r["p99_ms"] for r in v[0][peer]])
+
+
+def write_targets(rep, h2h, rows, direct_rows, cold):
+    """The targets of issue 4, each measured and judged; True if all are met."""
+    w = rep.w
+    w("## Targets (issue 4)\n")
+    w("| target | measured | met |")
+    w("|---|---|---|")
+    results = speed_targets(rep, h2h) + footprint_targets(rep, rows, direct_rows, cold)
+    for name, measured, ok in results:
+        met = "n/a" if ok is None else "yes" if ok else "**no**"
+        w(f"| {name} | {measured} | {met} |")
+    w("")
+    return all(ok for _, _, ok in results if ok is not None)
+
+
+def ratio_target(h2h, section, c, peer, mf, other, goal, what):
+    """A ratio target: head to head if it ran, else the single pass; [] when
+    neither ran."""
+    hx = h2h_x(h2h, section, c, peer)
+    if hx:
+        x, n = hx
+        single = f"; single pass {mf['rps'] / other['rps']:.2f}×" if mf and other else ""
+        return [(what, f"{x:.2f}× (median of {n} rounds{single})", x >= goal)]
+    if mf and other:
+        x = mf["rps"] / other["rps"]
+        return [(what, f"{x:.2f}× (single pass)", x >= goal)]
+    return []
+
+
+def speed_targets(rep, h2h):
+    """(name, measured, met) of the throughput and latency targets."""
+    get, res = rep.get, []
+    for c in (16, 64):
+        mf, hy, tf, ce = get("get", REF, c), get("get", "hyper", c), get("get", "tokio-fastcgi", c), get("get", CEIL, c)
+        res += ratio_target(h2h, "h2h_get", c, "hyper", mf, hy, 1.0, f"GET c={c}: myflask ≥ 1.0× hyper proxy_pass")
+        res += ratio_target(h2h, "h2h_get", c, "tokio-fastcgi", mf, tf, 1.5, f"GET c={c}: myflask ≥ 1.5× tokio-fastcgi")
+        res += ratio_target(h2h, "h2h_get", c, CEIL, mf, ce, 0.40, f"GET c={c}: myflask ≥ 0.40× ceiling")
+    mf, hy = get("get", REF, 64), get("get", "hyper", 64)
+    a, b = h2h_p99(h2h, 64, REF), h2h_p99(h2h, 64, "hyper")
+    if a is not None and b is not None:
+        res.append(("p99 at c=64 ≤ hyper's", f"{a:.2f} ms vs {b:.2f} ms (medians of the rounds)", a <= b))
+    elif mf and hy:
+        res.append(("p99 at c=64 ≤ hyper's", f"{mf['p99_ms']:.2f} ms vs {hy['p99_ms']:.2f} ms (single pass)",
+                    mf["p99_ms"] <= hy["p99_ms"]))
+    mf, hy = get("echo", REF, ECHO_CONNS, MIB), get("echo", "hyper", ECHO_CONNS, MIB)
+    res += ratio_target(h2h, "h2h_echo", ECHO_CONNS, "hyper", mf, hy, 1.0, "1 MiB echo: myflask ≥ 1.0× hyper")
+    return res
+
+
+def footprint_targets(rep, rows, direct_rows, cold):
+    """(name, measured, met) of the memory, cold-start and error targets."""
+    get, res = rep.get, []
+    mf, tf = get("echo", REF, ECHO_CONNS, MIB), get("echo", "tokio-fastcgi", ECHO_CONNS, MIB)
+    if mf and tf:
+        x = mf["rss_kib"] / tf["rss_kib"]
+        res.append(("RSS under 1 MiB echo ≤ 0.5× tokio-fastcgi's",
+                    f"{mib(mf['rss_kib'])} vs {mib(tf['rss_kib'])} MiB = {x:.2f}×", x <= 0.5))
+    i = get("idle", REF)
+    if i:
+        res.append(("idle RSS ≤ 4 MiB", f"{mib(i['rss_kib'])} MiB", i["rss_kib"] <= 4096))
+    a = next((c for c in cold if c["peer"] == "myflask-activated"), None)
+    if a:
+        res.append(("socket-activated cold start ≤ 10 ms",
+                    f"{a['median_ms']:.1f} ms (median of {len(a['samples_ms'])})",
+                    a["failures"] == 0 and 0 <= a["median_ms"] <= 10))
+    tot = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows)
+    dtot = sum(r["non2xx"] + r["bad_len"] + r["io_errors"] for r in direct_rows)
+    mfe = sum(r.get("non2xx", 0) + r.get("sock_err", 0) for r in rows if r["peer"].startswith("myflask"))
+    res.append(("no errors in any run", f"{tot} through nginx (myflask rows: {mfe}), {dtot} direct", tot + dtot == 0))
+    return res
+
+
+def write_floor_context(rep, h2h):
+    """The FastCGI floor beside the targets, as context that counts in no
+    "met": floor ÷ hyper is the gap to hyper left with no server work at all
+    (what nginx's FastCGI path costs against proxy_pass); myflask ÷ floor is
+    what myflask's own work costs. Nothing for runs without the floor."""
     floor_cells = []
     for c in H2H_CONNS:
-        cells = []
-        for a, b in ((FLOOR_PEER, "hyper"), (REF, FLOOR_PEER)):
-            hx = h2h_pair(c, a, b)
-            ga, gb = get("get", a, c), get("get", b, c)
-            if hx:
-                cells.append(f"{hx[0]:.2f}× (median of {hx[1]} rounds)")
-            elif ga and gb and gb["rps"]:
-                cells.append(f"{ga['rps'] / gb['rps']:.2f}× (single pass)")
-            else:
-                cells.append("–")
+        cells = [floor_cell(rep, h2h, c, a, b) for a, b in ((FLOOR_PEER, "hyper"), (REF, FLOOR_PEER))]
         if any(x != "–" for x in cells):
             floor_cells.append((c, cells))
-    if floor_cells:
-        w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with "
-          "myflask's `GET /` reply, canned, parsing nothing but record headers, behind the same nginx "
-          "config as myflask. floor ÷ hyper is the gap to hyper that remains with no server work at "
-          "all (nginx's `fastcgi_pass`, with the params of myflask's snippet, against `proxy_pass`); "
-          "myflask ÷ floor is what myflask's own work costs (below 1 if it costs throughput).\n")
-        w("| GET | floor ÷ hyper proxy_pass | myflask ÷ floor |")
-        w("|---|---:|---:|")
-        for c, (fh, mff) in floor_cells:
-            w(f"| c={c} | {fh} | {mff} |")
-        w("")
-    if errors:
-        w("## nginx error logs\n")
-        for e in errors:
-            w(f"- {e}")
-        w("")
-    return "\n".join(L) + "\n", csv_rows, targets_ok
+    if not floor_cells:
+        return
+    w = rep.w
+    w("Context, not a target: the FastCGI floor (`bench/peers/floor`) answers every request with "
+      "myflask's `GET /` reply, canned, parsing nothing but record headers, behind the same nginx "
+      "config as myflask. floor ÷ hyper is the gap to hyper that remains with no server work at "
+      "all (nginx's `fastcgi_pass`, with the params of myflask's snippet, against `proxy_pass`); "
+      "myflask ÷ floor is what myflask's own work costs (below 1 if it costs throughput).\n")
+    w("| GET | floor ÷ hyper proxy_pass | myflask ÷ floor |")
+    w("|---|---:|---:|")
+    for c, (fh, mff) in floor_cells:
+        w(f"| c={c} | {fh} | {mff} |")
+    w("")
 
+
+def floor_cell(rep, h2h, c, a, b):
+    """a ÷ b in GET req/s at c: head to head if it ran, else the single pass."""
+    hx = h2h_pair(h2h, c, a, b)
+    ga, gb = rep.get("get", a, c), rep.get("get", b, c)
+    if hx:
+        return f"{hx[0]:.2f}× (median of {hx[1]} rounds)"
+    if ga and gb and gb["rps"]:
+        return f"{ga['rps'] / gb['rps']:.2f}× (single pass)"
+    return "–"
+
+
+def write_errors(rep, errors):
+    """The nginx error-log lines the run left."""
+    if not errors:
+        return
+    rep.w("## nginx error logs\n")
+    for e in errors:
+        rep.w(f"- {e}")
+    rep.w("")
+
+
+USAGE = "usage: bench.py [--dry-run | --report results/raw/<date> | --help]"
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--report":
-        sys.exit(rereport(sys.argv[2]))
+    args = sys.argv[1:]
+    if args in (["--help"], ["-h"]):
+        print(__doc__.strip() + "\n\n" + USAGE)
+        sys.exit(0)
+    if args == ["--dry-run"]:
+        sys.exit(dry_run())
+    if len(args) == 2 and args[0] == "--report":
+        sys.exit(rereport(args[1]))
+    if args:
+        sys.exit(f"bench.py: unknown arguments {' '.join(args)}\n{USAGE}")
     sys.exit(main())

@@ -341,27 +341,9 @@ async fn protocol_violations_close_the_connection_with_a_log_line() {
     alive_then_stop(srv).await;
 }
 
-fn raise_nofile(want: u64) {
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        if r.rlim_cur < want as libc::rlim_t {
-            r.rlim_cur = (want as libc::rlim_t).min(r.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
-        }
-        assert!(
-            r.rlim_cur >= want as libc::rlim_t,
-            "RLIMIT_NOFILE is {} (hard {}); this test needs {want}",
-            r.rlim_cur,
-            r.rlim_max
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_thousand_idle_connections_do_not_stop_service() {
-    raise_nofile(4096);
+    common::require_nofile(4096);
     let srv = Server::start(&[]);
     raw::healthz(&srv.sock).await;
     let rss0 = raw::proc_kib(srv.pid(), "VmRSS");

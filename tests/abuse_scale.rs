@@ -10,8 +10,8 @@
 mod common;
 
 use bytes::BytesMut;
-use common::Server;
 use common::raw::{self, Conn};
+use common::{FNV_BASIS, Server, fnv_continue, raise_nofile};
 use myflask::fastcgi::record;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -36,23 +36,6 @@ fn heavy<F: std::future::Future<Output = ()>>(f: F) {
         .block_on(f);
 }
 
-/// Lifts this process's soft RLIMIT_NOFILE to the hard limit (the server,
-/// our child, inherits it and raises its own the same way). Returns (soft
-/// before, soft now, hard).
-fn raise_nofile() -> (u64, u64, u64) {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        let before = r.rlim_cur as u64;
-        if r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0, "setrlimit");
-        }
-        (before, r.rlim_cur as u64, r.rlim_max as u64)
-    }
-}
-
 /// The "Max open files" soft and hard limits of a process.
 fn proc_nofile(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/limits"))
@@ -64,10 +47,6 @@ fn proc_nofile(pid: i32) -> String {
             format!("soft {} hard {}", f[3], f[4])
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-fn rss(srv: &Server) -> u64 {
-    raw::proc_kib(srv.pid(), "VmRSS")
 }
 
 /// `n` blocking connects (a full backlog makes them wait, not fail).
@@ -135,7 +114,7 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 fn ten_thousand_idle_connections_held_and_service_goes_on() {
     heavy(async {
         const WANT: usize = 10_000;
-        let (soft0, soft, hard) = raise_nofile();
+        let (soft0, soft, hard) = raise_nofile(u64::MAX);
         // Our side needs one fd per connection plus a few hundred for the
         // runtime, the probes and the harness.
         let n = WANT.min((soft as usize).saturating_sub(300));
@@ -163,7 +142,7 @@ fn ten_thousand_idle_connections_held_and_service_goes_on() {
         }
         raw::wait_status(&srv.sock, "active_connections", 1, Duration::from_secs(10)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let rss0 = rss(&srv);
+        let rss0 = srv.rss_kib();
 
         let t = Instant::now();
         let idle = open_idle(&srv.sock, n).await;
@@ -177,7 +156,7 @@ fn ten_thousand_idle_connections_held_and_service_goes_on() {
         .await;
         let accepted_took = t.elapsed();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let rss1 = rss(&srv);
+        let rss1 = srv.rss_kib();
         let per_conn = rss1.saturating_sub(rss0) as f64 / n as f64;
 
         // New requests on fresh connections are answered promptly.
@@ -211,7 +190,7 @@ fn ten_thousand_idle_connections_held_and_service_goes_on() {
         .await
         .unwrap();
         let v = raw::status(&srv.sock).await;
-        let rss2 = rss(&srv);
+        let rss2 = srv.rss_kib();
         let sample: Vec<StdUnixStream> = idle.drain(..100).collect();
         tokio::task::spawn_blocking(move || {
             for mut s in sample {
@@ -254,7 +233,7 @@ fn ten_thousand_idle_connections_held_and_service_goes_on() {
         let t3 = Instant::now();
         drop(idle);
         raw::wait_status(&srv.sock, "active_connections", 1, Duration::from_secs(30)).await;
-        let rss3 = rss(&srv);
+        let rss3 = srv.rss_kib();
         eprintln!(
             "all closed: active_connections back to 1 after {:?}; RSS {rss3} KiB",
             t3.elapsed()
@@ -277,7 +256,7 @@ fn at_the_connection_cap_the_rest_wait_in_the_backlog() {
     heavy(async {
         const CAP: usize = 500;
         const EXTRA: usize = 200;
-        raise_nofile();
+        raise_nofile(u64::MAX);
         let srv = Server::start(&["--max-connections", "500"]);
         // One control connection (it holds a slot, so /status stays
         // reachable at the cap) and CAP - 1 idle ones.
@@ -293,7 +272,7 @@ fn at_the_connection_cap_the_rest_wait_in_the_backlog() {
             assert!(Instant::now() < deadline, "never reached the cap: {v}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let rss_full = rss(&srv);
+        let rss_full = srv.rss_kib();
 
         // EXTRA more connect (the kernel backlog holds them) and each sends a
         // request without KEEP_CONN.
@@ -375,18 +354,11 @@ const UPLOADS: usize = 200;
 const UPLOAD_LEN: usize = 8 << 20;
 const UPLOAD_RECORD: usize = 32 * 1024;
 const PACE_MS: u64 = 30;
-const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// FNV-1a 64 continued from state `h` (what `/upload` computes).
-fn fnv_continue(h: u64, b: &[u8]) -> u64 {
-    b.iter()
-        .fold(h, |h, &x| (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3))
-}
 
 #[test]
 fn two_hundred_slow_8_mib_uploads_in_bounded_memory() {
     heavy(async {
-        raise_nofile();
+        raise_nofile(u64::MAX);
         let srv = Server::start(&[]);
         // Each upload is one of DISTINCT 8 MiB windows of a 16 MiB buffer
         // with its own index in the last 8 bytes: 200 different bodies whose
@@ -431,7 +403,7 @@ fn two_hundred_slow_8_mib_uploads_in_bounded_memory() {
         let h = raw::once(&srv.sock, "POST", "/upload", &[], &data[..1 << 20]).await;
         assert_eq!(h.json()["bytes"], 1 << 20);
         raw::wait_status(&srv.sock, "active_requests", 1, Duration::from_secs(5)).await;
-        let rss0 = rss(&srv);
+        let rss0 = srv.rss_kib();
         let hwm0 = raw::proc_kib(srv.pid(), "VmHWM");
 
         let done = Arc::new(AtomicBool::new(false));
@@ -501,7 +473,7 @@ fn two_hundred_slow_8_mib_uploads_in_bounded_memory() {
         sampler.await.unwrap();
         let hwm1 = raw::proc_kib(srv.pid(), "VmHWM");
         let peak = hwm1.max(sampled.load(Ordering::Relaxed));
-        let rss1 = rss(&srv);
+        let rss1 = srv.rss_kib();
 
         // The bound: per upload, the body window (4 records of 32 KiB) plus
         // the record the handler is hashing and the one the reader holds
@@ -775,12 +747,8 @@ fn vanishing_clients_leak_nothing() {
     heavy(async {
         const ROUNDS: usize = 8;
         const PER_KIND: usize = 10;
-        raise_nofile();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        raise_nofile(u64::MAX);
+        let port = common::free_tcp_port();
         let tcp: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         // A round moves some 60 MiB through 1 MiB buffers (echo bodies).
         // With glibc's default dynamic mmap threshold, freed ones stay in
@@ -797,7 +765,7 @@ fn vanishing_clients_leak_nothing() {
         );
         let body = Arc::new(raw::noise(VANISH_BODY, 5));
         raw::healthz(&srv.sock).await;
-        let rss0 = rss(&srv);
+        let rss0 = srv.rss_kib();
         let mut after = Vec::new();
         let mut half_close_max = Duration::ZERO;
         let (mut handlers, mut must_abort, mut completed) = (0, 0, 0);
@@ -837,7 +805,7 @@ fn vanishing_clients_leak_nothing() {
             let h = raw::once(&srv.sock, "POST", "/echo", &[], &echo).await;
             raw::assert_same(&h.body, &echo, "echo after a round of vanishing clients");
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let r = rss(&srv);
+            let r = srv.rss_kib();
             eprintln!(
                 "round {round}: {} vanishing clients, active_requests and active_connections \
                  back to idle; RSS {r} KiB",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, Proc, clean_cmd, fcgi_get};
+use common::{Proc, fcgi_get, serve_cmd};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
@@ -14,15 +14,7 @@ fn serve(
     env: &[(&str, &str)],
 ) -> (Proc, myflask::addr::ListenAddr) {
     let sock = dir.join("fcgi.sock");
-    let mut cmd = clean_cmd(BIN);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .args(extra);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let p = Proc::spawn(&mut cmd, &dir.join("stderr.log"));
+    let p = Proc::spawn(&mut serve_cmd(&sock, extra, env), &dir.join("stderr.log"));
     (p, myflask::addr::ListenAddr::Unix(sock))
 }
 

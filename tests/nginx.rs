@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Proc, Server, clean_cmd, require_tool};
+use common::{Proc, Server, clean_cmd, free_tcp_port, json_pairs, noise, require_tool};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -23,11 +23,7 @@ impl Nginx {
     /// `http_extra` (more `http { }` directives, e.g. upstreams).
     fn start(dir: &Path, http_extra: &str, server_body: &str) -> Nginx {
         let nginx = require_tool("nginx");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_tcp_port();
         let d = dir.display();
         for sub in ["logs", "client_body", "fastcgi", "proxy", "scgi", "uwsgi"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -283,22 +279,10 @@ fn standard_upstream(sock: &Path) -> (String, String) {
     )
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// POSTs `len` pattern bytes to `/echo` with a content type: both must
 /// come back as sent.
 fn echo_roundtrip(h: &mut Http, len: usize, seed: u32) {
-    let body = pattern(len, seed);
+    let body = noise(len, u64::from(seed));
     let r = h.send(
         "POST",
         "/echo",
@@ -327,20 +311,6 @@ fn shipped_snippet() -> PathBuf {
 }
 
 /// The params of `/request` as (name, value) pairs.
-fn params_of(v: &serde_json::Value) -> Vec<(String, String)> {
-    v["params"]
-        .as_array()
-        .expect("params")
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn nginx_with_the_shipped_snippet_sends_what_myflask_maps() {
     // The snippet lists its params instead of including fastcgi_params:
@@ -374,7 +344,7 @@ fn nginx_with_the_shipped_snippet_sends_what_myflask_maps() {
             .is_some_and(|p| p.starts_with("127.0.0.1:")),
         "{v}"
     );
-    let params = params_of(&v);
+    let params = json_pairs(&v, "params");
     let mut names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -453,7 +423,7 @@ fn nginx_fastcgi_pass_to_myflask() {
     assert_eq!(v["method"], "GET");
     assert_eq!(v["uri"], "/request?a=1&b=%20x");
     assert_eq!(v["transport"], "FastCGI");
-    let params = params_of(&v);
+    let params = json_pairs(&v, "params");
     let param = |name: &str| -> Vec<&str> {
         params
             .iter()
@@ -534,7 +504,7 @@ fn nginx_fastcgi_pass_to_myflask() {
                 assert_eq!(json(&r)["uri"], uri.as_str(), "#{i}");
             }
             _ => {
-                let body = pattern(i as usize * 37, i);
+                let body = noise(i as usize * 37, u64::from(i));
                 let r = h.send("POST", "/echo", &[], &body);
                 assert_eq!(r.status, 200, "#{i}");
                 assert!(r.body == body, "#{i}: echo differs");

@@ -6,9 +6,12 @@
 mod common;
 
 use bytes::BytesMut;
-use common::{BIN, Proc, Server, clean_cmd, fcgi_get, target_tmpdir};
+use common::{
+    BIN, Proc, Server, clean_cmd, current_thread_runtime, fcgi_get, noise, raw, serve_cmd,
+    target_tmpdir,
+};
 use myflask::addr::ListenAddr;
-use myflask::fastcgi::{client, params, record};
+use myflask::fastcgi::{client, record};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,16 +139,8 @@ impl Drop for Collector {
 }
 
 fn serve_notified(dir: &Path, n: &Collector, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-    let sock = dir.join("fcgi.sock");
-    let mut cmd = clean_cmd(BIN);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .args(extra)
-        .env("NOTIFY_SOCKET", &n.path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = serve_cmd(&dir.join("fcgi.sock"), extra, env);
+    cmd.env("NOTIFY_SOCKET", &n.path);
     Proc::spawn(&mut cmd, &dir.join("log"))
 }
 
@@ -368,37 +363,11 @@ fn start_failure_is_reported_to_systemd() {
 // ---------------------------------------------------------------------------
 // Drain on SIGTERM.
 
-fn begin_post(buf: &mut BytesMut, id: u16, keep_conn: bool, len: usize) {
-    let flags = if keep_conn { record::KEEP_CONN } else { 0 };
-    record::put_begin_request(buf, id, record::ROLE_RESPONDER, flags);
-    let mut p = BytesMut::new();
-    let len = len.to_string();
-    for (k, v) in [
-        ("REQUEST_METHOD", "POST"),
-        ("REQUEST_URI", "/echo"),
-        ("SCRIPT_NAME", "/echo"),
-        ("QUERY_STRING", ""),
-        ("CONTENT_TYPE", "application/x-drain-test"),
-        ("CONTENT_LENGTH", len.as_str()),
-        ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("REMOTE_ADDR", "127.0.0.1"),
-        ("HTTP_HOST", "localhost"),
-    ] {
-        params::encode_pair(&mut p, k.as_bytes(), v.as_bytes());
-    }
-    record::put_stream(buf, record::PARAMS, id, &p);
-    record::put_stream_end(buf, record::PARAMS, id);
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// BEGIN and PARAMS of `POST /echo` with a body of `len` bytes, which the
+/// test then sends in pieces; the content type comes back in the echo.
+fn begin_post(id: u16, keep_conn: bool, len: usize) -> BytesMut {
+    let ct = [("CONTENT_TYPE", "application/x-drain-test")];
+    raw::head(id, keep_conn, "POST", "/echo", &ct, Some(len))
 }
 
 /// After SIGTERM, connecting must fail, or the connection must never be
@@ -433,13 +402,12 @@ fn assert_not_accepted(path: &Path) {
 #[test]
 fn sigterm_mid_body_drains_the_request() {
     let mut s = Server::start(&[]);
-    let body = pattern(512 * 1024);
+    let body = noise(512 * 1024, 1);
     let chunks: Vec<&[u8]> = body.chunks(64 * 1024).collect();
-    let rt = rt();
+    let rt = current_thread_runtime();
     let (resp, eof_after) = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
-        let mut out = BytesMut::new();
-        begin_post(&mut out, 1, true, body.len());
+        let out = begin_post(1, true, body.len());
         c.write_all(&out).await.unwrap();
         for (i, chunk) in chunks.iter().enumerate() {
             if i == 3 {
@@ -527,7 +495,7 @@ async fn keepalive_get(c: &mut tokio::net::UnixStream, buf: &mut BytesMut) -> cl
 #[test]
 fn sigterm_tells_idle_keepalive_connections_then_closes_them() {
     let mut s = Server::start(&[]);
-    let rt = rt();
+    let rt = current_thread_runtime();
     let (t_mark, t_eof) = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
         let mut buf = BytesMut::new();
@@ -571,7 +539,7 @@ fn request_racing_the_farewell_is_served_then_the_connection_closes() {
     // nginx may have sent a request on a cached connection just before the
     // farewell reached it: that request must be answered, not reset.
     let mut s = Server::start(&[]);
-    let rt = rt();
+    let rt = current_thread_runtime();
     rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
         let mut buf = BytesMut::new();
@@ -605,11 +573,10 @@ fn request_racing_the_farewell_is_served_then_the_connection_closes() {
 #[test]
 fn shutdown_timeout_bounds_the_drain() {
     let mut s = Server::start(&["--shutdown-timeout", "1"]);
-    let rt = rt();
+    let rt = current_thread_runtime();
     let _c = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&s.sock).await.unwrap();
-        let mut out = BytesMut::new();
-        begin_post(&mut out, 1, true, 1000);
+        let mut out = begin_post(1, true, 1000);
         record::put_stream(&mut out, record::STDIN, 1, &[b'x'; 100]);
         c.write_all(&out).await.unwrap();
         // The rest of the body never comes.
@@ -640,12 +607,11 @@ fn watchdog_keeps_pinging_while_draining() {
     let mut p = serve_notified(dir.path(), &n, &[], &[("WATCHDOG_USEC", "500000")]);
     n.wait_for("READY=1", START);
     let sock = dir.path().join("fcgi.sock");
-    let rt = rt();
-    let body = pattern(10_000);
+    let rt = current_thread_runtime();
+    let body = noise(10_000, 2);
     let resp = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&sock).await.unwrap();
-        let mut out = BytesMut::new();
-        begin_post(&mut out, 1, false, body.len());
+        let mut out = begin_post(1, false, body.len());
         record::put_stream(&mut out, record::STDIN, 1, &body[..5000]);
         c.write_all(&out).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;

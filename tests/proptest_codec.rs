@@ -6,7 +6,10 @@
 //! Needs `proptest = "1"` under `[dev-dependencies]`. 256 cases per
 //! property keeps the whole file to a few seconds.
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
+use common::raw::record_padded_with as raw_record;
 use myflask::fastcgi::params::{self, Params};
 use myflask::fastcgi::record::{self, Record};
 use proptest::collection::vec;
@@ -19,22 +22,6 @@ fn config() -> ProptestConfig {
         max_shrink_iters: 2048,
         ..ProptestConfig::default()
     }
-}
-
-/// A record as any sender may write it: explicit version 1 header, any
-/// padding length, padding bytes of any value.
-fn raw_record(kind: u8, id: u16, content: &[u8], pad: u8, pad_byte: u8) -> Vec<u8> {
-    assert!(content.len() <= record::MAX_CONTENT_LEN);
-    let mut v = Vec::with_capacity(record::HEADER_LEN + content.len() + pad as usize);
-    v.push(record::VERSION_1);
-    v.push(kind);
-    v.extend_from_slice(&id.to_be_bytes());
-    v.extend_from_slice(&(content.len() as u16).to_be_bytes());
-    v.push(pad);
-    v.push(0); // reserved
-    v.extend_from_slice(content);
-    v.extend(std::iter::repeat_n(pad_byte, pad as usize));
-    v
 }
 
 /// Content lengths that hit the edges often: empty, tiny, around the
@@ -56,17 +43,7 @@ fn bytes_of(n: usize) -> BoxedStrategy<Vec<u8>> {
         vec(any::<u8>(), n).boxed()
     } else {
         any::<u64>()
-            .prop_map(move |seed| {
-                let mut x = seed | 1;
-                (0..n)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect()
-            })
+            .prop_map(move |seed| common::noise(n, seed))
             .boxed()
     }
 }

@@ -10,8 +10,8 @@
 mod common;
 
 use bytes::BytesMut;
-use common::Server;
 use common::raw::{self, Conn, Http};
+use common::{Server, json_pairs};
 use myflask::fastcgi::params::encode_pair;
 use myflask::fastcgi::record;
 use serde_json::Value;
@@ -21,21 +21,6 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// `(name, value)` pairs of a `/request` JSON list (`params` or `headers`).
-fn json_pairs(v: &Value, list: &str) -> Vec<(String, String)> {
-    v[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {list} list in {v}"))
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap_or_default().to_string(),
-                p[1].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
 
 fn values_of<'a>(pairs: &'a [(String, String)], name: &str) -> Vec<&'a str> {
     pairs

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    BIN, Proc, clean_cmd, fcgi_get, http_over_unix, require_tool, target_tmpdir, under_tmp,
+    BIN, Proc, clean_cmd, fcgi_get, free_tcp_port, http_over_unix, require_tool, target_tmpdir,
+    under_tmp,
 };
 use myflask::addr::ListenAddr;
 use std::io::{Read, Write};
@@ -29,14 +30,6 @@ fn wait_for_path(p: &Path) {
 
 fn unix(p: &Path) -> ListenAddr {
     ListenAddr::Unix(p.to_path_buf())
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Puts `fd` on fd 3 of the child, without FD_CLOEXEC.
@@ -621,7 +614,7 @@ fn failed_start_leaves_no_socket_file() {
 #[test]
 fn restart_hands_queued_connections_to_the_next_process() {
     use bytes::BytesMut;
-    use myflask::fastcgi::{client, params, record};
+    use myflask::fastcgi::{client, record};
     use tokio::io::AsyncWriteExt;
 
     let dir = target_tmpdir();
@@ -634,28 +627,13 @@ fn restart_hands_queued_connections_to_the_next_process() {
         p.wait_log(" ready", START);
         p
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::current_thread_runtime();
 
     let mut old = start("old.log");
-    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let body = common::noise(100_000, 3);
     let mut slow = rt.block_on(async {
         let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
-        let mut out = BytesMut::new();
-        record::put_begin_request(&mut out, 1, record::ROLE_RESPONDER, 0);
-        let mut p = BytesMut::new();
-        let len = body.len().to_string();
-        for (k, v) in [
-            ("REQUEST_METHOD", "POST"),
-            ("REQUEST_URI", "/echo"),
-            ("CONTENT_LENGTH", len.as_str()),
-        ] {
-            params::encode_pair(&mut p, k.as_bytes(), v.as_bytes());
-        }
-        record::put_stream(&mut out, record::PARAMS, 1, &p);
-        record::put_stream_end(&mut out, record::PARAMS, 1);
+        let mut out = common::raw::head(1, false, "POST", "/echo", &[], Some(body.len()));
         record::put_stream(&mut out, record::STDIN, 1, &body[..50_000]);
         c.write_all(&out).await.unwrap();
         c
