@@ -723,8 +723,9 @@ fn rolling_upgrade(bed: &mut Bed) {
 /// sent to the dead process fail with 502 (nginx does not run a
 /// non-idempotent request twice): counted and reported. The restarted host
 /// gets traffic again within fail_timeout: nginx skips a failed host for
-/// fail_timeout from its last failure, then the next request probes it
-/// (2 s of slack for that request and a busy machine).
+/// fail_timeout from its last failure, counted in whole seconds (so up to
+/// a second more), then the next request probes it: 2 s of slack for the
+/// rounding, that request and a busy machine.
 fn sigkill(bed: &mut Bed) {
     let load = Load::start(&bed.front);
     std::thread::sleep(Duration::from_secs(1));
