@@ -94,6 +94,14 @@ pub struct ServeArgs {
     )]
     pub http: Vec<ListenAddr>,
 
+    /// TCP clients served, on every TCP listener (inherited or bound):
+    /// addresses and CIDR ranges, comma-separated, e.g.
+    /// 10.0.0.1,10.0.1.0/24,fd00::/8. Other peers are closed at accept and
+    /// logged. `any` serves every peer. Needed to --listen on an address
+    /// other than loopback; unix sockets are not affected.
+    #[arg(long, value_name = "LIST", env = "MYFLASK_ALLOWED_CLIENTS")]
+    pub allowed_clients: Option<crate::allow::AllowList>,
+
     /// Mode of unix sockets myflask binds itself (like php-fpm's listen.mode).
     #[arg(long, value_name = "OCTAL", default_value = "0660", value_parser = parse_mode, env = "MYFLASK_SOCKET_MODE")]
     pub socket_mode: u32,
@@ -379,10 +387,16 @@ fn serve(
         mode: Some(args.socket_mode),
         group: args.socket_group.clone(),
     };
+    let allow = args.allowed_clients.as_ref();
+    let asked: Vec<_> = args.listen.iter().chain(&args.http).collect();
+    if let Err(e) = crate::allow::check_bind(&asked, allow) {
+        return fail_start(e);
+    }
     let listeners = match listen::listeners(&args.listen, &args.http, &opts) {
         Ok(l) => l,
         Err(e) => return fail_start(e),
     };
+    crate::allow::warn_unguarded(&listeners, allow);
     let mut max_connections = args.max_connections.max(1);
     let fd_budget = nofile.saturating_sub(64) as usize;
     if max_connections > fd_budget {
@@ -404,6 +418,7 @@ fn serve(
         // tokio's interval panics on a zero period.
         status_interval: args.status_interval.max(Duration::from_millis(10)),
         handle_signals: true,
+        allowed_clients: args.allowed_clients,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

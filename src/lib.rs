@@ -26,6 +26,7 @@
 
 pub mod access;
 pub mod addr;
+pub mod allow;
 pub mod app;
 pub mod appname;
 pub mod body;

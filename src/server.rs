@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// own (tokio cannot uninstall a handler once installed) and use
     /// [`Server::shutdown_token`] instead.
     pub handle_signals: bool,
+    /// TCP peers served (src/allow.rs); `None` serves every peer.
+    pub allowed_clients: Option<crate::allow::AllowList>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             idle_exit: None,
             status_interval: Duration::from_secs(5),
             handle_signals: true,
+            allowed_clients: None,
         }
     }
 }
@@ -160,7 +163,11 @@ impl Server {
                 }
                 Socket::Tcp(s) => {
                     let s = tokio::net::TcpListener::from_std(s)?;
-                    tokio::spawn(acceptor.run(s))
+                    let allow = cfg.allowed_clients.as_ref();
+                    match crate::allow::AllowList::gate(allow, &l.address) {
+                        Some(gate) => tokio::spawn(acceptor.run(Guarded(s, gate))),
+                        None => tokio::spawn(acceptor.run(s)),
+                    }
                 }
             };
             accept_loops.push(handle);
@@ -390,5 +397,22 @@ impl Accept for tokio::net::TcpListener {
         // Responses are written whole; Nagle would only delay them.
         let _ = s.set_nodelay(true);
         Ok((s, Some(peer.to_string())))
+    }
+}
+
+/// A TCP listener with an allow-list: peers outside it are closed at
+/// accept, before anything is read (the gate logs them).
+struct Guarded(tokio::net::TcpListener, crate::allow::Gate);
+
+impl Accept for Guarded {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
+        loop {
+            let (s, peer) = self.0.accept().await?;
+            if self.1.admit(peer) {
+                let _ = s.set_nodelay(true);
+                return Ok((s, Some(peer.to_string())));
+            }
+        }
     }
 }

@@ -472,6 +472,9 @@ check_tcp_listen() {
     ok "unix socket through nginx still 200" eq "$code" 200
 }
 
+# ip-allow (issue 15): tests/systemd/check-ipallow.sh
+. "$here/check-ipallow.sh"
+
 check_hardening() {
     local pid status uid name netns1 netns online inbed_off links
     http_code http://127.0.0.1/healthz >/dev/null
@@ -665,6 +668,7 @@ check 6-crash check_crash
 check 7-upgrade-under-load check_upgrade_under_load
 check two-instances check_two_instances
 check tcp-listen check_tcp_listen
+check ip-allow check_ip_allow
 check http-socket check_http_socket
 check 9-hardening check_hardening
 check 8-remove-purge check_remove_purge
