@@ -9,12 +9,12 @@
 use crate::access::AccessLog;
 use crate::body::Body;
 use crate::fastcgi::connection::{ConnMeta, Engine};
-use crate::service::{ResponseBody, box_body};
+use crate::service::{ResponseBody, ServerError, box_body, error_response_boxed};
 use crate::stats::RequestGuard;
 use crate::{RequestInfo, Transport};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -70,21 +70,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let resp = if declared.is_some_and(|n| n > limit) {
-        crate::app::text_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("413 request body exceeds the limit of {limit} bytes\n"),
-        )
+        error_response_boxed(&ServerError::BodyTooLarge { limit })
     } else {
-        let Some(guard) = engine.stats.try_request(engine.config.max_requests) else {
+        let max = engine.config.max_requests;
+        let Some(guard) = engine.stats.try_request(max) else {
             engine.stats.refused_overloaded();
-            let mut r = crate::app::text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "503 server is at its concurrent request limit\n",
-            );
-            r.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
+            let r = error_response_boxed(&ServerError::Overloaded { limit: max });
             return wrap(r, log, engine, None);
         };
         let (parts, body) = req.into_parts();
@@ -102,18 +93,12 @@ async fn handle(
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::error!(request_id, "service returned an error: {e}");
-                crate::app::text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal server error\n",
-                )
+                error_response_boxed(&ServerError::AppFailed)
             }
             Err(p) => {
                 let msg = crate::service::panic_message(&*p);
                 tracing::error!(request_id, uri = %log.uri, "handler panicked: {msg}");
-                crate::app::text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal server error\n",
-                )
+                error_response_boxed(&ServerError::AppFailed)
             }
         };
         return wrap(r, log, engine, Some(guard));

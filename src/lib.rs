@@ -41,7 +41,7 @@ pub mod systemd;
 pub use body::{Body, BodyError};
 pub use fastcgi::params::Params;
 pub use server::{Server, ServerConfig};
-pub use service::{App, BoxError, ResponseBody};
+pub use service::{App, BoxError, ResponseBody, ServerError, error_response};
 pub use stats::Stats;
 
 use std::sync::Arc;

@@ -11,16 +11,22 @@
 //! Behind both is one object-safe trait, so the connection code is not
 //! generic over the application (one copy of it in the binary, and the
 //! service's future is boxed once per request, nothing more).
+//!
+//! The server's own answers (a body over the limit, an overload, a failed
+//! handler) are built here too, by [`error_response`]: every transport
+//! meets the application at this boundary, so a failure reads the same
+//! whichever way the request came.
 
 use crate::body::Body;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Errors services and bodies may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -225,6 +231,100 @@ fn rethrow(panic: Box<dyn std::any::Any + Send>) -> BoxFuture {
     }))
 }
 
+/// A failure the server answers itself, in place of the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerError {
+    /// 400: the request could not be understood (the reason says why).
+    BadRequest(String),
+    /// 413: the request body is larger than `--max-body-bytes`.
+    BodyTooLarge { limit: u64 },
+    /// 431: the request head (FastCGI params) is larger than
+    /// `--max-params-bytes`.
+    HeadTooLarge { limit: usize },
+    /// 500: the application panicked or returned an error. The details go
+    /// to the log, never to the client.
+    AppFailed,
+    /// 503: `--max-requests` requests are already in flight server-wide.
+    Overloaded { limit: usize },
+    /// 503: the FastCGI connection already carries
+    /// `--max-requests-per-conn` requests.
+    ConnectionBusy { limit: usize },
+    /// 504: the application gave no response within `after`.
+    Timeout { after: Duration },
+}
+
+impl ServerError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServerError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServerError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ServerError::AppFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::Overloaded { .. } | ServerError::ConnectionBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// The one-sentence reason: the response body (after the status code) and
+/// the access log's note.
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::BadRequest(why) => f.write_str(why),
+            ServerError::BodyTooLarge { limit } => {
+                write!(f, "request body exceeds the limit of {limit} bytes")
+            }
+            ServerError::HeadTooLarge { limit } => write!(
+                f,
+                "request head (FastCGI params) exceeds the limit of {limit} bytes"
+            ),
+            ServerError::AppFailed => f.write_str("internal server error"),
+            ServerError::Overloaded { limit } => {
+                write!(f, "server is at its limit of {limit} concurrent requests")
+            }
+            ServerError::ConnectionBusy { limit } => write!(
+                f,
+                "too many concurrent requests on this connection (limit {limit})"
+            ),
+            ServerError::Timeout { after } => {
+                write!(f, "the application gave no response within {after:?}")
+            }
+        }
+    }
+}
+
+/// Builds the server's own response to `err`, for every transport:
+/// `text/plain`, the body `"<code> <reason>\n"`, and `Retry-After: 1` on a
+/// 503 (the condition is momentary; nginx passes the header on). Cold path:
+/// it allocates freely.
+pub fn error_response(err: &ServerError) -> Response<Bytes> {
+    let status = err.status();
+    let body = Bytes::from(format!("{} {err}\n", status.as_u16()));
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    r
+}
+
+/// [`error_response`] with its body erased, as a service's response is.
+pub fn error_response_boxed(err: &ServerError) -> Response<ResponseBody> {
+    error_response(err).map(|b| box_body(http_body_util::Full::new(b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +340,49 @@ mod tests {
         assert_eq!(twice.size_hint().exact(), Some(5));
         let got = twice.collect().await.expect("body").to_bytes();
         assert_eq!(&got[..], b"hello");
+    }
+
+    #[test]
+    fn error_responses_say_their_status_and_reason_in_plain_text() {
+        let cases = [
+            (
+                ServerError::BadRequest("no REQUEST_METHOD".into()),
+                "400 no REQUEST_METHOD\n",
+            ),
+            (
+                ServerError::BodyTooLarge { limit: 10 },
+                "413 request body exceeds the limit of 10 bytes\n",
+            ),
+            (
+                ServerError::HeadTooLarge { limit: 20 },
+                "431 request head (FastCGI params) exceeds the limit of 20 bytes\n",
+            ),
+            (ServerError::AppFailed, "500 internal server error\n"),
+            (
+                ServerError::Overloaded { limit: 3 },
+                "503 server is at its limit of 3 concurrent requests\n",
+            ),
+            (
+                ServerError::ConnectionBusy { limit: 4 },
+                "503 too many concurrent requests on this connection (limit 4)\n",
+            ),
+            (
+                ServerError::Timeout {
+                    after: Duration::from_secs(5),
+                },
+                "504 the application gave no response within 5s\n",
+            ),
+        ];
+        for (err, body) in cases {
+            let r = error_response(&err);
+            assert_eq!(r.status(), err.status());
+            assert_eq!(&r.body()[..], body.as_bytes(), "{err:?}");
+            assert_eq!(
+                r.headers()[http::header::CONTENT_TYPE],
+                "text/plain; charset=utf-8"
+            );
+            let retry = r.headers().get(http::header::RETRY_AFTER);
+            assert_eq!(retry.is_some(), r.status() == 503, "{err:?}");
+        }
     }
 }
