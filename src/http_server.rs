@@ -8,10 +8,9 @@
 
 use crate::access::AccessLog;
 use crate::body::Body;
-use crate::fastcgi::connection::{ConnMeta, Engine};
-use crate::service::{ResponseBody, ServerError, box_body, error_response_boxed};
-use crate::stats::RequestGuard;
-use crate::{RequestInfo, Transport};
+use crate::service::{App, ResponseBody, ServerError, box_body, error_response_boxed};
+use crate::stats::{RequestGuard, Stats};
+use crate::{ConnMeta, RequestInfo, Transport};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Request, Response};
@@ -23,21 +22,39 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+/// What every HTTP connection shares: the app, the limits that apply over
+/// HTTP, the live figures and the shutdown signal.
+pub(crate) struct HttpShared {
+    pub app: App,
+    /// `--max-body-bytes`: a larger declared body is a 413, a larger
+    /// streamed one fails the handler's body.
+    pub max_body_bytes: u64,
+    /// `--max-requests` (server-wide, shared with FastCGI through `stats`).
+    pub max_requests: usize,
+    /// `--stall-timeout`: how long a request head may take to arrive.
+    pub header_timeout: Duration,
+    pub stats: Arc<Stats>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
 
 /// Serves one HTTP connection until it closes or the server shuts down.
-pub(crate) async fn serve<IO>(io: IO, peer: Option<String>, engine: Arc<Engine>, meta: ConnMeta)
+pub(crate) async fn serve<IO>(io: IO, peer: Option<String>, shared: Arc<HttpShared>, meta: ConnMeta)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shutdown = engine.shutdown.clone();
-    let svc_engine = engine.clone();
+    let shutdown = shared.shutdown.clone();
+    let header_timeout = shared.header_timeout;
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        handle(req, svc_engine.clone(), meta.clone(), peer.clone()).map(Ok::<_, Infallible>)
+        handle(req, shared.clone(), meta.clone(), peer.clone()).map(Ok::<_, Infallible>)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(engine.config.stall_timeout)
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
@@ -57,13 +74,13 @@ where
 
 async fn handle(
     req: Request<Incoming>,
-    engine: Arc<Engine>,
+    shared: Arc<HttpShared>,
     meta: ConnMeta,
     peer: Option<String>,
 ) -> Response<LoggedBody> {
-    let request_id = engine.stats.next_request_id();
+    let request_id = shared.stats.next_request_id();
     let log = AccessLog::new("http", req.method(), req.uri(), peer.as_deref(), request_id);
-    let limit = engine.config.max_body_bytes;
+    let limit = shared.max_body_bytes;
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -72,11 +89,11 @@ async fn handle(
     let resp = if declared.is_some_and(|n| n > limit) {
         error_response_boxed(&ServerError::BodyTooLarge { limit })
     } else {
-        let max = engine.config.max_requests;
-        let Some(guard) = engine.stats.try_request(max) else {
-            engine.stats.refused_overloaded();
+        let max = shared.max_requests;
+        let Some(guard) = shared.stats.try_request(max) else {
+            shared.stats.refused_overloaded();
             let r = error_response_boxed(&ServerError::Overloaded { limit: max });
-            return wrap(r, log, engine, None);
+            return wrap(r, log, shared, None);
         };
         let (parts, body) = req.into_parts();
         let mut req = Request::from_parts(parts, Body::incoming(body, limit));
@@ -89,7 +106,7 @@ async fn handle(
             scheme: http::uri::Scheme::HTTP,
             params: None,
         });
-        let r = match AssertUnwindSafe(engine.app.call(req)).catch_unwind().await {
+        let r = match AssertUnwindSafe(shared.app.call(req)).catch_unwind().await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::error!(request_id, "service returned an error: {e}");
@@ -101,22 +118,22 @@ async fn handle(
                 error_response_boxed(&ServerError::AppFailed)
             }
         };
-        return wrap(r, log, engine, Some(guard));
+        return wrap(r, log, shared, Some(guard));
     };
-    wrap(resp, log, engine, None)
+    wrap(resp, log, shared, None)
 }
 
 fn wrap(
     resp: Response<ResponseBody>,
     log: AccessLog,
-    engine: Arc<Engine>,
+    shared: Arc<HttpShared>,
     guard: Option<RequestGuard>,
 ) -> Response<LoggedBody> {
     let status = resp.status().as_u16();
     resp.map(|inner| LoggedBody {
         inner: box_body(inner),
         log: Some(log),
-        engine,
+        shared,
         status,
         bytes: 0,
         _guard: guard,
@@ -128,7 +145,7 @@ fn wrap(
 pub(crate) struct LoggedBody {
     inner: ResponseBody,
     log: Option<AccessLog>,
-    engine: Arc<Engine>,
+    shared: Arc<HttpShared>,
     status: u16,
     bytes: u64,
     /// Counts the request in flight (none for the server's own 413/503).
@@ -138,7 +155,7 @@ pub(crate) struct LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
-            log.finish(&self.engine.stats, self.status, self.bytes, None);
+            log.finish(&self.shared.stats, self.status, self.bytes, None);
         }
     }
 }

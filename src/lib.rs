@@ -46,10 +46,12 @@ pub use stats::Stats;
 
 use std::sync::Arc;
 
-/// Which protocol carried a request.
+/// The protocol a listener speaks, and so the one that carried a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// FastCGI responder (nginx `fastcgi_pass`).
     FastCgi,
+    /// HTTP/1.1 (development, health checks, nginx `proxy_pass`).
     Http,
 }
 
@@ -60,6 +62,16 @@ impl Transport {
             Transport::Http => "HTTP",
         }
     }
+}
+
+/// Where a connection came from; both transports copy it into each of its
+/// requests' [`RequestInfo`].
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// The listener, e.g. `unix:/run/myflask/fcgi.sock`.
+    pub listener: Arc<str>,
+    /// Whether the listening socket was inherited from systemd.
+    pub inherited: bool,
 }
 
 /// Request extension: how and where a request arrived, and over FastCGI

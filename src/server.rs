@@ -13,18 +13,23 @@
 //!    idle connections close, busy ones close after their last request, and
 //!    the process exits once all are gone or `--shutdown-timeout` passes.
 //!
-//! Sockets that systemd owns are never unlinked; the ones we bound are.
+//! A listener speaks what it was bound for; a socket systemd passed speaks
+//! HTTP/1.1 if its fd is named `http` (`FileDescriptorName=http`) and
+//! FastCGI otherwise. Sockets that systemd owns are never unlinked; the ones
+//! we bound are.
 
-use crate::fastcgi::connection::{self, ConnConfig, ConnMeta, Engine};
-use crate::http_server;
+use crate::fastcgi::connection::{self, ConnConfig, Engine};
+use crate::http_server::{self, HttpShared};
 use crate::service::App;
 use crate::stats::Stats;
-use crate::systemd::listen::{Listener, Protocol, Socket};
+use crate::systemd::listen::{Listener, Socket};
 use crate::systemd::notify;
+use crate::{ConnMeta, Transport};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -97,26 +102,13 @@ impl Server {
 
     /// Describes each listener, for the application's front page.
     pub fn listener_descriptions(&self) -> Vec<String> {
-        self.listeners.iter().map(Listener::describe).collect()
+        self.listeners.iter().map(describe).collect()
     }
 
     /// Serves until shutdown. Must run inside a tokio runtime.
     pub async fn serve(mut self, app: App) -> anyhow::Result<()> {
         let cfg = &self.config;
-        let engine = Arc::new(Engine {
-            app,
-            config: ConnConfig {
-                max_requests_per_conn: cfg.max_requests_per_conn,
-                max_params_bytes: cfg.max_params_bytes,
-                max_body_bytes: cfg.max_body_bytes,
-                stall_timeout: cfg.stall_timeout,
-                idle_timeout: cfg.idle_timeout,
-                max_conns: cfg.max_connections,
-                max_requests: cfg.max_requests,
-            },
-            stats: self.stats.clone(),
-            shutdown: self.shutdown.clone(),
-        });
+        let handlers = Handlers::new(cfg, app, &self.stats, &self.shutdown);
         let conn_slots = Arc::new(Semaphore::new(cfg.max_connections));
         let connections = TaskTracker::new();
 
@@ -135,7 +127,7 @@ impl Server {
         let mut owned_paths = Vec::new();
         let mut alive_flags = Vec::new();
         for l in std::mem::take(&mut self.listeners) {
-            info!("listening: {}", l.describe());
+            info!("listening: {}", describe(&l));
             if let Some(p) = &l.owned_path {
                 owned_paths.push(p.clone());
             }
@@ -146,23 +138,14 @@ impl Server {
             let alive = Arc::new(AtomicBool::new(true));
             alive_flags.push(alive.clone());
             let acceptor = Acceptor {
-                engine: engine.clone(),
+                handler: handlers.for_transport(transport_of(&l)),
+                stats: self.stats.clone(),
                 slots: conn_slots.clone(),
                 tracker: connections.clone(),
                 meta,
-                protocol: l.protocol,
                 alive,
             };
-            let handle = match l.socket {
-                Socket::Unix(s) => {
-                    let s = tokio::net::UnixListener::from_std(s)?;
-                    tokio::spawn(acceptor.run(s))
-                }
-                Socket::Tcp(s) => {
-                    let s = tokio::net::TcpListener::from_std(s)?;
-                    tokio::spawn(acceptor.run(s))
-                }
-            };
+            let handle = acceptor.start(l.socket)?;
             accept_loops.push(handle);
         }
 
@@ -274,12 +257,78 @@ impl Server {
     }
 }
 
+/// What a listener speaks: what it was bound for; for a socket systemd
+/// passed, HTTP/1.1 if its fd is named `http`, else FastCGI (the name the
+/// packaged `myflask-http.socket` gives it).
+fn transport_of(l: &Listener) -> Transport {
+    match (l.transport, l.inherited.as_deref()) {
+        (Some(t), _) => t,
+        (None, Some("http")) => Transport::Http,
+        (None, _) => Transport::FastCgi,
+    }
+}
+
+/// `FastCGI on unix:/run/myflask/fcgi.sock (inherited from systemd, ...)`.
+fn describe(l: &Listener) -> String {
+    format!("{} on {}", transport_of(l).as_str(), l.describe())
+}
+
+/// What each transport's connections share, built once per `serve`.
+struct Handlers {
+    fastcgi: Arc<Engine>,
+    http: Arc<HttpShared>,
+}
+
+impl Handlers {
+    fn new(cfg: &ServerConfig, app: App, stats: &Arc<Stats>, shutdown: &CancellationToken) -> Self {
+        let fastcgi = Arc::new(Engine {
+            app: app.clone(),
+            config: ConnConfig {
+                max_requests_per_conn: cfg.max_requests_per_conn,
+                max_params_bytes: cfg.max_params_bytes,
+                max_body_bytes: cfg.max_body_bytes,
+                stall_timeout: cfg.stall_timeout,
+                idle_timeout: cfg.idle_timeout,
+                max_conns: cfg.max_connections,
+                max_requests: cfg.max_requests,
+            },
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let http = Arc::new(HttpShared {
+            app,
+            max_body_bytes: cfg.max_body_bytes,
+            max_requests: cfg.max_requests,
+            header_timeout: cfg.stall_timeout,
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+        });
+        Handlers { fastcgi, http }
+    }
+
+    fn for_transport(&self, t: Transport) -> Handler {
+        match t {
+            Transport::FastCgi => Handler::FastCgi(self.fastcgi.clone()),
+            Transport::Http => Handler::Http(self.http.clone()),
+        }
+    }
+}
+
+/// The transport one listener's connections are served with.
+enum Handler {
+    FastCgi(Arc<Engine>),
+    Http(Arc<HttpShared>),
+}
+
+/// One listener's accept loop.
 struct Acceptor {
-    engine: Arc<Engine>,
+    handler: Handler,
+    stats: Arc<Stats>,
+    /// `--max-connections`, shared by every listener.
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
     meta: ConnMeta,
-    protocol: Protocol,
+    /// Cleared when the loop ends (for the watchdog).
     alive: Arc<AtomicBool>,
 }
 
@@ -296,36 +345,12 @@ async fn accept_error(listener: &str, e: std::io::Error) {
 }
 
 impl Acceptor {
-    /// Starts serving one accepted connection; `slot` and the stats guard
-    /// live exactly as long as the connection.
-    fn spawn<S>(&self, stream: S, peer: Option<String>, slot: OwnedSemaphorePermit)
-    where
-        S: Split,
-    {
-        let guard = self.engine.stats.connection();
-        let engine = self.engine.clone();
-        // A copy of the listener's name per connection, not a clone of the
-        // server-wide one: every request clones it (`RequestInfo`), and one
-        // shared reference count bounced between the cores.
-        let meta = ConnMeta {
-            listener: Arc::from(&*self.meta.listener),
-            inherited: self.meta.inherited,
-        };
-        match self.protocol {
-            Protocol::FastCgi => {
-                let (r, w) = stream.split();
-                self.tracker.spawn(async move {
-                    connection::serve(r, w, engine, meta).await;
-                    drop((slot, guard));
-                });
-            }
-            Protocol::Http => {
-                self.tracker.spawn(async move {
-                    http_server::serve(stream, peer, engine, meta).await;
-                    drop((slot, guard));
-                });
-            }
-        }
+    /// Registers `socket` with the runtime and spawns the accept loop.
+    fn start(self, socket: Socket) -> std::io::Result<JoinHandle<()>> {
+        Ok(match socket {
+            Socket::Unix(s) => tokio::spawn(self.run(tokio::net::UnixListener::from_std(s)?)),
+            Socket::Tcp(s) => tokio::spawn(self.run(tokio::net::TcpListener::from_std(s)?)),
+        })
     }
 
     async fn run<L: Accept>(self, listener: L) {
@@ -341,6 +366,36 @@ impl Acceptor {
             }
         }
         self.alive.store(false, Ordering::Relaxed);
+    }
+
+    /// Starts serving one accepted connection; `slot` and the stats guard
+    /// live exactly as long as the connection.
+    fn spawn<S: Split>(&self, stream: S, peer: Option<String>, slot: OwnedSemaphorePermit) {
+        let held = (slot, self.stats.connection());
+        // Each connection gets its own copy of the listener's name: every
+        // request clones it into `RequestInfo`, and one reference count
+        // shared by all connections would be written by every core.
+        let meta = ConnMeta {
+            listener: Arc::from(&*self.meta.listener),
+            inherited: self.meta.inherited,
+        };
+        match &self.handler {
+            Handler::FastCgi(engine) => {
+                let engine = engine.clone();
+                let (r, w) = stream.split();
+                self.tracker.spawn(async move {
+                    connection::serve(r, w, engine, meta).await;
+                    drop(held);
+                });
+            }
+            Handler::Http(shared) => {
+                let shared = shared.clone();
+                self.tracker.spawn(async move {
+                    http_server::serve(stream, peer, shared, meta).await;
+                    drop(held);
+                });
+            }
+        }
     }
 }
 
@@ -390,5 +445,43 @@ impl Accept for tokio::net::TcpListener {
         // Responses are written whole; Nagle would only delay them.
         let _ = s.set_nodelay(true);
         Ok((s, Some(peer.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(transport: Option<Transport>, fd_name: Option<&str>) -> Listener {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        Listener {
+            socket: Socket::Tcp(socket),
+            transport,
+            address: "127.0.0.1:9000".into(),
+            inherited: fd_name.map(str::to_string),
+            owned_path: None,
+        }
+    }
+
+    #[test]
+    fn a_listener_speaks_what_it_was_bound_for_or_what_its_fd_name_says() {
+        use Transport::{FastCgi, Http};
+        let cases = [
+            (Some(FastCgi), None, FastCgi),
+            (Some(Http), None, Http),
+            (None, Some("http"), Http),
+            (None, Some("fastcgi"), FastCgi),
+            (None, Some("tcp-fcgi"), FastCgi),
+            (None, Some("unknown"), FastCgi),
+            (None, Some("HTTP"), FastCgi),
+        ];
+        for (bound_for, fd_name, want) in cases {
+            let l = listener(bound_for, fd_name);
+            assert_eq!(transport_of(&l), want, "{bound_for:?} {fd_name:?}");
+        }
+        assert_eq!(
+            describe(&listener(None, Some("http"))),
+            "HTTP on 127.0.0.1:9000 (inherited from systemd, fd name \"http\")"
+        );
     }
 }

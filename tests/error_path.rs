@@ -13,8 +13,8 @@ use http::{Request, Response};
 use http_body_util::Full;
 use myflask::addr::ListenAddr;
 use myflask::fastcgi::client;
-use myflask::systemd::listen::{self, BindOptions, Protocol};
-use myflask::{App, Server, ServerConfig, Stats};
+use myflask::systemd::listen::{self, BindOptions};
+use myflask::{App, Server, ServerConfig, Stats, Transport};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,8 +111,8 @@ fn serve(gate: Arc<Semaphore>) -> Both {
         .unwrap();
     let opts = BindOptions::default();
     let listeners = vec![
-        listen::bind(&fcgi, Protocol::FastCgi, &opts).unwrap(),
-        listen::bind(&ListenAddr::Unix(http.clone()), Protocol::Http, &opts).unwrap(),
+        listen::bind(&fcgi, Transport::FastCgi, &opts).unwrap(),
+        listen::bind(&ListenAddr::Unix(http.clone()), Transport::Http, &opts).unwrap(),
     ];
     let config = ServerConfig {
         max_requests: 1,

@@ -50,7 +50,7 @@ use crate::service::{
     panic_message,
 };
 use crate::stats::Stats;
-use crate::{RequestInfo, Transport};
+use crate::{ConnMeta, RequestInfo, Transport};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http_body::Body as _;
@@ -116,13 +116,6 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
-}
-
-/// Where a connection came from, for `RequestInfo` and logs.
-#[derive(Debug, Clone)]
-pub struct ConnMeta {
-    pub listener: Arc<str>,
-    pub inherited: bool,
 }
 
 /// The read half of a connection. `readable` lets an idle connection wait

@@ -2,10 +2,11 @@
 //!
 //! Inherited sockets follow sd_listen_fds(3): fds from 3 on, `LISTEN_FDS` of
 //! them, valid only if `LISTEN_PID` is our pid, named by `LISTEN_FDNAMES`
-//! (from `FileDescriptorName=`). An fd named `http` speaks HTTP/1.1, every
-//! other one FastCGI. This must run before any thread exists: it unsets the
-//! variables (so children do not inherit them) and `remove_var` is only
-//! sound while the process is single-threaded.
+//! (from `FileDescriptorName=`). What an inherited socket speaks is the
+//! server's decision, by that name; this file only hands the name on. This
+//! must run before any thread exists: it unsets the variables (so children
+//! do not inherit them) and `remove_var` is only sound while the process is
+//! single-threaded.
 //!
 //! Without inherited sockets we bind what `--listen`/`--http` ask for. A
 //! stale unix socket file (nothing answers on it) is replaced; a live one is
@@ -14,27 +15,12 @@
 //! /tmp directories, which is exactly how the seed deployment failed with
 //! `connect() to unix:/tmp/fcgi.sock failed (2: No such file or directory)`.
 
+use crate::Transport;
 use crate::addr::ListenAddr;
 use anyhow::{Context, bail};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-/// What a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    FastCgi,
-    Http,
-}
-
-impl Protocol {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Protocol::FastCgi => "FastCGI",
-            Protocol::Http => "HTTP",
-        }
-    }
-}
 
 /// A listening socket, not yet registered with a runtime.
 #[derive(Debug)]
@@ -47,7 +33,9 @@ pub enum Socket {
 #[derive(Debug)]
 pub struct Listener {
     pub socket: Socket,
-    pub protocol: Protocol,
+    /// The transport the caller bound it for (see [`bind`]); `None` for a
+    /// socket systemd passed, which the server assigns by its fd name.
+    pub transport: Option<Transport>,
     /// `unix:/path` or `host:port`.
     pub address: String,
     /// Inherited from systemd (`Some(fd name)`) or bound by us (`None`).
@@ -58,18 +46,15 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// The address and where the socket came from, e.g.
+    /// `unix:/run/myflask/fcgi.sock (inherited from systemd, fd name "fcgi")`.
     pub fn describe(&self) -> String {
         match &self.inherited {
             Some(name) => format!(
-                "{} on {} (inherited from systemd, fd name {name:?})",
-                self.protocol.as_str(),
+                "{} (inherited from systemd, fd name {name:?})",
                 self.address
             ),
-            None => format!(
-                "{} on {} (bound by myflask)",
-                self.protocol.as_str(),
-                self.address
-            ),
+            None => format!("{} (bound by myflask)", self.address),
         }
     }
 }
@@ -194,11 +179,6 @@ pub fn inherited() -> anyhow::Result<Vec<Listener>> {
     for (i, name) in names.into_iter().enumerate() {
         let fd = SD_LISTEN_FDS_START + i as RawFd;
         let family = check_fd(fd, &name)?;
-        let protocol = if name == "http" {
-            Protocol::Http
-        } else {
-            Protocol::FastCgi
-        };
         let (socket, address) = if family == libc::AF_UNIX {
             let l = fds
                 .take_unix_listener(i)
@@ -227,7 +207,7 @@ pub fn inherited() -> anyhow::Result<Vec<Listener>> {
         set_nonblocking(&socket)?;
         out.push(Listener {
             socket,
-            protocol,
+            transport: None,
             address,
             inherited: Some(name),
             owned_path: None,
@@ -350,8 +330,12 @@ fn abandon(bound: Vec<Listener>, e: anyhow::Error) -> anyhow::Error {
     e
 }
 
-/// Binds `addr` ourselves.
-pub fn bind(addr: &ListenAddr, protocol: Protocol, opts: &BindOptions) -> anyhow::Result<Listener> {
+/// Binds `addr` ourselves, for the server to serve `transport` on.
+pub fn bind(
+    addr: &ListenAddr,
+    transport: Transport,
+    opts: &BindOptions,
+) -> anyhow::Result<Listener> {
     let (socket, owned_path) = match addr {
         ListenAddr::Unix(p) => (Socket::Unix(bind_unix(p, opts)?), Some(p.clone())),
         ListenAddr::Tcp(a) => {
@@ -370,7 +354,7 @@ pub fn bind(addr: &ListenAddr, protocol: Protocol, opts: &BindOptions) -> anyhow
     set_nonblocking(&socket)?;
     Ok(Listener {
         socket,
-        protocol,
+        transport: Some(transport),
         address,
         inherited: None,
         owned_path,
@@ -393,10 +377,10 @@ pub fn listeners(
     let mut out = inherited()?;
     let wanted = fastcgi
         .iter()
-        .map(|a| (a, Protocol::FastCgi))
-        .chain(http.iter().map(|a| (a, Protocol::Http)));
-    for (a, protocol) in wanted {
-        match bind(a, protocol, opts) {
+        .map(|a| (a, Transport::FastCgi))
+        .chain(http.iter().map(|a| (a, Transport::Http)));
+    for (a, transport) in wanted {
+        match bind(a, transport, opts) {
             Ok(l) => out.push(l),
             Err(e) => return Err(abandon(out, e)),
         }
@@ -405,7 +389,7 @@ pub fn listeners(
         let addr: ListenAddr = DEFAULT_LISTEN
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;
-        out.push(bind(&addr, Protocol::FastCgi, opts).with_context(|| {
+        out.push(bind(&addr, Transport::FastCgi, opts).with_context(|| {
             format!(
                 "no socket inherited and none given (--listen); the default {DEFAULT_LISTEN} failed"
             )
