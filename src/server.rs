@@ -1,7 +1,8 @@
-//! The server: accept loops, connection and request limits, readiness,
-//! status, watchdog, and graceful shutdown.
+//! The server: which transport each listener speaks, accept loops,
+//! connection and request limits, readiness, status, watchdog, and
+//! graceful shutdown.
 //!
-//! Lifecycle:
+//! Lifecycle ([`Server::serve`]):
 //! 1. listeners (already bound or inherited) are registered with the runtime
 //!    and one accept loop per listener starts;
 //! 2. `READY=1` is sent only then, with a first `STATUS=`;
@@ -25,6 +26,7 @@ use crate::stats::Stats;
 use crate::systemd::listen::{Listener, Socket};
 use crate::systemd::notify;
 use crate::{ConnMeta, Transport};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -37,15 +39,25 @@ use tracing::{error, info, warn};
 /// Server settings (the `serve` flags).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Open connections at most; accepting pauses at the cap.
     pub max_connections: usize,
+    /// Requests in flight at most, server-wide; more get a 503.
     pub max_requests: usize,
+    /// Requests in flight at most on one FastCGI connection.
     pub max_requests_per_conn: usize,
+    /// Size of a request's FastCGI params at most; more is a 431.
     pub max_params_bytes: usize,
+    /// Size of a request body at most; more is a 413.
     pub max_body_bytes: u64,
+    /// How long a peer may stall mid-record or mid-request.
     pub stall_timeout: Duration,
+    /// How long a connection may sit with no request in flight.
     pub idle_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// Exit after this long without a connection (`--idle-exit`).
     pub idle_exit: Option<Duration>,
+    /// How often the systemd `STATUS=` line is refreshed.
     pub status_interval: Duration,
     /// Install SIGTERM/SIGINT handlers that start a graceful shutdown. The
     /// binary wants them; a program embedding the library may prefer its
@@ -107,153 +119,85 @@ impl Server {
 
     /// Serves until shutdown. Must run inside a tokio runtime.
     pub async fn serve(mut self, app: App) -> anyhow::Result<()> {
-        let cfg = &self.config;
-        let handlers = Handlers::new(cfg, app, &self.stats, &self.shutdown);
-        let conn_slots = Arc::new(Semaphore::new(cfg.max_connections));
-        let connections = TaskTracker::new();
+        // Before READY: a SIGTERM that arrives right after it must drain.
+        let mut signals = StopSignals::install(self.config.handle_signals)?;
+        let accepting = self.start_accepting(app)?;
+        notify::ready(&format!("serving; {}", status_text(&self.stats)));
+        info!("ready");
+        let status = spawn_status(self.stats.clone(), self.config.status_interval);
+        let watchdog = spawn_watchdog(accepting.alive.clone());
+        let reason = self.wait_for_stop(&mut signals).await;
+        // Status and watchdog run until the drain is over: `STATUS=` goes on
+        // counting the requests that finish, and a runtime wedged mid-drain
+        // stops the pings.
+        self.drain(accepting, reason).await;
+        status.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        Ok(())
+    }
 
-        // Signals first: a SIGTERM that arrives right after READY must drain.
-        let mut signals = if cfg.handle_signals {
-            use tokio::signal::unix::{SignalKind, signal};
-            Some((
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::interrupt())?,
-            ))
-        } else {
-            None
-        };
-
-        let mut accept_loops = Vec::new();
-        let mut owned_paths = Vec::new();
-        let mut alive_flags = Vec::new();
+    /// Registers every listener with the runtime and starts its accept loop.
+    fn start_accepting(&mut self, app: App) -> anyhow::Result<Accepting> {
+        let handlers = Handlers::new(&self.config, app, &self.stats, &self.shutdown);
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut accepting = Accepting::default();
         for l in std::mem::take(&mut self.listeners) {
             info!("listening: {}", describe(&l));
-            if let Some(p) = &l.owned_path {
-                owned_paths.push(p.clone());
-            }
-            let meta = ConnMeta {
-                listener: Arc::from(l.address.as_str()),
-                inherited: l.inherited.is_some(),
-            };
+            accepting.owned_paths.extend(l.owned_path.clone());
             let alive = Arc::new(AtomicBool::new(true));
-            alive_flags.push(alive.clone());
+            accepting.alive.push(alive.clone());
             let acceptor = Acceptor {
                 handler: handlers.for_transport(transport_of(&l)),
                 stats: self.stats.clone(),
-                slots: conn_slots.clone(),
-                tracker: connections.clone(),
-                meta,
+                slots: slots.clone(),
+                tracker: accepting.connections.clone(),
+                meta: ConnMeta {
+                    listener: Arc::from(l.address.as_str()),
+                    inherited: l.inherited.is_some(),
+                },
                 alive,
             };
-            let handle = acceptor.start(l.socket)?;
-            accept_loops.push(handle);
+            accepting.loops.push(acceptor.start(l.socket)?);
         }
+        Ok(accepting)
+    }
 
-        let first_status = format!("serving; {}", Self::status_text(&self.stats));
-        notify::ready(&first_status);
-        info!("ready");
-
-        let status_task = {
-            let stats = self.stats.clone();
-            let every = cfg.status_interval;
-            tokio::spawn(async move {
-                let mut t = tokio::time::interval(every);
-                t.tick().await;
-                loop {
-                    t.tick().await;
-                    notify::status(&Self::status_text(&stats));
-                }
-            })
-        };
-
-        let watchdog_task = notify::watchdog_period().map(|period| {
-            let alive_flags = alive_flags.clone();
-            info!("systemd watchdog enabled: pinging every {:?}", period / 2);
-            tokio::spawn(async move {
-                let mut t = tokio::time::interval(period / 2);
-                loop {
-                    t.tick().await;
-                    // Reaching this line proves the runtime schedules tasks;
-                    // the flags prove every listener still accepts.
-                    if alive_flags.iter().all(|a| a.load(Ordering::Relaxed)) {
-                        notify::watchdog();
-                    } else {
-                        error!("an accept loop has died; withholding watchdog pings so systemd restarts us");
-                    }
-                }
-            })
-        });
-
-        let idle_exit = async {
-            match cfg.idle_exit {
-                None => std::future::pending::<()>().await,
-                Some(limit) => {
-                    let mut idle_for = Duration::ZERO;
-                    let step = Duration::from_millis(250).min(limit);
-                    loop {
-                        tokio::time::sleep(step).await;
-                        if self.stats.active_connections() == 0 {
-                            idle_for += step;
-                            if idle_for >= limit {
-                                return;
-                            }
-                        } else {
-                            idle_for = Duration::ZERO;
-                        }
-                    }
-                }
-            }
-        };
-
-        let signal = async {
-            match &mut signals {
-                Some((term, int)) => tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                },
-                None => std::future::pending().await,
-            }
-        };
-        let reason = tokio::select! {
-            r = signal => r,
-            _ = idle_exit => "idle exit (no connection)",
+    /// Waits for a reason to stop; returns it, for the log and `STATUS=`.
+    async fn wait_for_stop(&self, signals: &mut StopSignals) -> &'static str {
+        tokio::select! {
+            r = signals.recv() => r,
+            _ = idle_exit(&self.stats, self.config.idle_exit) => "idle exit (no connection)",
             _ = self.shutdown.cancelled() => "shutdown requested",
-        };
+        }
+    }
+
+    /// Stops accepting, lets the connections finish (up to
+    /// `--shutdown-timeout`), and removes the socket files we bound.
+    async fn drain(&self, accepting: Accepting, reason: &str) {
         let in_flight = self.stats.active_requests();
         info!("{reason}: shutting down; draining {in_flight} requests in flight");
         notify::stopping(&format!(
             "stopping ({reason}); draining {in_flight} requests"
         ));
         self.shutdown.cancel();
-        for h in &accept_loops {
+        for h in &accepting.loops {
             h.abort();
         }
-        connections.close();
-        let drained = tokio::time::timeout(cfg.shutdown_timeout, connections.wait()).await;
-        status_task.abort();
-        if let Some(w) = watchdog_task {
-            w.abort();
-        }
-        for p in owned_paths {
-            let _ = std::fs::remove_file(&p);
+        accepting.connections.close();
+        let limit = self.config.shutdown_timeout;
+        let drained = tokio::time::timeout(limit, accepting.connections.wait()).await;
+        for p in &accepting.owned_paths {
+            let _ = std::fs::remove_file(p);
         }
         match drained {
             Ok(()) => info!("all connections closed; exiting"),
             Err(_) => warn!(
-                "shutdown timeout ({:?}) passed with {} requests still in flight; exiting anyway",
-                cfg.shutdown_timeout,
+                "shutdown timeout ({limit:?}) passed with {} requests still in flight; exiting anyway",
                 self.stats.active_requests()
             ),
         }
-        Ok(())
-    }
-
-    fn status_text(stats: &Stats) -> String {
-        let s = stats.snapshot();
-        format!(
-            "{} requests served, {} in flight, {} connections",
-            s.total_requests, s.active_requests, s.active_connections
-        )
     }
 }
 
@@ -271,6 +215,107 @@ fn transport_of(l: &Listener) -> Transport {
 /// `FastCGI on unix:/run/myflask/fcgi.sock (inherited from systemd, ...)`.
 fn describe(l: &Listener) -> String {
     format!("{} on {}", transport_of(l).as_str(), l.describe())
+}
+
+fn status_text(stats: &Stats) -> String {
+    let s = stats.snapshot();
+    format!(
+        "{} requests served, {} in flight, {} connections",
+        s.total_requests, s.active_requests, s.active_connections
+    )
+}
+
+/// Refreshes systemd's `STATUS=` line every `every`.
+fn spawn_status(stats: Arc<Stats>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.tick().await;
+        loop {
+            t.tick().await;
+            notify::status(&status_text(&stats));
+        }
+    })
+}
+
+/// Pings systemd's watchdog at half its period (when `WatchdogSec=` is
+/// set) while every accept loop is alive.
+fn spawn_watchdog(alive: Vec<Arc<AtomicBool>>) -> Option<JoinHandle<()>> {
+    let period = notify::watchdog_period()?;
+    info!("systemd watchdog enabled: pinging every {:?}", period / 2);
+    Some(tokio::spawn(async move {
+        let mut t = tokio::time::interval(period / 2);
+        loop {
+            t.tick().await;
+            // Reaching this line proves the runtime schedules tasks; the
+            // flags prove every listener still accepts.
+            if alive.iter().all(|a| a.load(Ordering::Relaxed)) {
+                notify::watchdog();
+            } else {
+                error!(
+                    "an accept loop has died; withholding watchdog pings so systemd restarts us"
+                );
+            }
+        }
+    }))
+}
+
+/// Returns once no connection has been open for `limit` (never without one).
+async fn idle_exit(stats: &Stats, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let mut idle_for = Duration::ZERO;
+    let step = Duration::from_millis(250).min(limit);
+    loop {
+        tokio::time::sleep(step).await;
+        if stats.active_connections() == 0 {
+            idle_for += step;
+            if idle_for >= limit {
+                return;
+            }
+        } else {
+            idle_for = Duration::ZERO;
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, when the server handles them
+/// ([`ServerConfig::handle_signals`]).
+struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn install(enabled: bool) -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        if !enabled {
+            return Ok(StopSignals(None));
+        }
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        Ok(StopSignals(Some((term, int))))
+    }
+
+    /// The name of the first signal to arrive (never, when not handled).
+    async fn recv(&mut self) -> &'static str {
+        match &mut self.0 {
+            Some((term, int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The running accept loops, and what shutdown needs of them.
+#[derive(Default)]
+struct Accepting {
+    loops: Vec<JoinHandle<()>>,
+    /// One flag per loop, cleared when it ends (for the watchdog).
+    alive: Vec<Arc<AtomicBool>>,
+    /// Every connection's task, awaited by the drain.
+    connections: TaskTracker,
+    /// Socket files we bound, removed on exit.
+    owned_paths: Vec<PathBuf>,
 }
 
 /// What each transport's connections share, built once per `serve`.
