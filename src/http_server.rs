@@ -2,9 +2,12 @@
 //! checks, and nginx `proxy_pass` setups.
 //!
 //! The request body is wrapped in [`Body`] with the same size limit as over
-//! FastCGI, a handler panic becomes a 500, and each request produces the
-//! same access-log event (logged when hyper is done with the response body,
-//! so bytes and duration cover the whole response).
+//! FastCGI; the server's own answers (413, 503, and the 500 for a handler
+//! that panics or fails) come from [`crate::service::error_response`], as
+//! over FastCGI; and each request produces the same access-log event
+//! (logged when hyper is done with the response body, so bytes and
+//! duration cover the whole response). This file knows nothing of FastCGI:
+//! the server hands it an `HttpShared`.
 
 use crate::access::AccessLog;
 use crate::body::Body;
@@ -72,6 +75,7 @@ where
     }
 }
 
+/// Answers one request: the server's own refusal, or the app's response.
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<HttpShared>,
@@ -80,47 +84,64 @@ async fn handle(
 ) -> Response<LoggedBody> {
     let request_id = shared.stats.next_request_id();
     let log = AccessLog::new("http", req.method(), req.uri(), peer.as_deref(), request_id);
+    let guard = match admit(&req, &shared) {
+        Ok(guard) => guard,
+        Err(refusal) => return wrap(error_response_boxed(&refusal), log, shared, None),
+    };
+    let (parts, body) = req.into_parts();
+    let mut req = Request::from_parts(parts, Body::incoming(body, shared.max_body_bytes));
+    req.extensions_mut().insert(RequestInfo {
+        transport: Transport::Http,
+        listener: meta.listener.clone(),
+        inherited: meta.inherited,
+        request_id,
+        peer,
+        scheme: http::uri::Scheme::HTTP,
+        params: None,
+    });
+    let resp = call_app(&shared.app, req, request_id, &log.uri).await;
+    wrap(resp, log, shared, Some(guard))
+}
+
+/// Counts the request in flight, or refuses it: a declared body over
+/// `--max-body-bytes` (413), or `--max-requests` already in flight (503).
+fn admit(req: &Request<Incoming>, shared: &HttpShared) -> Result<RequestGuard, ServerError> {
     let limit = shared.max_body_bytes;
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let resp = if declared.is_some_and(|n| n > limit) {
-        error_response_boxed(&ServerError::BodyTooLarge { limit })
-    } else {
-        let max = shared.max_requests;
-        let Some(guard) = shared.stats.try_request(max) else {
-            shared.stats.refused_overloaded();
-            let r = error_response_boxed(&ServerError::Overloaded { limit: max });
-            return wrap(r, log, shared, None);
-        };
-        let (parts, body) = req.into_parts();
-        let mut req = Request::from_parts(parts, Body::incoming(body, limit));
-        req.extensions_mut().insert(RequestInfo {
-            transport: Transport::Http,
-            listener: meta.listener.clone(),
-            inherited: meta.inherited,
-            request_id,
-            peer,
-            scheme: http::uri::Scheme::HTTP,
-            params: None,
-        });
-        let r = match AssertUnwindSafe(shared.app.call(req)).catch_unwind().await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::error!(request_id, "service returned an error: {e}");
-                error_response_boxed(&ServerError::AppFailed)
-            }
-            Err(p) => {
-                let msg = crate::service::panic_message(&*p);
-                tracing::error!(request_id, uri = %log.uri, "handler panicked: {msg}");
-                error_response_boxed(&ServerError::AppFailed)
-            }
-        };
-        return wrap(r, log, shared, Some(guard));
-    };
-    wrap(resp, log, shared, None)
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ServerError::BodyTooLarge { limit });
+    }
+    let max = shared.max_requests;
+    shared.stats.try_request(max).ok_or_else(|| {
+        shared.stats.refused_overloaded();
+        ServerError::Overloaded { limit: max }
+    })
+}
+
+/// Calls the app; a panic or an error in its place is logged and becomes
+/// the server's 500.
+async fn call_app(
+    app: &App,
+    req: Request<Body>,
+    request_id: u64,
+    uri: &str,
+) -> Response<ResponseBody> {
+    match AssertUnwindSafe(app.call(req)).catch_unwind().await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(request_id, "service returned an error: {e}");
+            error_response_boxed(&ServerError::AppFailed)
+        }
+        Err(p) => {
+            let msg = crate::service::panic_message(&*p);
+            tracing::error!(request_id, uri, "handler panicked: {msg}");
+            error_response_boxed(&ServerError::AppFailed)
+        }
+    }
 }
 
 fn wrap(
