@@ -139,81 +139,104 @@ pub fn inherited() -> anyhow::Result<Vec<Listener>> {
     let Ok(count) = std::env::var("LISTEN_FDS") else {
         return Ok(Vec::new());
     };
-    let pid = std::env::var("LISTEN_PID").ok();
-    let names = std::env::var("LISTEN_FDNAMES").ok();
-    let me = std::process::id();
-    match pid.as_deref().map(str::parse::<u32>) {
-        Some(Ok(p)) if p == me => {}
-        other => {
-            let why = match other {
-                None => "LISTEN_PID is not set".to_string(),
-                Some(Err(_)) => format!("LISTEN_PID={:?} is not a pid", pid.unwrap_or_default()),
-                Some(Ok(p)) => format!("LISTEN_PID={p} is another process (we are {me})"),
-            };
-            tracing::warn!(
-                "ignoring LISTEN_FDS={count}: {why}; the fds were meant for another process \
-                 (was myflask started through a wrapper that forks?)"
-            );
-            unset_listen_env();
-            return Ok(Vec::new());
-        }
+    if !listen_pid_is_ours(&count) {
+        unset_listen_env();
+        return Ok(Vec::new());
     }
     let n: usize = count
         .parse()
         .with_context(|| format!("LISTEN_FDS={count:?} is not a number"))?;
-    let mut names: Vec<String> = names
-        .map(|s| s.split(':').map(str::to_string).collect())
-        .unwrap_or_default();
-    if names.len() != n {
-        if !names.is_empty() {
-            tracing::warn!(
-                "LISTEN_FDNAMES has {} names for {n} fds; treating all as \"unknown\"",
-                names.len()
-            );
-        }
-        names = vec!["unknown".to_string(); n];
-    }
+    let names = fd_names(std::env::var("LISTEN_FDNAMES").ok().as_deref(), n);
     let mut fds = listenfd::ListenFd::from_env();
     unset_listen_env();
-    let mut out = Vec::with_capacity(n);
-    for (i, name) in names.into_iter().enumerate() {
-        let fd = SD_LISTEN_FDS_START + i as RawFd;
-        let family = check_fd(fd, &name)?;
-        let (socket, address) = if family == libc::AF_UNIX {
-            let l = fds
-                .take_unix_listener(i)
-                .with_context(|| format!("taking inherited fd {fd}"))?
-                .with_context(|| format!("inherited fd {fd} was already taken"))?;
-            let address = match l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
-            {
-                Some(p) => format!("unix:{}", p.display()),
-                None => format!("unix socket fd {fd}"),
-            };
-            (Socket::Unix(l), address)
-        } else {
-            let l = fds
-                .take_tcp_listener(i)
-                .with_context(|| format!("taking inherited fd {fd}"))?
-                .with_context(|| format!("inherited fd {fd} was already taken"))?;
-            let address = l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| format!("tcp socket fd {fd}"));
-            (Socket::Tcp(l), address)
-        };
-        set_nonblocking(&socket)?;
-        out.push(Listener {
-            socket,
-            transport: None,
-            address,
-            inherited: Some(name),
-            owned_path: None,
-        });
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| take_inherited(&mut fds, i, name))
+        .collect()
+}
+
+/// Whether `LISTEN_PID` names this process (sd_listen_fds(3)); warns when
+/// it does not, since the fds were then meant for someone else.
+fn listen_pid_is_ours(count: &str) -> bool {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let me = std::process::id();
+    let why = match pid.as_deref().map(str::parse::<u32>) {
+        Some(Ok(p)) if p == me => return true,
+        None => "LISTEN_PID is not set".to_string(),
+        Some(Err(_)) => format!("LISTEN_PID={:?} is not a pid", pid.unwrap_or_default()),
+        Some(Ok(p)) => format!("LISTEN_PID={p} is another process (we are {me})"),
+    };
+    tracing::warn!(
+        "ignoring LISTEN_FDS={count}: {why}; the fds were meant for another process \
+         (was myflask started through a wrapper that forks?)"
+    );
+    false
+}
+
+/// The `n` fd names from `LISTEN_FDNAMES` (colon-separated); `unknown` for
+/// every fd when the variable is missing (sd_listen_fds_with_names(3)'s
+/// default) or, with a warning, when it does not hold one name per fd.
+fn fd_names(var: Option<&str>, n: usize) -> Vec<String> {
+    let names: Vec<String> = var
+        .map(|s| s.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    if names.len() == n {
+        return names;
     }
-    Ok(out)
+    if !names.is_empty() {
+        tracing::warn!(
+            "LISTEN_FDNAMES has {} names for {n} fds; treating all as \"unknown\"",
+            names.len()
+        );
+    }
+    vec!["unknown".to_string(); n]
+}
+
+/// Takes inherited fd number `i` (fd 3 + `i`), named `name`, after checking
+/// that it is a listening stream socket.
+fn take_inherited(
+    fds: &mut listenfd::ListenFd,
+    i: usize,
+    name: String,
+) -> anyhow::Result<Listener> {
+    let fd = SD_LISTEN_FDS_START + i as RawFd;
+    let family = check_fd(fd, &name)?;
+    let taking = || format!("taking inherited fd {fd}");
+    let taken = || format!("inherited fd {fd} was already taken");
+    let (socket, address) = if family == libc::AF_UNIX {
+        let l = fds
+            .take_unix_listener(i)
+            .with_context(taking)?
+            .with_context(taken)?;
+        let path = l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        let address = match path {
+            Some(p) => format!("unix:{}", p.display()),
+            None => format!("unix socket fd {fd}"),
+        };
+        (Socket::Unix(l), address)
+    } else {
+        let l = fds
+            .take_tcp_listener(i)
+            .with_context(taking)?
+            .with_context(taken)?;
+        let address = l
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| format!("tcp socket fd {fd}"));
+        (Socket::Tcp(l), address)
+    };
+    set_nonblocking(&socket)?;
+    Ok(Listener {
+        socket,
+        transport: None,
+        address,
+        inherited: Some(name),
+        owned_path: None,
+    })
 }
 
 fn set_nonblocking(s: &Socket) -> anyhow::Result<()> {
@@ -416,6 +439,20 @@ mod tests {
         let _again = bind_unix(&path, &opts).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
+    }
+
+    #[test]
+    fn fd_names_are_used_only_when_there_is_one_per_fd() {
+        let cases: [(Option<&str>, usize, &[&str]); 5] = [
+            (Some("fastcgi:http"), 2, &["fastcgi", "http"]),
+            (Some("fastcgi"), 1, &["fastcgi"]),
+            (Some("fastcgi"), 2, &["unknown", "unknown"]),
+            (Some("a:b:c"), 2, &["unknown", "unknown"]),
+            (None, 2, &["unknown", "unknown"]),
+        ];
+        for (var, n, want) in cases {
+            assert_eq!(fd_names(var, n), want, "{var:?} for {n} fds");
+        }
     }
 
     #[test]
