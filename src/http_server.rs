@@ -83,7 +83,13 @@ async fn handle(
     peer: Option<String>,
 ) -> Response<LoggedBody> {
     let request_id = shared.stats.next_request_id();
-    let log = AccessLog::new("http", req.method(), req.uri(), peer.as_deref(), request_id);
+    let log = AccessLog::new(
+        Transport::Http,
+        req.method(),
+        req.uri(),
+        peer.as_deref(),
+        request_id,
+    );
     let guard = match admit(&req, &shared) {
         Ok(guard) => guard,
         Err(refusal) => return wrap(error_response_boxed(&refusal), log, shared, None),

@@ -56,10 +56,20 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The name people read: `FastCGI` or `HTTP`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Transport::FastCgi => "FastCGI",
             Transport::Http => "HTTP",
+        }
+    }
+
+    /// The access log's `TRANSPORT` field: `fastcgi` or `http` (journal
+    /// queries match it exactly, so it stays lowercase).
+    pub fn log_name(&self) -> &'static str {
+        match self {
+            Transport::FastCgi => "fastcgi",
+            Transport::Http => "http",
         }
     }
 }

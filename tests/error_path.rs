@@ -243,3 +243,43 @@ fn an_overload_gets_the_same_503_over_fastcgi_and_http() {
     });
     s.stop();
 }
+
+#[test]
+fn the_binary_refuses_a_large_body_alike_and_logs_each_transport_by_name() {
+    let http_dir = common::target_tmpdir();
+    let http = http_dir.path().join("http.sock");
+    let http_arg = format!("unix:{}", http.display());
+    let mut s = common::Server::start(&["--http", &http_arg, "--max-body-bytes", "1024"]);
+    let req = client::Request {
+        method: "POST".into(),
+        uri: "/echo".into(),
+        body: Bytes::from(vec![b'x'; 2048]),
+        ..Default::default()
+    };
+    let over_fastcgi = fcgi_request(&s.addr(), &req, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("FastCGI POST /echo: {e}"));
+    let raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2048\r\n\r\n{}",
+        "x".repeat(2048)
+    );
+    let over_http = Seen::of_http(&http_over_unix(&http, &raw));
+    let want = plain(
+        413,
+        None,
+        "413 request body exceeds the limit of 1024 bytes\n",
+    );
+    assert_eq!(Seen::of_fastcgi(&over_fastcgi), want);
+    assert_eq!(over_http, want);
+    s.stop();
+    // The access log names the transport in its `transport` field
+    // (TRANSPORT under journald), lowercase.
+    let log = s.stderr();
+    for name in ["fastcgi", "http"] {
+        let field = format!("transport=\"{name}\"");
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&field) && l.contains("status=413")),
+            "no access-log line with {field} and status=413 in:\n{log}"
+        );
+    }
+}

@@ -1050,7 +1050,7 @@ impl<R: ConnRead> Reader<R> {
         let (parts, ()) = mapped.request.into_parts();
         let mut req = http::Request::from_parts(parts, body);
         let log = AccessLog::new(
-            "fastcgi",
+            Transport::FastCgi,
             req.method(),
             req.uri(),
             mapped.peer.as_deref(),
@@ -1121,7 +1121,7 @@ impl<R: ConnRead> Reader<R> {
         let (id, keep_conn) = (entry.id, entry.keep_conn);
         let get = |n: &str| params.and_then(|p| p.get_str(n)).unwrap_or("-").to_string();
         let log = AccessLog {
-            transport: "fastcgi",
+            transport: Transport::FastCgi,
             method: get("REQUEST_METHOD"),
             uri: get("REQUEST_URI"),
             peer: get("REMOTE_ADDR"),
