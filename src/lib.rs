@@ -20,9 +20,16 @@
 //! ```
 //!
 //! Data flows one way: socket -> records -> request -> service -> response
-//! -> records -> socket. The protocol code (`fastcgi`) knows nothing of
-//! systemd, the systemd code (`systemd`) nothing of FastCGI, and
-//! the built-in application (`app`) neither.
+//! -> records -> socket. Dependencies point down:
+//! - `server` decides what each listener speaks and runs the lifecycle; it
+//!   uses the two transports, `fastcgi` and `http_server`;
+//! - the transports know nothing of each other, of systemd, or of the
+//!   built-in application: they meet any application at `service` (the
+//!   [`App`] boundary), which also builds the server's own error
+//!   responses, so both answer a failure alike;
+//! - `systemd` takes sockets, speaks sd_notify and sets up logging, and
+//!   knows no protocol;
+//! - `app`, the built-in application, is an ordinary service.
 
 pub mod access;
 pub mod addr;

@@ -36,6 +36,7 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub(crate) type BoxFuture =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
+/// A service behind one object-safe call: what `App` erases both doors to.
 trait Call: Send + Sync + 'static {
     fn call(&self, req: Request<Body>) -> BoxFuture;
 }
@@ -55,9 +56,10 @@ impl std::fmt::Debug for App {
 /// becomes the `Content-Length` of both transports); http-body-util's
 /// `map_frame` would drop it.
 ///
-/// One allocation; none for a body that is already a `ResponseBody` (a
-/// service that boxed its own, passed through `App` and the HTTP
-/// transport's logging wrapper, was boxed three times over).
+/// One allocation; none for a body that is already a `ResponseBody`: a
+/// body can pass through here more than once (a service that boxes its
+/// own, then `App`, then the HTTP transport's logging wrapper), and must be
+/// boxed only once.
 pub fn box_body<B>(body: B) -> ResponseBody
 where
     B: http_body::Body + Send + 'static,
@@ -80,6 +82,7 @@ where
 }
 
 pin_project_lite::pin_project! {
+    /// A body whose data is turned into `Bytes` and whose error is boxed.
     struct ToBytes<B> {
         #[pin]
         body: B,
@@ -115,6 +118,7 @@ where
     }
 }
 
+/// A `hyper::service::Service`, called through `&self`.
 struct Hyper<S>(S);
 
 impl<S, B> Call for Hyper<S>
@@ -127,9 +131,9 @@ where
     B::Error: Into<BoxError>,
 {
     fn call(&self, req: Request<Body>) -> BoxFuture {
-        // `map`, not an `async move` block: a block holds the captured
-        // future and, once it awaits it, a second copy, which doubled the
-        // allocation (past the 1 KiB glibc serves from its thread cache).
+        // Keep `map`: an `async move` block would hold the captured future
+        // and, once it awaits it, a second copy, doubling this per-request
+        // allocation.
         Box::pin(self.0.call(req).map(|r| match r {
             Ok(resp) => Ok(resp.map(box_body)),
             Err(e) => Err(e.into()),
@@ -137,6 +141,7 @@ where
     }
 }
 
+/// A `tower::Service`, cloned per request and driven through `poll_ready`.
 struct Tower<S>(S);
 
 impl<S, B> Call for Tower<S>
