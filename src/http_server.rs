@@ -105,8 +105,13 @@ async fn handle(
         scheme: http::uri::Scheme::HTTP,
         params: None,
     });
-    let resp = call_app(&shared.app, req, request_id, &log.uri).await;
-    wrap(resp, log, shared, Some(guard))
+    let result = AssertUnwindSafe(shared.app.call(req)).catch_unwind().await;
+    wrap(
+        app_response(result, request_id, &log.uri),
+        log,
+        shared,
+        Some(guard),
+    )
 }
 
 /// Counts the request in flight, or refuses it: a declared body over
@@ -128,15 +133,16 @@ fn admit(req: &Request<Incoming>, shared: &HttpShared) -> Result<RequestGuard, S
     })
 }
 
-/// Calls the app; a panic or an error in its place is logged and becomes
-/// the server's 500.
-async fn call_app(
-    app: &App,
-    req: Request<Body>,
+/// The app's response; a panic or an error in its place is logged and
+/// becomes the server's 500. A plain function, not an async one around the
+/// call: a second future level around every request's call costs on each
+/// poll.
+fn app_response(
+    result: std::thread::Result<Result<Response<ResponseBody>, crate::BoxError>>,
     request_id: u64,
     uri: &str,
 ) -> Response<ResponseBody> {
-    match AssertUnwindSafe(app.call(req)).catch_unwind().await {
+    match result {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!(request_id, "service returned an error: {e}");
