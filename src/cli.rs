@@ -8,7 +8,7 @@ use crate::addr::ListenAddr;
 use crate::fastcgi::client;
 use crate::server::{Server, ServerConfig};
 use crate::systemd::journal::{self, LogTarget};
-use crate::systemd::listen::{self, BindOptions};
+use crate::systemd::listen::BindOptions;
 use crate::systemd::notify;
 use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -296,7 +296,7 @@ fn serve(
         mode: Some(args.socket_mode),
         group: args.socket_group.clone(),
     };
-    let listeners = match listen::listeners(&args.listen, &args.http, &opts) {
+    let listeners = match crate::server::listeners(&args.listen, &args.http, &opts) {
         Ok(l) => l,
         Err(e) => return fail_start(e),
     };

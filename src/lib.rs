@@ -12,7 +12,7 @@
 //! fn main() -> anyhow::Result<()> {
 //!     // The sockets systemd passed (LISTEN_FDS), or 127.0.0.1:9000 without
 //!     // systemd. Call this before the runtime starts any thread.
-//!     let listeners = myflask::systemd::listen::listeners(&[], &[], &Default::default())?;
+//!     let listeners = myflask::server::listeners(&[], &[], &Default::default())?;
 //!     let app = App::from_hyper(hyper::service::service_fn(hello));
 //!     let rt = tokio::runtime::Runtime::new()?;
 //!     rt.block_on(Server::new(ServerConfig::default(), listeners).serve(app))

@@ -19,13 +19,15 @@
 //! FastCGI otherwise. Sockets that systemd owns are never unlinked; the ones
 //! we bound are.
 
+use crate::addr::ListenAddr;
 use crate::fastcgi::connection::{self, ConnConfig, Engine};
 use crate::http_server::{self, HttpShared};
 use crate::service::App;
 use crate::stats::Stats;
-use crate::systemd::listen::{Listener, Socket};
+use crate::systemd::listen::{self, BindOptions, Listener, Socket};
 use crate::systemd::notify;
 use crate::{ConnMeta, Transport};
+use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,40 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+
+/// The address served when nothing is inherited and nothing is asked for:
+/// php-fpm's upstream default, reachable without privileges.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+
+/// All listeners: the sockets systemd passed, then those asked for
+/// (`fastcgi`, `http`), bound by us; with none at all, FastCGI on
+/// [`DEFAULT_LISTEN`].
+///
+/// Must be called before any thread is started (see
+/// [`listen::inherited`]).
+pub fn listeners(
+    fastcgi: &[ListenAddr],
+    http: &[ListenAddr],
+    opts: &BindOptions,
+) -> anyhow::Result<Vec<Listener>> {
+    let wanted = fastcgi
+        .iter()
+        .map(|a| (a, Transport::FastCgi))
+        .chain(http.iter().map(|a| (a, Transport::Http)));
+    let out = listen::bind_all(listen::inherited()?, wanted, opts)?;
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let addr: ListenAddr = DEFAULT_LISTEN
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let l = listen::bind(&addr, Transport::FastCgi, opts).with_context(|| {
+        format!(
+            "no socket inherited and none given (--listen); the default {DEFAULT_LISTEN} failed"
+        )
+    })?;
+    Ok(vec![l])
+}
 
 /// Server settings (the `serve` flags).
 #[derive(Debug, Clone)]

@@ -8,12 +8,14 @@
 //! do not inherit them) and `remove_var` is only sound while the process is
 //! single-threaded.
 //!
-//! Without inherited sockets we bind what `--listen`/`--http` ask for. A
-//! stale unix socket file (nothing answers on it) is replaced; a live one is
-//! an error. A path under /tmp or /var/tmp gets a warning: with systemd's
-//! PrivateTmp= (implied by DynamicUser=) the server and nginx see different
-//! /tmp directories, which is exactly how the seed deployment failed with
-//! `connect() to unix:/tmp/fcgi.sock failed (2: No such file or directory)`.
+//! Our own sockets are bound where the caller asks, tagged with the
+//! transport it wants on them (which ones, and the default, are the
+//! server's choice: `server::listeners`). A stale unix socket file (nothing
+//! answers on it) is replaced; a live one is an error. A path under /tmp or
+//! /var/tmp gets a warning: with systemd's PrivateTmp= (implied by
+//! DynamicUser=) the server and nginx see different /tmp directories, and
+//! nginx fails with `connect() to unix:/tmp/fcgi.sock failed (2: No such
+//! file or directory)`.
 
 use crate::Transport;
 use crate::addr::ListenAddr;
@@ -342,17 +344,6 @@ fn bind_unix(path: &Path, opts: &BindOptions) -> anyhow::Result<std::os::unix::n
     Ok(l)
 }
 
-/// Removes the socket files of listeners bound before a later one failed:
-/// a failed start leaves nothing behind (inherited sockets are untouched).
-fn abandon(bound: Vec<Listener>, e: anyhow::Error) -> anyhow::Error {
-    for l in bound {
-        if let Some(p) = &l.owned_path {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    e
-}
-
 /// Binds `addr` ourselves, for the server to serve `transport` on.
 pub fn bind(
     addr: &ListenAddr,
@@ -384,41 +375,26 @@ pub fn bind(
     })
 }
 
-/// The address served when nothing is inherited and nothing is asked for:
-/// php-fpm's upstream default, reachable without privileges.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
-
-/// All listeners: the inherited ones, then those asked for on the command
-/// line; if there are none at all, [`DEFAULT_LISTEN`] for FastCGI.
-///
-/// Must be called before any thread is started (see [`inherited`]).
-pub fn listeners(
-    fastcgi: &[ListenAddr],
-    http: &[ListenAddr],
+/// Binds each of `wanted` and adds it to `listeners`. If one fails, the
+/// socket files bound so far are removed, so a failed start leaves nothing
+/// behind (inherited sockets are untouched).
+pub fn bind_all<'a>(
+    mut listeners: Vec<Listener>,
+    wanted: impl IntoIterator<Item = (&'a ListenAddr, Transport)>,
     opts: &BindOptions,
 ) -> anyhow::Result<Vec<Listener>> {
-    let mut out = inherited()?;
-    let wanted = fastcgi
-        .iter()
-        .map(|a| (a, Transport::FastCgi))
-        .chain(http.iter().map(|a| (a, Transport::Http)));
-    for (a, transport) in wanted {
-        match bind(a, transport, opts) {
-            Ok(l) => out.push(l),
-            Err(e) => return Err(abandon(out, e)),
+    for (addr, transport) in wanted {
+        match bind(addr, transport, opts) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                for p in listeners.iter().filter_map(|l| l.owned_path.as_ref()) {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
         }
     }
-    if out.is_empty() {
-        let addr: ListenAddr = DEFAULT_LISTEN
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!(e))?;
-        out.push(bind(&addr, Transport::FastCgi, opts).with_context(|| {
-            format!(
-                "no socket inherited and none given (--listen); the default {DEFAULT_LISTEN} failed"
-            )
-        })?);
-    }
-    Ok(out)
+    Ok(listeners)
 }
 
 #[cfg(test)]
@@ -453,6 +429,28 @@ mod tests {
         for (var, n, want) in cases {
             assert_eq!(fd_names(var, n), want, "{var:?} for {n} fds");
         }
+    }
+
+    #[test]
+    fn a_failed_bind_removes_the_socket_files_bound_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ListenAddr::Unix(dir.path().join("first.sock"));
+        let second = ListenAddr::Unix(dir.path().join("no-such-dir/second.sock"));
+        let wanted = [(&first, Transport::FastCgi), (&second, Transport::Http)];
+        let err = bind_all(Vec::new(), wanted, &BindOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(
+            !dir.path().join("first.sock").exists(),
+            "first.sock left behind"
+        );
+        // Both bound: both kept, each tagged with its transport.
+        let second = ListenAddr::Unix(dir.path().join("second.sock"));
+        let wanted = [(&first, Transport::FastCgi), (&second, Transport::Http)];
+        let bound = bind_all(Vec::new(), wanted, &BindOptions::default()).unwrap();
+        let tags: Vec<_> = bound.iter().map(|l| l.transport).collect();
+        assert_eq!(tags, [Some(Transport::FastCgi), Some(Transport::Http)]);
     }
 
     #[test]
