@@ -31,6 +31,7 @@
 //!   knows no protocol;
 //! - `app`, the built-in application, is an ordinary service.
 
+mod accept;
 pub mod access;
 pub mod addr;
 pub mod app;

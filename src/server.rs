@@ -1,6 +1,6 @@
-//! The server: which transport each listener speaks, accept loops,
-//! connection and request limits, readiness, status, watchdog, and
-//! graceful shutdown.
+//! The server: which listeners, and which transport each speaks; the
+//! lifecycle around the accept loops (`accept.rs`): readiness, status,
+//! watchdog, and graceful shutdown.
 //!
 //! Lifecycle ([`Server::serve`]):
 //! 1. listeners (already bound or inherited) are registered with the runtime
@@ -19,12 +19,13 @@
 //! FastCGI otherwise. Sockets that systemd owns are never unlinked; the ones
 //! we bound are.
 
+use crate::accept::{Acceptor, Handler};
 use crate::addr::ListenAddr;
-use crate::fastcgi::connection::{self, ConnConfig, Engine};
-use crate::http_server::{self, HttpShared};
+use crate::fastcgi::connection::{ConnConfig, Engine};
+use crate::http_server::HttpShared;
 use crate::service::App;
 use crate::stats::Stats;
-use crate::systemd::listen::{self, BindOptions, Listener, Socket};
+use crate::systemd::listen::{self, BindOptions, Listener};
 use crate::systemd::notify;
 use crate::{ConnMeta, Transport};
 use anyhow::Context;
@@ -32,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -395,143 +396,10 @@ impl Handlers {
     }
 }
 
-/// The transport one listener's connections are served with.
-enum Handler {
-    FastCgi(Arc<Engine>),
-    Http(Arc<HttpShared>),
-}
-
-/// One listener's accept loop.
-struct Acceptor {
-    handler: Handler,
-    stats: Arc<Stats>,
-    /// `--max-connections`, shared by every listener.
-    slots: Arc<Semaphore>,
-    tracker: TaskTracker,
-    meta: ConnMeta,
-    /// Cleared when the loop ends (for the watchdog).
-    alive: Arc<AtomicBool>,
-}
-
-/// Sleeps after accept errors that would otherwise spin (EMFILE, ENFILE,
-/// ENOBUFS): the condition clears when connections close.
-async fn accept_error(listener: &str, e: std::io::Error) {
-    match e.raw_os_error() {
-        Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EAGAIN) => {}
-        _ => {
-            error!(listener, "accept failed: {e}; pausing accepts for 100 ms");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Acceptor {
-    /// Registers `socket` with the runtime and spawns the accept loop.
-    fn start(self, socket: Socket) -> std::io::Result<JoinHandle<()>> {
-        Ok(match socket {
-            Socket::Unix(s) => tokio::spawn(self.run(tokio::net::UnixListener::from_std(s)?)),
-            Socket::Tcp(s) => tokio::spawn(self.run(tokio::net::TcpListener::from_std(s)?)),
-        })
-    }
-
-    async fn run<L: Accept>(self, listener: L) {
-        loop {
-            // Take a slot first: at the cap we stop calling accept() and
-            // the kernel backlog holds newcomers.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                break;
-            };
-            match listener.accept_one().await {
-                Ok((stream, peer)) => self.spawn(stream, peer, slot),
-                Err(e) => accept_error(&self.meta.listener, e).await,
-            }
-        }
-        self.alive.store(false, Ordering::Relaxed);
-    }
-
-    /// Starts serving one accepted connection; `slot` and the stats guard
-    /// live exactly as long as the connection.
-    fn spawn<S: Split>(&self, stream: S, peer: Option<String>, slot: OwnedSemaphorePermit) {
-        let held = (slot, self.stats.connection());
-        // Each connection gets its own copy of the listener's name: every
-        // request clones it into `RequestInfo`, and one reference count
-        // shared by all connections would be written by every core.
-        let meta = ConnMeta {
-            listener: Arc::from(&*self.meta.listener),
-            inherited: self.meta.inherited,
-        };
-        match &self.handler {
-            Handler::FastCgi(engine) => {
-                let engine = engine.clone();
-                let (r, w) = stream.split();
-                self.tracker.spawn(async move {
-                    connection::serve(r, w, engine, meta).await;
-                    drop(held);
-                });
-            }
-            Handler::Http(shared) => {
-                let shared = shared.clone();
-                self.tracker.spawn(async move {
-                    http_server::serve(stream, peer, shared, meta).await;
-                    drop(held);
-                });
-            }
-        }
-    }
-}
-
-/// A stream that splits into owned halves for the FastCGI engine.
-trait Split: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
-    type Read: connection::ConnRead;
-    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn split(self) -> (Self::Read, Self::Write);
-}
-
-impl Split for tokio::net::UnixStream {
-    type Read = tokio::net::unix::OwnedReadHalf;
-    type Write = tokio::net::unix::OwnedWriteHalf;
-    fn split(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-impl Split for tokio::net::TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
-    fn split(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-/// The two kinds of listener, behind one accept call.
-trait Accept: Send + 'static {
-    type Stream: Split;
-    fn accept_one(
-        &self,
-    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, Option<String>)>> + Send;
-}
-
-impl Accept for tokio::net::UnixListener {
-    type Stream = tokio::net::UnixStream;
-    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
-        let (s, _) = self.accept().await?;
-        Ok((s, None))
-    }
-}
-
-impl Accept for tokio::net::TcpListener {
-    type Stream = tokio::net::TcpStream;
-    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
-        let (s, peer) = self.accept().await?;
-        // Responses are written whole; Nagle would only delay them.
-        let _ = s.set_nodelay(true);
-        Ok((s, Some(peer.to_string())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::systemd::listen::Socket;
 
     fn listener(transport: Option<Transport>, fd_name: Option<&str>) -> Listener {
         let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
