@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         let addr = addr.parse().map_err(anyhow::Error::msg)?;
         listeners.push(listen::bind(
             &addr,
-            listen::Protocol::FastCgi,
+            myflask::Transport::FastCgi,
             &Default::default(),
         )?);
     }

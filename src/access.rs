@@ -5,12 +5,14 @@
 //! DURATION_US, BYTES_OUT, REQUEST_ID, PEER, TRANSPORT), so
 //! `journalctl -u myflask STATUS=500` finds the failures.
 
+use crate::Transport;
 use crate::stats::Stats;
 use std::time::Instant;
 
+/// One request's access-log record, from its start to [`AccessLog::finish`].
 #[derive(Debug)]
 pub(crate) struct AccessLog {
-    pub transport: &'static str,
+    pub transport: Transport,
     pub method: String,
     pub uri: String,
     pub peer: String,
@@ -24,7 +26,7 @@ impl AccessLog {
     /// access log is on: with `myflask::access=off` a request costs no
     /// allocation here.
     pub fn new(
-        transport: &'static str,
+        transport: Transport,
         method: &http::Method,
         uri: &http::Uri,
         peer: Option<&str>,
@@ -60,7 +62,7 @@ impl AccessLog {
         match note {
             None => tracing::info!(
                 target: "myflask::access",
-                transport = self.transport,
+                transport = self.transport.log_name(),
                 method = %self.method,
                 uri = %self.uri,
                 status,
@@ -73,7 +75,7 @@ impl AccessLog {
             ),
             Some(note) => tracing::warn!(
                 target: "myflask::access",
-                transport = self.transport,
+                transport = self.transport.log_name(),
                 method = %self.method,
                 uri = %self.uri,
                 status,

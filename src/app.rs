@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
 
-/// A complete text response (also used by the server for its own errors).
+/// A complete text response.
 pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
     let mut r = Response::new(box_body(Full::new(text.into())));
     *r.status_mut() = status;

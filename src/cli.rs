@@ -14,7 +14,7 @@ use crate::fastcgi::client;
 use crate::mount::{self, MountPrefix};
 use crate::server::{Server, ServerConfig};
 use crate::systemd::journal::{self, LogTarget};
-use crate::systemd::listen::{self, BindOptions};
+use crate::systemd::listen::BindOptions;
 use crate::systemd::notify;
 use bytes::Bytes;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -392,7 +392,7 @@ fn serve(
     if let Err(e) = crate::allow::check_bind(&asked, allow) {
         return fail_start(e);
     }
-    let listeners = match listen::listeners(&args.listen, &args.http, &opts) {
+    let listeners = match crate::server::listeners(&args.listen, &args.http, &opts) {
         Ok(l) => l,
         Err(e) => return fail_start(e),
     };

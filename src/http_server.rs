@@ -2,19 +2,21 @@
 //! checks, and nginx `proxy_pass` setups.
 //!
 //! The request body is wrapped in [`Body`] with the same size limit as over
-//! FastCGI, a handler panic becomes a 500, and each request produces the
-//! same access-log event (logged when hyper is done with the response body,
-//! so bytes and duration cover the whole response).
+//! FastCGI; the server's own answers (413, 503, and the 500 for a handler
+//! that panics or fails) come from [`crate::service::error_response`], as
+//! over FastCGI; and each request produces the same access-log event
+//! (logged when hyper is done with the response body, so bytes and
+//! duration cover the whole response). This file knows nothing of FastCGI:
+//! the server hands it an `HttpShared`.
 
 use crate::access::AccessLog;
 use crate::body::Body;
-use crate::fastcgi::connection::{ConnMeta, Engine};
-use crate::service::{ResponseBody, box_body};
-use crate::stats::RequestGuard;
-use crate::{RequestInfo, Transport};
+use crate::service::{App, ResponseBody, ServerError, box_body, error_response_boxed};
+use crate::stats::{RequestGuard, Stats};
+use crate::{ConnMeta, RequestInfo, Transport};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,21 +25,39 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+/// What every HTTP connection shares: the app, the limits that apply over
+/// HTTP, the live figures and the shutdown signal.
+pub(crate) struct HttpShared {
+    pub app: App,
+    /// `--max-body-bytes`: a larger declared body is a 413, a larger
+    /// streamed one fails the handler's body.
+    pub max_body_bytes: u64,
+    /// `--max-requests` (server-wide, shared with FastCGI through `stats`).
+    pub max_requests: usize,
+    /// `--stall-timeout`: how long a request head may take to arrive.
+    pub header_timeout: Duration,
+    pub stats: Arc<Stats>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
 
 /// Serves one HTTP connection until it closes or the server shuts down.
-pub(crate) async fn serve<IO>(io: IO, peer: Option<String>, engine: Arc<Engine>, meta: ConnMeta)
+pub(crate) async fn serve<IO>(io: IO, peer: Option<String>, shared: Arc<HttpShared>, meta: ConnMeta)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let shutdown = engine.shutdown.clone();
-    let svc_engine = engine.clone();
+    let shutdown = shared.shutdown.clone();
+    let header_timeout = shared.header_timeout;
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        handle(req, svc_engine.clone(), meta.clone(), peer.clone()).map(Ok::<_, Infallible>)
+        handle(req, shared.clone(), meta.clone(), peer.clone()).map(Ok::<_, Infallible>)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(engine.config.stall_timeout)
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
@@ -55,84 +75,99 @@ where
     }
 }
 
+/// Answers one request: the server's own refusal, or the app's response.
 async fn handle(
     req: Request<Incoming>,
-    engine: Arc<Engine>,
+    shared: Arc<HttpShared>,
     meta: ConnMeta,
     peer: Option<String>,
 ) -> Response<LoggedBody> {
-    let request_id = engine.stats.next_request_id();
-    let log = AccessLog::new("http", req.method(), req.uri(), peer.as_deref(), request_id);
-    let limit = engine.config.max_body_bytes;
+    let request_id = shared.stats.next_request_id();
+    let log = AccessLog::new(
+        Transport::Http,
+        req.method(),
+        req.uri(),
+        peer.as_deref(),
+        request_id,
+    );
+    let guard = match admit(&req, &shared) {
+        Ok(guard) => guard,
+        Err(refusal) => return wrap(error_response_boxed(&refusal), log, shared, None),
+    };
+    let (parts, body) = req.into_parts();
+    let mut req = Request::from_parts(parts, Body::incoming(body, shared.max_body_bytes));
+    req.extensions_mut().insert(RequestInfo {
+        transport: Transport::Http,
+        listener: meta.listener.clone(),
+        inherited: meta.inherited,
+        request_id,
+        peer,
+        scheme: http::uri::Scheme::HTTP,
+        params: None,
+        mount_prefix: None,
+    });
+    let result = AssertUnwindSafe(shared.app.call(req)).catch_unwind().await;
+    wrap(
+        app_response(result, request_id, &log.uri),
+        log,
+        shared,
+        Some(guard),
+    )
+}
+
+/// Counts the request in flight, or refuses it: a declared body over
+/// `--max-body-bytes` (413), or `--max-requests` already in flight (503).
+fn admit(req: &Request<Incoming>, shared: &HttpShared) -> Result<RequestGuard, ServerError> {
+    let limit = shared.max_body_bytes;
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let resp = if declared.is_some_and(|n| n > limit) {
-        crate::app::text_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("413 request body exceeds the limit of {limit} bytes\n"),
-        )
-    } else {
-        let Some(guard) = engine.stats.try_request(engine.config.max_requests) else {
-            engine.stats.refused_overloaded();
-            let mut r = crate::app::text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "503 server is at its concurrent request limit\n",
-            );
-            r.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            return wrap(r, log, engine, None);
-        };
-        let (parts, body) = req.into_parts();
-        let mut req = Request::from_parts(parts, Body::incoming(body, limit));
-        req.extensions_mut().insert(RequestInfo {
-            transport: Transport::Http,
-            listener: meta.listener.clone(),
-            inherited: meta.inherited,
-            request_id,
-            peer,
-            scheme: http::uri::Scheme::HTTP,
-            params: None,
-            mount_prefix: None,
-        });
-        let r = match AssertUnwindSafe(engine.app.call(req)).catch_unwind().await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::error!(request_id, "service returned an error: {e}");
-                crate::app::text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal server error\n",
-                )
-            }
-            Err(p) => {
-                let msg = crate::service::panic_message(&*p);
-                tracing::error!(request_id, uri = %log.uri, "handler panicked: {msg}");
-                crate::app::text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal server error\n",
-                )
-            }
-        };
-        return wrap(r, log, engine, Some(guard));
-    };
-    wrap(resp, log, engine, None)
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ServerError::BodyTooLarge { limit });
+    }
+    let max = shared.max_requests;
+    shared.stats.try_request(max).ok_or_else(|| {
+        shared.stats.refused_overloaded();
+        ServerError::Overloaded { limit: max }
+    })
+}
+
+/// The app's response; a panic or an error in its place is logged and
+/// becomes the server's 500. A plain function, not an async one around the
+/// call: a second future level around every request's call costs on each
+/// poll.
+fn app_response(
+    result: std::thread::Result<Result<Response<ResponseBody>, crate::BoxError>>,
+    request_id: u64,
+    uri: &str,
+) -> Response<ResponseBody> {
+    match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(request_id, "service returned an error: {e}");
+            error_response_boxed(&ServerError::AppFailed)
+        }
+        Err(p) => {
+            let msg = crate::service::panic_message(&*p);
+            tracing::error!(request_id, uri, "handler panicked: {msg}");
+            error_response_boxed(&ServerError::AppFailed)
+        }
+    }
 }
 
 fn wrap(
     resp: Response<ResponseBody>,
     log: AccessLog,
-    engine: Arc<Engine>,
+    shared: Arc<HttpShared>,
     guard: Option<RequestGuard>,
 ) -> Response<LoggedBody> {
     let status = resp.status().as_u16();
     resp.map(|inner| LoggedBody {
         inner: box_body(inner),
         log: Some(log),
-        engine,
+        shared,
         status,
         bytes: 0,
         _guard: guard,
@@ -144,7 +179,7 @@ fn wrap(
 pub(crate) struct LoggedBody {
     inner: ResponseBody,
     log: Option<AccessLog>,
-    engine: Arc<Engine>,
+    shared: Arc<HttpShared>,
     status: u16,
     bytes: u64,
     /// Counts the request in flight (none for the server's own 413/503).
@@ -154,7 +189,7 @@ pub(crate) struct LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
-            log.finish(&self.engine.stats, self.status, self.bytes, None);
+            log.finish(&self.shared.stats, self.status, self.bytes, None);
         }
     }
 }

@@ -12,7 +12,7 @@
 //! fn main() -> anyhow::Result<()> {
 //!     // The sockets systemd passed (LISTEN_FDS), or 127.0.0.1:9000 without
 //!     // systemd. Call this before the runtime starts any thread.
-//!     let listeners = myflask::systemd::listen::listeners(&[], &[], &Default::default())?;
+//!     let listeners = myflask::server::listeners(&[], &[], &Default::default())?;
 //!     let app = App::from_hyper(hyper::service::service_fn(hello));
 //!     let rt = tokio::runtime::Runtime::new()?;
 //!     rt.block_on(Server::new(ServerConfig::default(), listeners).serve(app))
@@ -20,10 +20,18 @@
 //! ```
 //!
 //! Data flows one way: socket -> records -> request -> service -> response
-//! -> records -> socket. The protocol code (`fastcgi`) knows nothing of
-//! systemd, the systemd code (`systemd`) nothing of FastCGI, and
-//! the built-in application (`app`) neither.
+//! -> records -> socket. Dependencies point down:
+//! - `server` decides what each listener speaks and runs the lifecycle; it
+//!   uses the two transports, `fastcgi` and `http_server`;
+//! - the transports know nothing of each other, of systemd, or of the
+//!   built-in application: they meet any application at `service` (the
+//!   [`App`] boundary), which also builds the server's own error
+//!   responses, so both answer a failure alike;
+//! - `systemd` takes sockets, speaks sd_notify and sets up logging, and
+//!   knows no protocol;
+//! - `app`, the built-in application, is an ordinary service.
 
+mod accept;
 pub mod access;
 pub mod addr;
 pub mod allow;
@@ -45,25 +53,47 @@ pub mod systemd;
 pub use body::{Body, BodyError};
 pub use fastcgi::params::Params;
 pub use server::{Server, ServerConfig};
-pub use service::{App, BoxError, ResponseBody};
+pub use service::{App, BoxError, ResponseBody, ServerError, error_response};
 pub use stats::Stats;
 
 use std::sync::Arc;
 
-/// Which protocol carried a request.
+/// The protocol a listener speaks, and so the one that carried a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// FastCGI responder (nginx `fastcgi_pass`).
     FastCgi,
+    /// HTTP/1.1 (development, health checks, nginx `proxy_pass`).
     Http,
 }
 
 impl Transport {
+    /// The name people read: `FastCGI` or `HTTP`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Transport::FastCgi => "FastCGI",
             Transport::Http => "HTTP",
         }
     }
+
+    /// The access log's `TRANSPORT` field: `fastcgi` or `http` (journal
+    /// queries match it exactly, so it stays lowercase).
+    pub fn log_name(&self) -> &'static str {
+        match self {
+            Transport::FastCgi => "fastcgi",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// Where a connection came from; both transports copy it into each of its
+/// requests' [`RequestInfo`].
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// The listener, e.g. `unix:/run/myflask/fcgi.sock`.
+    pub listener: Arc<str>,
+    /// Whether the listening socket was inherited from systemd.
+    pub inherited: bool,
 }
 
 /// Request extension: how and where a request arrived, and over FastCGI

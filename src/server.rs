@@ -1,7 +1,8 @@
-//! The server: accept loops, connection and request limits, readiness,
-//! status, watchdog, and graceful shutdown.
+//! The server: which listeners, and which transport each speaks; the
+//! lifecycle around the accept loops (`accept.rs`): readiness, status,
+//! watchdog, and graceful shutdown.
 //!
-//! Lifecycle:
+//! Lifecycle ([`Server::serve`]):
 //! 1. listeners (already bound or inherited) are registered with the runtime
 //!    and one accept loop per listener starts;
 //! 2. `READY=1` is sent only then, with a first `STATUS=`;
@@ -13,34 +14,87 @@
 //!    idle connections close, busy ones close after their last request, and
 //!    the process exits once all are gone or `--shutdown-timeout` passes.
 //!
-//! Sockets that systemd owns are never unlinked; the ones we bound are.
+//! A listener speaks what it was bound for; a socket systemd passed speaks
+//! HTTP/1.1 if its fd is named `http` (`FileDescriptorName=http`) and
+//! FastCGI otherwise. Sockets that systemd owns are never unlinked; the ones
+//! we bound are.
 
-use crate::fastcgi::connection::{self, ConnConfig, ConnMeta, Engine};
-use crate::http_server;
+use crate::accept::{Acceptor, Handler};
+use crate::addr::ListenAddr;
+use crate::fastcgi::connection::{ConnConfig, Engine};
+use crate::http_server::HttpShared;
 use crate::service::App;
 use crate::stats::Stats;
-use crate::systemd::listen::{Listener, Protocol, Socket};
+use crate::systemd::listen::{self, BindOptions, Listener};
 use crate::systemd::notify;
+use crate::{ConnMeta, Transport};
+use anyhow::Context;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+/// The address served when nothing is inherited and nothing is asked for:
+/// php-fpm's upstream default, reachable without privileges.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+
+/// All listeners: the sockets systemd passed, then those asked for
+/// (`fastcgi`, `http`), bound by us; with none at all, FastCGI on
+/// [`DEFAULT_LISTEN`].
+///
+/// Must be called before any thread is started (see
+/// [`listen::inherited`]).
+pub fn listeners(
+    fastcgi: &[ListenAddr],
+    http: &[ListenAddr],
+    opts: &BindOptions,
+) -> anyhow::Result<Vec<Listener>> {
+    let wanted = fastcgi
+        .iter()
+        .map(|a| (a, Transport::FastCgi))
+        .chain(http.iter().map(|a| (a, Transport::Http)));
+    let out = listen::bind_all(listen::inherited()?, wanted, opts)?;
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let addr: ListenAddr = DEFAULT_LISTEN
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let l = listen::bind(&addr, Transport::FastCgi, opts).with_context(|| {
+        format!(
+            "no socket inherited and none given (--listen); the default {DEFAULT_LISTEN} failed"
+        )
+    })?;
+    Ok(vec![l])
+}
+
 /// Server settings (the `serve` flags).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Open connections at most; accepting pauses at the cap.
     pub max_connections: usize,
+    /// Requests in flight at most, server-wide; more get a 503.
     pub max_requests: usize,
+    /// Requests in flight at most on one FastCGI connection.
     pub max_requests_per_conn: usize,
+    /// Size of a request's FastCGI params at most; more is a 431.
     pub max_params_bytes: usize,
+    /// Size of a request body at most; more is a 413.
     pub max_body_bytes: u64,
+    /// How long a peer may stall mid-record or mid-request.
     pub stall_timeout: Duration,
+    /// How long a connection may sit with no request in flight.
     pub idle_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// Exit after this long without a connection (`--idle-exit`).
     pub idle_exit: Option<Duration>,
+    /// How often the systemd `STATUS=` line is refreshed.
     pub status_interval: Duration,
     /// Install SIGTERM/SIGINT handlers that start a graceful shutdown. The
     /// binary wants them; a program embedding the library may prefer its
@@ -100,14 +154,222 @@ impl Server {
 
     /// Describes each listener, for the application's front page.
     pub fn listener_descriptions(&self) -> Vec<String> {
-        self.listeners.iter().map(Listener::describe).collect()
+        self.listeners.iter().map(describe).collect()
     }
 
     /// Serves until shutdown. Must run inside a tokio runtime.
     pub async fn serve(mut self, app: App) -> anyhow::Result<()> {
-        let cfg = &self.config;
-        let engine = Arc::new(Engine {
-            app,
+        // Before READY: a SIGTERM that arrives right after it must drain.
+        let mut signals = StopSignals::install(self.config.handle_signals)?;
+        let accepting = self.start_accepting(app)?;
+        notify::ready(&format!("serving; {}", status_text(&self.stats)));
+        info!("ready");
+        let status = spawn_status(self.stats.clone(), self.config.status_interval);
+        let watchdog = spawn_watchdog(accepting.alive.clone());
+        let reason = self.wait_for_stop(&mut signals).await;
+        // Status and watchdog run until the drain is over: `STATUS=` goes on
+        // counting the requests that finish, and a runtime wedged mid-drain
+        // stops the pings.
+        self.drain(accepting, reason).await;
+        status.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        Ok(())
+    }
+
+    /// Registers every listener with the runtime and starts its accept loop.
+    fn start_accepting(&mut self, app: App) -> anyhow::Result<Accepting> {
+        let handlers = Handlers::new(&self.config, app, &self.stats, &self.shutdown);
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut accepting = Accepting::default();
+        for l in std::mem::take(&mut self.listeners) {
+            info!("listening: {}", describe(&l));
+            accepting.owned_paths.extend(l.owned_path.clone());
+            let alive = Arc::new(AtomicBool::new(true));
+            accepting.alive.push(alive.clone());
+            let acceptor = Acceptor {
+                handler: handlers.for_transport(transport_of(&l)),
+                stats: self.stats.clone(),
+                slots: slots.clone(),
+                tracker: accepting.connections.clone(),
+                meta: ConnMeta {
+                    listener: Arc::from(l.address.as_str()),
+                    inherited: l.inherited.is_some(),
+                },
+                alive,
+            };
+            let gate =
+                crate::allow::AllowList::gate(self.config.allowed_clients.as_ref(), &l.address);
+            accepting.loops.push(acceptor.start(l.socket, gate)?);
+        }
+        Ok(accepting)
+    }
+
+    /// Waits for a reason to stop; returns it, for the log and `STATUS=`.
+    async fn wait_for_stop(&self, signals: &mut StopSignals) -> &'static str {
+        tokio::select! {
+            r = signals.recv() => r,
+            _ = idle_exit(&self.stats, self.config.idle_exit) => "idle exit (no connection)",
+            _ = self.shutdown.cancelled() => "shutdown requested",
+        }
+    }
+
+    /// Stops accepting, lets the connections finish (up to
+    /// `--shutdown-timeout`), and removes the socket files we bound.
+    async fn drain(&self, accepting: Accepting, reason: &str) {
+        let in_flight = self.stats.active_requests();
+        info!("{reason}: shutting down; draining {in_flight} requests in flight");
+        notify::stopping(&format!(
+            "stopping ({reason}); draining {in_flight} requests"
+        ));
+        self.shutdown.cancel();
+        for h in &accepting.loops {
+            h.abort();
+        }
+        accepting.connections.close();
+        let limit = self.config.shutdown_timeout;
+        let drained = tokio::time::timeout(limit, accepting.connections.wait()).await;
+        for p in &accepting.owned_paths {
+            let _ = std::fs::remove_file(p);
+        }
+        match drained {
+            Ok(()) => info!("all connections closed; exiting"),
+            Err(_) => warn!(
+                "shutdown timeout ({limit:?}) passed with {} requests still in flight; exiting anyway",
+                self.stats.active_requests()
+            ),
+        }
+    }
+}
+
+/// What a listener speaks: what it was bound for; for a socket systemd
+/// passed, HTTP/1.1 if its fd is named `http`, else FastCGI (the name the
+/// packaged `myflask-http.socket` gives it).
+fn transport_of(l: &Listener) -> Transport {
+    match (l.transport, l.inherited.as_deref()) {
+        (Some(t), _) => t,
+        (None, Some("http")) => Transport::Http,
+        (None, _) => Transport::FastCgi,
+    }
+}
+
+/// `FastCGI on unix:/run/myflask/fcgi.sock (inherited from systemd, ...)`.
+fn describe(l: &Listener) -> String {
+    format!("{} on {}", transport_of(l).as_str(), l.describe())
+}
+
+fn status_text(stats: &Stats) -> String {
+    let s = stats.snapshot();
+    format!(
+        "{} requests served, {} in flight, {} connections",
+        s.total_requests, s.active_requests, s.active_connections
+    )
+}
+
+/// Refreshes systemd's `STATUS=` line every `every`.
+fn spawn_status(stats: Arc<Stats>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.tick().await;
+        loop {
+            t.tick().await;
+            notify::status(&status_text(&stats));
+        }
+    })
+}
+
+/// Pings systemd's watchdog at half its period (when `WatchdogSec=` is
+/// set) while every accept loop is alive.
+fn spawn_watchdog(alive: Vec<Arc<AtomicBool>>) -> Option<JoinHandle<()>> {
+    let period = notify::watchdog_period()?;
+    info!("systemd watchdog enabled: pinging every {:?}", period / 2);
+    Some(tokio::spawn(async move {
+        let mut t = tokio::time::interval(period / 2);
+        loop {
+            t.tick().await;
+            // Reaching this line proves the runtime schedules tasks; the
+            // flags prove every listener still accepts.
+            if alive.iter().all(|a| a.load(Ordering::Relaxed)) {
+                notify::watchdog();
+            } else {
+                error!(
+                    "an accept loop has died; withholding watchdog pings so systemd restarts us"
+                );
+            }
+        }
+    }))
+}
+
+/// Returns once no connection has been open for `limit` (never without one).
+async fn idle_exit(stats: &Stats, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let mut idle_for = Duration::ZERO;
+    let step = Duration::from_millis(250).min(limit);
+    loop {
+        tokio::time::sleep(step).await;
+        if stats.active_connections() == 0 {
+            idle_for += step;
+            if idle_for >= limit {
+                return;
+            }
+        } else {
+            idle_for = Duration::ZERO;
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, when the server handles them
+/// ([`ServerConfig::handle_signals`]).
+struct StopSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl StopSignals {
+    fn install(enabled: bool) -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        if !enabled {
+            return Ok(StopSignals(None));
+        }
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        Ok(StopSignals(Some((term, int))))
+    }
+
+    /// The name of the first signal to arrive (never, when not handled).
+    async fn recv(&mut self) -> &'static str {
+        match &mut self.0 {
+            Some((term, int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The running accept loops, and what shutdown needs of them.
+#[derive(Default)]
+struct Accepting {
+    loops: Vec<JoinHandle<()>>,
+    /// One flag per loop, cleared when it ends (for the watchdog).
+    alive: Vec<Arc<AtomicBool>>,
+    /// Every connection's task, awaited by the drain.
+    connections: TaskTracker,
+    /// Socket files we bound, removed on exit.
+    owned_paths: Vec<PathBuf>,
+}
+
+/// What each transport's connections share, built once per `serve`.
+struct Handlers {
+    fastcgi: Arc<Engine>,
+    http: Arc<HttpShared>,
+}
+
+impl Handlers {
+    fn new(cfg: &ServerConfig, app: App, stats: &Arc<Stats>, shutdown: &CancellationToken) -> Self {
+        let fastcgi = Arc::new(Engine {
+            app: app.clone(),
             config: ConnConfig {
                 max_requests_per_conn: cfg.max_requests_per_conn,
                 max_params_bytes: cfg.max_params_bytes,
@@ -117,302 +379,63 @@ impl Server {
                 max_conns: cfg.max_connections,
                 max_requests: cfg.max_requests,
             },
-            stats: self.stats.clone(),
-            shutdown: self.shutdown.clone(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
         });
-        let conn_slots = Arc::new(Semaphore::new(cfg.max_connections));
-        let connections = TaskTracker::new();
-
-        // Signals first: a SIGTERM that arrives right after READY must drain.
-        let mut signals = if cfg.handle_signals {
-            use tokio::signal::unix::{SignalKind, signal};
-            Some((
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::interrupt())?,
-            ))
-        } else {
-            None
-        };
-
-        let mut accept_loops = Vec::new();
-        let mut owned_paths = Vec::new();
-        let mut alive_flags = Vec::new();
-        for l in std::mem::take(&mut self.listeners) {
-            info!("listening: {}", l.describe());
-            if let Some(p) = &l.owned_path {
-                owned_paths.push(p.clone());
-            }
-            let meta = ConnMeta {
-                listener: Arc::from(l.address.as_str()),
-                inherited: l.inherited.is_some(),
-            };
-            let alive = Arc::new(AtomicBool::new(true));
-            alive_flags.push(alive.clone());
-            let acceptor = Acceptor {
-                engine: engine.clone(),
-                slots: conn_slots.clone(),
-                tracker: connections.clone(),
-                meta,
-                protocol: l.protocol,
-                alive,
-            };
-            let handle = match l.socket {
-                Socket::Unix(s) => {
-                    let s = tokio::net::UnixListener::from_std(s)?;
-                    tokio::spawn(acceptor.run(s))
-                }
-                Socket::Tcp(s) => {
-                    let s = tokio::net::TcpListener::from_std(s)?;
-                    let allow = cfg.allowed_clients.as_ref();
-                    match crate::allow::AllowList::gate(allow, &l.address) {
-                        Some(gate) => tokio::spawn(acceptor.run(Guarded(s, gate))),
-                        None => tokio::spawn(acceptor.run(s)),
-                    }
-                }
-            };
-            accept_loops.push(handle);
-        }
-
-        let first_status = format!("serving; {}", Self::status_text(&self.stats));
-        notify::ready(&first_status);
-        info!("ready");
-
-        let status_task = {
-            let stats = self.stats.clone();
-            let every = cfg.status_interval;
-            tokio::spawn(async move {
-                let mut t = tokio::time::interval(every);
-                t.tick().await;
-                loop {
-                    t.tick().await;
-                    notify::status(&Self::status_text(&stats));
-                }
-            })
-        };
-
-        let watchdog_task = notify::watchdog_period().map(|period| {
-            let alive_flags = alive_flags.clone();
-            info!("systemd watchdog enabled: pinging every {:?}", period / 2);
-            tokio::spawn(async move {
-                let mut t = tokio::time::interval(period / 2);
-                loop {
-                    t.tick().await;
-                    // Reaching this line proves the runtime schedules tasks;
-                    // the flags prove every listener still accepts.
-                    if alive_flags.iter().all(|a| a.load(Ordering::Relaxed)) {
-                        notify::watchdog();
-                    } else {
-                        error!("an accept loop has died; withholding watchdog pings so systemd restarts us");
-                    }
-                }
-            })
+        let http = Arc::new(HttpShared {
+            app,
+            max_body_bytes: cfg.max_body_bytes,
+            max_requests: cfg.max_requests,
+            header_timeout: cfg.stall_timeout,
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
         });
-
-        let idle_exit = async {
-            match cfg.idle_exit {
-                None => std::future::pending::<()>().await,
-                Some(limit) => {
-                    let mut idle_for = Duration::ZERO;
-                    let step = Duration::from_millis(250).min(limit);
-                    loop {
-                        tokio::time::sleep(step).await;
-                        if self.stats.active_connections() == 0 {
-                            idle_for += step;
-                            if idle_for >= limit {
-                                return;
-                            }
-                        } else {
-                            idle_for = Duration::ZERO;
-                        }
-                    }
-                }
-            }
-        };
-
-        let signal = async {
-            match &mut signals {
-                Some((term, int)) => tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                },
-                None => std::future::pending().await,
-            }
-        };
-        let reason = tokio::select! {
-            r = signal => r,
-            _ = idle_exit => "idle exit (no connection)",
-            _ = self.shutdown.cancelled() => "shutdown requested",
-        };
-        let in_flight = self.stats.active_requests();
-        info!("{reason}: shutting down; draining {in_flight} requests in flight");
-        notify::stopping(&format!(
-            "stopping ({reason}); draining {in_flight} requests"
-        ));
-        self.shutdown.cancel();
-        for h in &accept_loops {
-            h.abort();
-        }
-        connections.close();
-        let drained = tokio::time::timeout(cfg.shutdown_timeout, connections.wait()).await;
-        status_task.abort();
-        if let Some(w) = watchdog_task {
-            w.abort();
-        }
-        for p in owned_paths {
-            let _ = std::fs::remove_file(&p);
-        }
-        match drained {
-            Ok(()) => info!("all connections closed; exiting"),
-            Err(_) => warn!(
-                "shutdown timeout ({:?}) passed with {} requests still in flight; exiting anyway",
-                cfg.shutdown_timeout,
-                self.stats.active_requests()
-            ),
-        }
-        Ok(())
+        Handlers { fastcgi, http }
     }
 
-    fn status_text(stats: &Stats) -> String {
-        let s = stats.snapshot();
-        format!(
-            "{} requests served, {} in flight, {} connections",
-            s.total_requests, s.active_requests, s.active_connections
-        )
-    }
-}
-
-struct Acceptor {
-    engine: Arc<Engine>,
-    slots: Arc<Semaphore>,
-    tracker: TaskTracker,
-    meta: ConnMeta,
-    protocol: Protocol,
-    alive: Arc<AtomicBool>,
-}
-
-/// Sleeps after accept errors that would otherwise spin (EMFILE, ENFILE,
-/// ENOBUFS): the condition clears when connections close.
-async fn accept_error(listener: &str, e: std::io::Error) {
-    match e.raw_os_error() {
-        Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EAGAIN) => {}
-        _ => {
-            error!(listener, "accept failed: {e}; pausing accepts for 100 ms");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    fn for_transport(&self, t: Transport) -> Handler {
+        match t {
+            Transport::FastCgi => Handler::FastCgi(self.fastcgi.clone()),
+            Transport::Http => Handler::Http(self.http.clone()),
         }
     }
 }
 
-impl Acceptor {
-    /// Starts serving one accepted connection; `slot` and the stats guard
-    /// live exactly as long as the connection.
-    fn spawn<S>(&self, stream: S, peer: Option<String>, slot: OwnedSemaphorePermit)
-    where
-        S: Split,
-    {
-        let guard = self.engine.stats.connection();
-        let engine = self.engine.clone();
-        // A copy of the listener's name per connection, not a clone of the
-        // server-wide one: every request clones it (`RequestInfo`), and one
-        // shared reference count bounced between the cores.
-        let meta = ConnMeta {
-            listener: Arc::from(&*self.meta.listener),
-            inherited: self.meta.inherited,
-        };
-        match self.protocol {
-            Protocol::FastCgi => {
-                let (r, w) = stream.split();
-                self.tracker.spawn(async move {
-                    connection::serve(r, w, engine, meta).await;
-                    drop((slot, guard));
-                });
-            }
-            Protocol::Http => {
-                self.tracker.spawn(async move {
-                    http_server::serve(stream, peer, engine, meta).await;
-                    drop((slot, guard));
-                });
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::systemd::listen::Socket;
+
+    fn listener(transport: Option<Transport>, fd_name: Option<&str>) -> Listener {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        Listener {
+            socket: Socket::Tcp(socket),
+            transport,
+            address: "127.0.0.1:9000".into(),
+            inherited: fd_name.map(str::to_string),
+            owned_path: None,
         }
     }
 
-    async fn run<L: Accept>(self, listener: L) {
-        loop {
-            // Take a slot first: at the cap we stop calling accept() and
-            // the kernel backlog holds newcomers.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                break;
-            };
-            match listener.accept_one().await {
-                Ok((stream, peer)) => self.spawn(stream, peer, slot),
-                Err(e) => accept_error(&self.meta.listener, e).await,
-            }
+    #[test]
+    fn a_listener_speaks_what_it_was_bound_for_or_what_its_fd_name_says() {
+        use Transport::{FastCgi, Http};
+        let cases = [
+            (Some(FastCgi), None, FastCgi),
+            (Some(Http), None, Http),
+            (None, Some("http"), Http),
+            (None, Some("fastcgi"), FastCgi),
+            (None, Some("tcp-fcgi"), FastCgi),
+            (None, Some("unknown"), FastCgi),
+            (None, Some("HTTP"), FastCgi),
+        ];
+        for (bound_for, fd_name, want) in cases {
+            let l = listener(bound_for, fd_name);
+            assert_eq!(transport_of(&l), want, "{bound_for:?} {fd_name:?}");
         }
-        self.alive.store(false, Ordering::Relaxed);
-    }
-}
-
-/// A stream that splits into owned halves for the FastCGI engine.
-trait Split: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
-    type Read: connection::ConnRead;
-    type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn split(self) -> (Self::Read, Self::Write);
-}
-
-impl Split for tokio::net::UnixStream {
-    type Read = tokio::net::unix::OwnedReadHalf;
-    type Write = tokio::net::unix::OwnedWriteHalf;
-    fn split(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-impl Split for tokio::net::TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
-    fn split(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-/// The two kinds of listener, behind one accept call.
-trait Accept: Send + 'static {
-    type Stream: Split;
-    fn accept_one(
-        &self,
-    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, Option<String>)>> + Send;
-}
-
-impl Accept for tokio::net::UnixListener {
-    type Stream = tokio::net::UnixStream;
-    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
-        let (s, _) = self.accept().await?;
-        Ok((s, None))
-    }
-}
-
-impl Accept for tokio::net::TcpListener {
-    type Stream = tokio::net::TcpStream;
-    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
-        let (s, peer) = self.accept().await?;
-        // Responses are written whole; Nagle would only delay them.
-        let _ = s.set_nodelay(true);
-        Ok((s, Some(peer.to_string())))
-    }
-}
-
-/// A TCP listener with an allow-list: peers outside it are closed at
-/// accept, before anything is read (the gate logs them).
-struct Guarded(tokio::net::TcpListener, crate::allow::Gate);
-
-impl Accept for Guarded {
-    type Stream = tokio::net::TcpStream;
-    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<String>)> {
-        loop {
-            let (s, peer) = self.0.accept().await?;
-            if self.1.admit(peer) {
-                let _ = s.set_nodelay(true);
-                return Ok((s, Some(peer.to_string())));
-            }
-        }
+        assert_eq!(
+            describe(&listener(None, Some("http"))),
+            "HTTP on 127.0.0.1:9000 (inherited from systemd, fd name \"http\")"
+        );
     }
 }

@@ -11,16 +11,22 @@
 //! Behind both is one object-safe trait, so the connection code is not
 //! generic over the application (one copy of it in the binary, and the
 //! service's future is boxed once per request, nothing more).
+//!
+//! The server's own answers (a body over the limit, an overload, a failed
+//! handler) are built here too, by [`error_response`]: every transport
+//! meets the application at this boundary, so a failure reads the same
+//! whichever way the request came.
 
 use crate::body::Body;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Errors services and bodies may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,6 +36,7 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub(crate) type BoxFuture =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
+/// A service behind one object-safe call: what `App` erases both doors to.
 trait Call: Send + Sync + 'static {
     fn call(&self, req: Request<Body>) -> BoxFuture;
 }
@@ -49,9 +56,10 @@ impl std::fmt::Debug for App {
 /// becomes the `Content-Length` of both transports); http-body-util's
 /// `map_frame` would drop it.
 ///
-/// One allocation; none for a body that is already a `ResponseBody` (a
-/// service that boxed its own, passed through `App` and the HTTP
-/// transport's logging wrapper, was boxed three times over).
+/// One allocation; none for a body that is already a `ResponseBody`: a
+/// body can pass through here more than once (a service that boxes its
+/// own, then `App`, then the HTTP transport's logging wrapper), and must be
+/// boxed only once.
 pub fn box_body<B>(body: B) -> ResponseBody
 where
     B: http_body::Body + Send + 'static,
@@ -74,6 +82,7 @@ where
 }
 
 pin_project_lite::pin_project! {
+    /// A body whose data is turned into `Bytes` and whose error is boxed.
     struct ToBytes<B> {
         #[pin]
         body: B,
@@ -109,6 +118,7 @@ where
     }
 }
 
+/// A `hyper::service::Service`, called through `&self`.
 struct Hyper<S>(S);
 
 impl<S, B> Call for Hyper<S>
@@ -121,9 +131,9 @@ where
     B::Error: Into<BoxError>,
 {
     fn call(&self, req: Request<Body>) -> BoxFuture {
-        // `map`, not an `async move` block: a block holds the captured
-        // future and, once it awaits it, a second copy, which doubled the
-        // allocation (past the 1 KiB glibc serves from its thread cache).
+        // Keep `map`: an `async move` block would hold the captured future
+        // and, once it awaits it, a second copy, doubling this per-request
+        // allocation.
         Box::pin(self.0.call(req).map(|r| match r {
             Ok(resp) => Ok(resp.map(box_body)),
             Err(e) => Err(e.into()),
@@ -131,6 +141,7 @@ where
     }
 }
 
+/// A `tower::Service`, cloned per request and driven through `poll_ready`.
 struct Tower<S>(S);
 
 impl<S, B> Call for Tower<S>
@@ -225,6 +236,100 @@ fn rethrow(panic: Box<dyn std::any::Any + Send>) -> BoxFuture {
     }))
 }
 
+/// A failure the server answers itself, in place of the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerError {
+    /// 400: the request could not be understood (the reason says why).
+    BadRequest(String),
+    /// 413: the request body is larger than `--max-body-bytes`.
+    BodyTooLarge { limit: u64 },
+    /// 431: the request head (FastCGI params) is larger than
+    /// `--max-params-bytes`.
+    HeadTooLarge { limit: usize },
+    /// 500: the application panicked or returned an error. The details go
+    /// to the log, never to the client.
+    AppFailed,
+    /// 503: `--max-requests` requests are already in flight server-wide.
+    Overloaded { limit: usize },
+    /// 503: the FastCGI connection already carries
+    /// `--max-requests-per-conn` requests.
+    ConnectionBusy { limit: usize },
+    /// 504: the application gave no response within `after`.
+    Timeout { after: Duration },
+}
+
+impl ServerError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServerError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServerError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ServerError::AppFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ServerError::Overloaded { .. } | ServerError::ConnectionBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// The one-sentence reason: the response body (after the status code) and
+/// the access log's note.
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::BadRequest(why) => f.write_str(why),
+            ServerError::BodyTooLarge { limit } => {
+                write!(f, "request body exceeds the limit of {limit} bytes")
+            }
+            ServerError::HeadTooLarge { limit } => write!(
+                f,
+                "request head (FastCGI params) exceeds the limit of {limit} bytes"
+            ),
+            ServerError::AppFailed => f.write_str("internal server error"),
+            ServerError::Overloaded { limit } => {
+                write!(f, "server is at its limit of {limit} concurrent requests")
+            }
+            ServerError::ConnectionBusy { limit } => write!(
+                f,
+                "too many concurrent requests on this connection (limit {limit})"
+            ),
+            ServerError::Timeout { after } => {
+                write!(f, "the application gave no response within {after:?}")
+            }
+        }
+    }
+}
+
+/// Builds the server's own response to `err`, for every transport:
+/// `text/plain`, the body `"<code> <reason>\n"`, and `Retry-After: 1` on a
+/// 503 (the condition is momentary; nginx passes the header on). Cold path:
+/// it allocates freely.
+pub fn error_response(err: &ServerError) -> Response<Bytes> {
+    let status = err.status();
+    let body = Bytes::from(format!("{} {err}\n", status.as_u16()));
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    r
+}
+
+/// [`error_response`] with its body erased, as a service's response is.
+pub fn error_response_boxed(err: &ServerError) -> Response<ResponseBody> {
+    error_response(err).map(|b| box_body(http_body_util::Full::new(b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +345,49 @@ mod tests {
         assert_eq!(twice.size_hint().exact(), Some(5));
         let got = twice.collect().await.expect("body").to_bytes();
         assert_eq!(&got[..], b"hello");
+    }
+
+    #[test]
+    fn error_responses_say_their_status_and_reason_in_plain_text() {
+        let cases = [
+            (
+                ServerError::BadRequest("no REQUEST_METHOD".into()),
+                "400 no REQUEST_METHOD\n",
+            ),
+            (
+                ServerError::BodyTooLarge { limit: 10 },
+                "413 request body exceeds the limit of 10 bytes\n",
+            ),
+            (
+                ServerError::HeadTooLarge { limit: 20 },
+                "431 request head (FastCGI params) exceeds the limit of 20 bytes\n",
+            ),
+            (ServerError::AppFailed, "500 internal server error\n"),
+            (
+                ServerError::Overloaded { limit: 3 },
+                "503 server is at its limit of 3 concurrent requests\n",
+            ),
+            (
+                ServerError::ConnectionBusy { limit: 4 },
+                "503 too many concurrent requests on this connection (limit 4)\n",
+            ),
+            (
+                ServerError::Timeout {
+                    after: Duration::from_secs(5),
+                },
+                "504 the application gave no response within 5s\n",
+            ),
+        ];
+        for (err, body) in cases {
+            let r = error_response(&err);
+            assert_eq!(r.status(), err.status());
+            assert_eq!(&r.body()[..], body.as_bytes(), "{err:?}");
+            assert_eq!(
+                r.headers()[http::header::CONTENT_TYPE],
+                "text/plain; charset=utf-8"
+            );
+            let retry = r.headers().get(http::header::RETRY_AFTER);
+            assert_eq!(retry.is_some(), r.status() == 503, "{err:?}");
+        }
     }
 }

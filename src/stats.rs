@@ -10,14 +10,15 @@
 //! (requests, status classes, bytes) have one copy per thread, each on its
 //! own cache line, summed by `snapshot`; the three figures that must be
 //! server-wide (request ids, requests in flight and their peak, which is
-//! also the `--max-requests` limit) share one line of their own. With
-//! every figure in one struct, each request's eight increments bounced
-//! that line between the cores.
+//! also the `--max-requests` limit) share one line of their own: figures
+//! on one shared line would make every request's increments move that line
+//! between the cores.
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// The live figures of one server, shared by every connection.
 #[derive(Debug)]
 pub struct Stats {
     started: SystemTime,
@@ -204,8 +205,8 @@ impl Stats {
     }
 
     /// Counts a request in flight if fewer than `limit` are (the
-    /// `--max-requests` cap: one atomic, where a semaphore took a lock on
-    /// every release). The caller must call `end_request` once for every
+    /// `--max-requests` cap). One atomic: a semaphore would take a lock on
+    /// every release. The caller must call `end_request` once for every
     /// `true`, or hold a [`RequestGuard`].
     pub(crate) fn try_begin_request(&self, limit: usize) -> bool {
         let now = self.hot.active_requests.fetch_add(1, Relaxed) + 1;

@@ -14,8 +14,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use myflask::addr::ListenAddr;
 use myflask::fastcgi::client;
-use myflask::systemd::listen::{self, BindOptions, Protocol};
-use myflask::{App, RequestInfo, Server, ServerConfig};
+use myflask::systemd::listen::{self, BindOptions};
+use myflask::{App, RequestInfo, Server, ServerConfig, Transport};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ fn serve(app: App) -> Running {
         .enable_all()
         .build()
         .unwrap();
-    let listener = listen::bind(&addr, Protocol::FastCgi, &BindOptions::default()).unwrap();
+    let listener = listen::bind(&addr, Transport::FastCgi, &BindOptions::default()).unwrap();
     let server = Server::new(ServerConfig::default(), vec![listener]);
     let shutdown = server.shutdown_token();
     let served = rt.spawn(server.serve(app));
@@ -287,7 +287,7 @@ fn hyper_service_panicking_before_its_future_is_a_500_for_that_request_only() {
     let listener = rt.block_on(async {
         listen::bind(
             &ListenAddr::Unix(path.clone()),
-            Protocol::Http,
+            Transport::Http,
             &BindOptions::default(),
         )
     });

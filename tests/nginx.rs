@@ -574,7 +574,8 @@ fn streaming_app(
     use bytes::Bytes;
     use http_body_util::StreamBody;
     use hyper::body::Frame;
-    use myflask::systemd::listen::{BindOptions, Protocol, bind};
+    use myflask::Transport;
+    use myflask::systemd::listen::{BindOptions, bind};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -601,7 +602,7 @@ fn streaming_app(
         Ok::<_, std::convert::Infallible>(resp)
     });
     let addr = myflask::addr::ListenAddr::Unix(sock.to_path_buf());
-    let l = bind(&addr, Protocol::FastCgi, &BindOptions::default()).unwrap();
+    let l = bind(&addr, Transport::FastCgi, &BindOptions::default()).unwrap();
     let server = myflask::Server::new(myflask::ServerConfig::default(), vec![l]);
     let token = server.shutdown_token();
     let served = rt.spawn(server.serve(myflask::App::from_hyper(svc)));

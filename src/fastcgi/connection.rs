@@ -45,12 +45,14 @@ use super::record::{self, BeginRequest, Record};
 use super::{request, response};
 use crate::access::AccessLog;
 use crate::body::{Body, BodyError, BodyShared};
-use crate::service::{App, BoxError, BoxFuture, ResponseBody, panic_message};
+use crate::service::{
+    App, BoxError, BoxFuture, ResponseBody, ServerError, error_response, error_response_boxed,
+    panic_message,
+};
 use crate::stats::Stats;
-use crate::{RequestInfo, Transport};
+use crate::{ConnMeta, RequestInfo, Transport};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::StatusCode;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -114,13 +116,6 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
-}
-
-/// Where a connection came from, for `RequestInfo` and logs.
-#[derive(Debug, Clone)]
-pub struct ConnMeta {
-    pub listener: Arc<str>,
-    pub inherited: bool,
 }
 
 /// The read half of a connection. `readable` lets an idle connection wait
@@ -354,12 +349,6 @@ impl ReqShared {
     }
 }
 
-/// Why a request is answered by the server itself.
-struct Reject {
-    status: StatusCode,
-    reason: String,
-}
-
 /// A PARAMS stream as it arrives. nginx sends the whole stream in one
 /// record, whose content is kept as it is (a slice of the read buffer);
 /// only a stream of several records is joined into a buffer of its own.
@@ -412,7 +401,7 @@ impl Gather {
 enum Phase {
     Params {
         buf: Gather,
-        reject: Option<Reject>,
+        reject: Option<ServerError>,
     },
     Running {
         tx: Option<mpsc::Sender<Bytes>>,
@@ -945,10 +934,7 @@ impl<R: ConnRead> Reader<R> {
                 self.engine.config.max_requests
             )));
         }
-        let reject = (live >= max).then(|| Reject {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: format!("too many concurrent requests on this connection (limit {max})"),
-        });
+        let reject = (live >= max).then_some(ServerError::ConnectionBusy { limit: max });
         self.reqs.push(Entry {
             id,
             keep_conn: begin.keep_conn(),
@@ -979,10 +965,7 @@ impl<R: ConnRead> Reader<R> {
         }
         if reject.is_none() {
             if buf.len() + rec.content.len() > cap {
-                *reject = Some(Reject {
-                    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    reason: format!("FastCGI params exceed the limit of {cap} bytes"),
-                });
+                *reject = Some(ServerError::HeadTooLarge { limit: cap });
                 // Keep nothing of a flood.
                 *buf = Gather::Empty;
             } else {
@@ -1010,29 +993,20 @@ impl<R: ConnRead> Reader<R> {
         let params = match Params::parse_with(buf.finish(!inline_likely), |i, n| known.note(i, n)) {
             Ok(p) => p,
             Err(e) => {
-                let r = Reject {
-                    status: StatusCode::BAD_REQUEST,
-                    reason: format!("malformed FastCGI params: {e}"),
-                };
+                let r = ServerError::BadRequest(format!("malformed FastCGI params: {e}"));
                 return self.answer(i, r, None);
             }
         };
         let mapped = match request::build_known(&params, &known) {
             Ok(m) => m,
             Err(e) => {
-                let r = Reject {
-                    status: StatusCode::BAD_REQUEST,
-                    reason: e.0,
-                };
+                let r = ServerError::BadRequest(e.0);
                 return self.answer(i, r, Some(&params));
             }
         };
         let limit = self.engine.config.max_body_bytes;
         if mapped.content_length.is_some_and(|n| n > limit) {
-            let r = Reject {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                reason: format!("request body exceeds the limit of {limit} bytes"),
-            };
+            let r = ServerError::BodyTooLarge { limit };
             return self.answer(i, r, Some(&params));
         }
         if !self
@@ -1041,12 +1015,8 @@ impl<R: ConnRead> Reader<R> {
             .try_begin_request(self.engine.config.max_requests)
         {
             self.engine.stats.refused_overloaded();
-            let r = Reject {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                reason: format!(
-                    "server is at its limit of {} concurrent requests",
-                    self.engine.config.max_requests
-                ),
+            let r = ServerError::Overloaded {
+                limit: self.engine.config.max_requests,
             };
             return self.answer(i, r, Some(&params));
         }
@@ -1080,7 +1050,7 @@ impl<R: ConnRead> Reader<R> {
         let (parts, ()) = mapped.request.into_parts();
         let mut req = http::Request::from_parts(parts, body);
         let log = AccessLog::new(
-            "fastcgi",
+            Transport::FastCgi,
             req.method(),
             req.uri(),
             mapped.peer.as_deref(),
@@ -1147,12 +1117,12 @@ impl<R: ConnRead> Reader<R> {
     }
 
     /// Answers entry `i` with an error response written by the server.
-    fn answer(&mut self, i: usize, r: Reject, params: Option<&Params>) -> Step {
+    fn answer(&mut self, i: usize, r: ServerError, params: Option<&Params>) -> Step {
         let entry = &self.reqs[i];
         let (id, keep_conn) = (entry.id, entry.keep_conn);
         let get = |n: &str| params.and_then(|p| p.get_str(n)).unwrap_or("-").to_string();
         let log = AccessLog {
-            transport: "fastcgi",
+            transport: Transport::FastCgi,
             method: get("REQUEST_METHOD"),
             uri: get("REQUEST_URI"),
             peer: get("REMOTE_ADDR"),
@@ -1160,7 +1130,7 @@ impl<R: ConnRead> Reader<R> {
             started: Some(Instant::now()),
         };
         let mut b = BytesMut::with_capacity(256);
-        let body_len = encode_error(&mut b, id, r.status, &r.reason);
+        let body_len = encode_error(&mut b, id, &r);
         record::put_stream_end(&mut b, record::STDOUT, id);
         record::put_end_request(&mut b, id, 0, record::REQUEST_COMPLETE);
         if keep_conn && self.shutting_down {
@@ -1171,9 +1141,9 @@ impl<R: ConnRead> Reader<R> {
         entry.shared.ended.store(true, Ordering::Release);
         log.finish(
             &self.engine.stats,
-            r.status.as_u16(),
+            r.status().as_u16(),
             body_len,
-            Some(&r.reason),
+            Some(&r.to_string()),
         );
         Step::reply(b, !keep_conn)
     }
@@ -1317,20 +1287,13 @@ async fn read_some<R: ConnRead>(io: &mut R, buf: &mut BytesMut) -> io::Result<us
     io.read_buf(buf).await
 }
 
-/// Writes an error response's head and body as STDOUT records; returns the
+/// Writes the server's own response to `err` as STDOUT records; returns the
 /// body length.
-fn encode_error(b: &mut BytesMut, id: u16, status: StatusCode, reason: &str) -> u64 {
-    let text = format!("{} {}\n", status.as_u16(), reason);
+fn encode_error(b: &mut BytesMut, id: u16, err: &ServerError) -> u64 {
+    let (parts, text) = error_response(err).into_parts();
     let mut head = BytesMut::with_capacity(128);
-    let mut builder = http::Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        builder = builder.header(http::header::RETRY_AFTER, "1");
-    }
-    let (parts, ()) = builder.body(()).unwrap_or_default().into_parts();
     response::encode_head(&mut head, &parts, Some(text.len() as u64));
-    head.extend_from_slice(text.as_bytes());
+    head.extend_from_slice(&text);
     record::put_stream(b, record::STDOUT, id, &head);
     text.len() as u64
 }
@@ -1575,12 +1538,7 @@ impl RequestTask {
                     );
                     if task.status == 0 {
                         out.discard();
-                        bytes_out = encode_error(
-                            &mut out.buf,
-                            task.id,
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal server error",
-                        );
+                        bytes_out = encode_error(&mut out.buf, task.id, &ServerError::AppFailed);
                         task.status = 500;
                     }
                     out.finish(&task.signals, 1, true, close, farewell).await;
@@ -1622,18 +1580,12 @@ impl RequestTask {
                     request_id = self.log.request_id,
                     "service returned an error: {e}"
                 );
-                crate::app::text_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal server error\n",
-                )
+                error_response_boxed(&ServerError::AppFailed)
             }
         };
         let resp = if self.body.as_ref().is_some_and(|b| b.failed_too_large()) {
             let limit = self.signals.engine.config.max_body_bytes;
-            crate::app::text_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("413 request body exceeds the limit of {limit} bytes\n"),
-            )
+            error_response_boxed(&ServerError::BodyTooLarge { limit })
         } else {
             resp
         };

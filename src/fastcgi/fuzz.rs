@@ -14,9 +14,10 @@
 //!   an id that was not begun, and never sends more END_REQUESTs for an id
 //!   than it received BEGIN_REQUESTs.
 
-use super::connection::{self, ConnConfig, ConnMeta, Engine};
+use super::connection::{self, ConnConfig, Engine};
 use super::params::{self, Params};
 use super::{record, request};
+use crate::ConnMeta;
 use crate::body::Body;
 use crate::service::App;
 use crate::stats::Stats;

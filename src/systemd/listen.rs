@@ -2,39 +2,27 @@
 //!
 //! Inherited sockets follow sd_listen_fds(3): fds from 3 on, `LISTEN_FDS` of
 //! them, valid only if `LISTEN_PID` is our pid, named by `LISTEN_FDNAMES`
-//! (from `FileDescriptorName=`). An fd named `http` speaks HTTP/1.1, every
-//! other one FastCGI. This must run before any thread exists: it unsets the
-//! variables (so children do not inherit them) and `remove_var` is only
-//! sound while the process is single-threaded.
+//! (from `FileDescriptorName=`). What an inherited socket speaks is the
+//! server's decision, by that name; this file only hands the name on. This
+//! must run before any thread exists: it unsets the variables (so children
+//! do not inherit them) and `remove_var` is only sound while the process is
+//! single-threaded.
 //!
-//! Without inherited sockets we bind what `--listen`/`--http` ask for. A
-//! stale unix socket file (nothing answers on it) is replaced; a live one is
-//! an error. A path under /tmp or /var/tmp gets a warning: with systemd's
-//! PrivateTmp= (implied by DynamicUser=) the server and nginx see different
-//! /tmp directories, which is exactly how the seed deployment failed with
-//! `connect() to unix:/tmp/fcgi.sock failed (2: No such file or directory)`.
+//! Our own sockets are bound where the caller asks, tagged with the
+//! transport it wants on them (which ones, and the default, are the
+//! server's choice: `server::listeners`). A stale unix socket file (nothing
+//! answers on it) is replaced; a live one is an error. A path under /tmp or
+//! /var/tmp gets a warning: with systemd's PrivateTmp= (implied by
+//! DynamicUser=) the server and nginx see different /tmp directories, and
+//! nginx fails with `connect() to unix:/tmp/fcgi.sock failed (2: No such
+//! file or directory)`.
 
+use crate::Transport;
 use crate::addr::ListenAddr;
 use anyhow::{Context, bail};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-/// What a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    FastCgi,
-    Http,
-}
-
-impl Protocol {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Protocol::FastCgi => "FastCGI",
-            Protocol::Http => "HTTP",
-        }
-    }
-}
 
 /// A listening socket, not yet registered with a runtime.
 #[derive(Debug)]
@@ -47,7 +35,9 @@ pub enum Socket {
 #[derive(Debug)]
 pub struct Listener {
     pub socket: Socket,
-    pub protocol: Protocol,
+    /// The transport the caller bound it for (see [`bind`]); `None` for a
+    /// socket systemd passed, which the server assigns by its fd name.
+    pub transport: Option<Transport>,
     /// `unix:/path` or `host:port`.
     pub address: String,
     /// Inherited from systemd (`Some(fd name)`) or bound by us (`None`).
@@ -58,18 +48,15 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// The address and where the socket came from, e.g.
+    /// `unix:/run/myflask/fcgi.sock (inherited from systemd, fd name "fcgi")`.
     pub fn describe(&self) -> String {
         match &self.inherited {
             Some(name) => format!(
-                "{} on {} (inherited from systemd, fd name {name:?})",
-                self.protocol.as_str(),
+                "{} (inherited from systemd, fd name {name:?})",
                 self.address
             ),
-            None => format!(
-                "{} on {} (bound by myflask)",
-                self.protocol.as_str(),
-                self.address
-            ),
+            None => format!("{} (bound by myflask)", self.address),
         }
     }
 }
@@ -154,86 +141,104 @@ pub fn inherited() -> anyhow::Result<Vec<Listener>> {
     let Ok(count) = std::env::var("LISTEN_FDS") else {
         return Ok(Vec::new());
     };
-    let pid = std::env::var("LISTEN_PID").ok();
-    let names = std::env::var("LISTEN_FDNAMES").ok();
-    let me = std::process::id();
-    match pid.as_deref().map(str::parse::<u32>) {
-        Some(Ok(p)) if p == me => {}
-        other => {
-            let why = match other {
-                None => "LISTEN_PID is not set".to_string(),
-                Some(Err(_)) => format!("LISTEN_PID={:?} is not a pid", pid.unwrap_or_default()),
-                Some(Ok(p)) => format!("LISTEN_PID={p} is another process (we are {me})"),
-            };
-            tracing::warn!(
-                "ignoring LISTEN_FDS={count}: {why}; the fds were meant for another process \
-                 (was myflask started through a wrapper that forks?)"
-            );
-            unset_listen_env();
-            return Ok(Vec::new());
-        }
+    if !listen_pid_is_ours(&count) {
+        unset_listen_env();
+        return Ok(Vec::new());
     }
     let n: usize = count
         .parse()
         .with_context(|| format!("LISTEN_FDS={count:?} is not a number"))?;
-    let mut names: Vec<String> = names
-        .map(|s| s.split(':').map(str::to_string).collect())
-        .unwrap_or_default();
-    if names.len() != n {
-        if !names.is_empty() {
-            tracing::warn!(
-                "LISTEN_FDNAMES has {} names for {n} fds; treating all as \"unknown\"",
-                names.len()
-            );
-        }
-        names = vec!["unknown".to_string(); n];
-    }
+    let names = fd_names(std::env::var("LISTEN_FDNAMES").ok().as_deref(), n);
     let mut fds = listenfd::ListenFd::from_env();
     unset_listen_env();
-    let mut out = Vec::with_capacity(n);
-    for (i, name) in names.into_iter().enumerate() {
-        let fd = SD_LISTEN_FDS_START + i as RawFd;
-        let family = check_fd(fd, &name)?;
-        let protocol = if name == "http" {
-            Protocol::Http
-        } else {
-            Protocol::FastCgi
-        };
-        let (socket, address) = if family == libc::AF_UNIX {
-            let l = fds
-                .take_unix_listener(i)
-                .with_context(|| format!("taking inherited fd {fd}"))?
-                .with_context(|| format!("inherited fd {fd} was already taken"))?;
-            let address = match l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
-            {
-                Some(p) => format!("unix:{}", p.display()),
-                None => format!("unix socket fd {fd}"),
-            };
-            (Socket::Unix(l), address)
-        } else {
-            let l = fds
-                .take_tcp_listener(i)
-                .with_context(|| format!("taking inherited fd {fd}"))?
-                .with_context(|| format!("inherited fd {fd} was already taken"))?;
-            let address = l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| format!("tcp socket fd {fd}"));
-            (Socket::Tcp(l), address)
-        };
-        set_nonblocking(&socket)?;
-        out.push(Listener {
-            socket,
-            protocol,
-            address,
-            inherited: Some(name),
-            owned_path: None,
-        });
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| take_inherited(&mut fds, i, name))
+        .collect()
+}
+
+/// Whether `LISTEN_PID` names this process (sd_listen_fds(3)); warns when
+/// it does not, since the fds were then meant for someone else.
+fn listen_pid_is_ours(count: &str) -> bool {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let me = std::process::id();
+    let why = match pid.as_deref().map(str::parse::<u32>) {
+        Some(Ok(p)) if p == me => return true,
+        None => "LISTEN_PID is not set".to_string(),
+        Some(Err(_)) => format!("LISTEN_PID={:?} is not a pid", pid.unwrap_or_default()),
+        Some(Ok(p)) => format!("LISTEN_PID={p} is another process (we are {me})"),
+    };
+    tracing::warn!(
+        "ignoring LISTEN_FDS={count}: {why}; the fds were meant for another process \
+         (was myflask started through a wrapper that forks?)"
+    );
+    false
+}
+
+/// The `n` fd names from `LISTEN_FDNAMES` (colon-separated); `unknown` for
+/// every fd when the variable is missing (sd_listen_fds_with_names(3)'s
+/// default) or, with a warning, when it does not hold one name per fd.
+fn fd_names(var: Option<&str>, n: usize) -> Vec<String> {
+    let names: Vec<String> = var
+        .map(|s| s.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    if names.len() == n {
+        return names;
     }
-    Ok(out)
+    if !names.is_empty() {
+        tracing::warn!(
+            "LISTEN_FDNAMES has {} names for {n} fds; treating all as \"unknown\"",
+            names.len()
+        );
+    }
+    vec!["unknown".to_string(); n]
+}
+
+/// Takes inherited fd number `i` (fd 3 + `i`), named `name`, after checking
+/// that it is a listening stream socket.
+fn take_inherited(
+    fds: &mut listenfd::ListenFd,
+    i: usize,
+    name: String,
+) -> anyhow::Result<Listener> {
+    let fd = SD_LISTEN_FDS_START + i as RawFd;
+    let family = check_fd(fd, &name)?;
+    let taking = || format!("taking inherited fd {fd}");
+    let taken = || format!("inherited fd {fd} was already taken");
+    let (socket, address) = if family == libc::AF_UNIX {
+        let l = fds
+            .take_unix_listener(i)
+            .with_context(taking)?
+            .with_context(taken)?;
+        let path = l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        let address = match path {
+            Some(p) => format!("unix:{}", p.display()),
+            None => format!("unix socket fd {fd}"),
+        };
+        (Socket::Unix(l), address)
+    } else {
+        let l = fds
+            .take_tcp_listener(i)
+            .with_context(taking)?
+            .with_context(taken)?;
+        let address = l
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| format!("tcp socket fd {fd}"));
+        (Socket::Tcp(l), address)
+    };
+    set_nonblocking(&socket)?;
+    Ok(Listener {
+        socket,
+        transport: None,
+        address,
+        inherited: Some(name),
+        owned_path: None,
+    })
 }
 
 fn set_nonblocking(s: &Socket) -> anyhow::Result<()> {
@@ -348,19 +353,12 @@ fn bind_unix(path: &Path, opts: &BindOptions) -> anyhow::Result<std::os::unix::n
     Ok(l)
 }
 
-/// Removes the socket files of listeners bound before a later one failed:
-/// a failed start leaves nothing behind (inherited sockets are untouched).
-fn abandon(bound: Vec<Listener>, e: anyhow::Error) -> anyhow::Error {
-    for l in bound {
-        if let Some(p) = &l.owned_path {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    e
-}
-
-/// Binds `addr` ourselves.
-pub fn bind(addr: &ListenAddr, protocol: Protocol, opts: &BindOptions) -> anyhow::Result<Listener> {
+/// Binds `addr` ourselves, for the server to serve `transport` on.
+pub fn bind(
+    addr: &ListenAddr,
+    transport: Transport,
+    opts: &BindOptions,
+) -> anyhow::Result<Listener> {
     let (socket, owned_path) = match addr {
         ListenAddr::Unix(p) => (Socket::Unix(bind_unix(p, opts)?), Some(p.clone())),
         ListenAddr::Tcp(a) => {
@@ -379,48 +377,33 @@ pub fn bind(addr: &ListenAddr, protocol: Protocol, opts: &BindOptions) -> anyhow
     set_nonblocking(&socket)?;
     Ok(Listener {
         socket,
-        protocol,
+        transport: Some(transport),
         address,
         inherited: None,
         owned_path,
     })
 }
 
-/// The address served when nothing is inherited and nothing is asked for:
-/// php-fpm's upstream default, reachable without privileges.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
-
-/// All listeners: the inherited ones, then those asked for on the command
-/// line; if there are none at all, [`DEFAULT_LISTEN`] for FastCGI.
-///
-/// Must be called before any thread is started (see [`inherited`]).
-pub fn listeners(
-    fastcgi: &[ListenAddr],
-    http: &[ListenAddr],
+/// Binds each of `wanted` and adds it to `listeners`. If one fails, the
+/// socket files bound so far are removed, so a failed start leaves nothing
+/// behind (inherited sockets are untouched).
+pub fn bind_all<'a>(
+    mut listeners: Vec<Listener>,
+    wanted: impl IntoIterator<Item = (&'a ListenAddr, Transport)>,
     opts: &BindOptions,
 ) -> anyhow::Result<Vec<Listener>> {
-    let mut out = inherited()?;
-    let wanted = fastcgi
-        .iter()
-        .map(|a| (a, Protocol::FastCgi))
-        .chain(http.iter().map(|a| (a, Protocol::Http)));
-    for (a, protocol) in wanted {
-        match bind(a, protocol, opts) {
-            Ok(l) => out.push(l),
-            Err(e) => return Err(abandon(out, e)),
+    for (addr, transport) in wanted {
+        match bind(addr, transport, opts) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                for p in listeners.iter().filter_map(|l| l.owned_path.as_ref()) {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
         }
     }
-    if out.is_empty() {
-        let addr: ListenAddr = DEFAULT_LISTEN
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!(e))?;
-        out.push(bind(&addr, Protocol::FastCgi, opts).with_context(|| {
-            format!(
-                "no socket inherited and none given (--listen); the default {DEFAULT_LISTEN} failed"
-            )
-        })?);
-    }
-    Ok(out)
+    Ok(listeners)
 }
 
 #[cfg(test)]
@@ -441,6 +424,42 @@ mod tests {
         let _again = bind_unix(&path, &opts).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
+    }
+
+    #[test]
+    fn fd_names_are_used_only_when_there_is_one_per_fd() {
+        let cases: [(Option<&str>, usize, &[&str]); 5] = [
+            (Some("fastcgi:http"), 2, &["fastcgi", "http"]),
+            (Some("fastcgi"), 1, &["fastcgi"]),
+            (Some("fastcgi"), 2, &["unknown", "unknown"]),
+            (Some("a:b:c"), 2, &["unknown", "unknown"]),
+            (None, 2, &["unknown", "unknown"]),
+        ];
+        for (var, n, want) in cases {
+            assert_eq!(fd_names(var, n), want, "{var:?} for {n} fds");
+        }
+    }
+
+    #[test]
+    fn a_failed_bind_removes_the_socket_files_bound_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ListenAddr::Unix(dir.path().join("first.sock"));
+        let second = ListenAddr::Unix(dir.path().join("no-such-dir/second.sock"));
+        let wanted = [(&first, Transport::FastCgi), (&second, Transport::Http)];
+        let err = bind_all(Vec::new(), wanted, &BindOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(
+            !dir.path().join("first.sock").exists(),
+            "first.sock left behind"
+        );
+        // Both bound: both kept, each tagged with its transport.
+        let second = ListenAddr::Unix(dir.path().join("second.sock"));
+        let wanted = [(&first, Transport::FastCgi), (&second, Transport::Http)];
+        let bound = bind_all(Vec::new(), wanted, &BindOptions::default()).unwrap();
+        let tags: Vec<_> = bound.iter().map(|l| l.transport).collect();
+        assert_eq!(tags, [Some(Transport::FastCgi), Some(Transport::Http)]);
     }
 
     #[test]
