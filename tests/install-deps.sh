@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite drives for real: nginx (the web
 # server in front), systemd's systemd-socket-activate (socket activation),
-# cgi-fcgi (an independent FastCGI client), curl, and the Rust components
+# cgi-fcgi (an independent FastCGI client), curl, dpkg-dev (the packaging
+# tool's dpkg-shlibdeps), and the Rust components
 # (rustfmt, clippy). Idempotent; needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# cargo myflask deb (cargo-myflask/) builds packages with dpkg-deb and dpkg-shlibdeps.
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

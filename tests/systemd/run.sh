@@ -604,7 +604,7 @@ t=$(date +%s.%N)
 if [ -n "${SDTEST_DEB:-}" ]; then
     DEB=$SDTEST_DEB
 else
-    DEB=$("$root/packaging/debian/build.sh" --install-tools 2>"$LOGS/build.log" | tail -n1) ||
+    DEB=$("$root/packaging/debian/build.sh" --locked 2>"$LOGS/build.log" | tail -n1) ||
         { tail -n 20 "$LOGS/build.log"; die "packaging/debian/build.sh failed, see $LOGS/build.log"; }
 fi
 [ -f "$DEB" ] || die "no .deb at '$DEB'"
