@@ -110,6 +110,7 @@ fn vars(s: &Settings) -> Vars {
     v.set("sockets", sockets);
     v.flag("http", s.http_socket);
     v.flag("prefix", s.mount_prefix.is_some());
+    v.flag("state", s.state_directory);
     v
 }
 
@@ -231,5 +232,12 @@ pub mod tests {
         );
         assert!(!t.nginx_site.contains("location / {"));
         assert!(t.default_file.contains("\nMYFLASK_MOUNT_PREFIX=/hello\n"));
+        assert!(!t.postrm.contains("/var/lib/"));
+        s.state_directory = true;
+        let t = render_all(&s).unwrap();
+        assert!(
+            t.postrm
+                .contains("rm -rf '/var/lib/private/hello-app' '/var/lib/hello-app'")
+        );
     }
 }
