@@ -73,6 +73,7 @@ check_app_journal() {
     ok "journalctl -t $APP_NAME has the request" bedsh "journalctl -t $APP_NAME -o json --no-pager | grep -q 'journal-probe=app'"
     status=$(bed systemctl status --full "$APP_NAME.service" --no-pager 2>&1 | grep 'Status:')
     note "systemctl status $APP_NAME: ${status# *}"
+    ok "systemctl status line names $APP_NAME (MYFLASK_APP_NAME from the unit)" contains "$status" "app $APP_NAME"
 }
 
 check_app_upgrade_under_load() {
