@@ -63,7 +63,7 @@ GO = os.path.join(BUILD, "bin", "bench-go")
 # operator who installs the package does; the other FastCGI peers get
 # Debian's fastcgi_params, as their docs say. The "Debian fastcgi_params"
 # myflask peer shows what the difference is worth.
-SNIPPET = os.path.join(REPO, "packaging", "debian", "nginx", "myflask.conf")
+SNIPPET = os.path.join(REPO, "packaging", "debian", "nginx", "app.conf")
 VENV_PY = os.path.join(BUILD, "venv", "bin", "python")
 PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

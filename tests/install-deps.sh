@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite drives for real: nginx (the web
 # server in front), systemd's systemd-socket-activate (socket activation),
-# cgi-fcgi (an independent FastCGI client), curl, iproute2, and the Rust components
+# cgi-fcgi (an independent FastCGI client), curl, iproute2 (network
+# namespaces), dpkg-dev (the packaging tool's dpkg-shlibdeps), and the Rust components
 # (rustfmt, clippy). Idempotent; needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # `ip netns`, veth and bridges for tests/multihost.rs.
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+# cargo myflask deb (cargo-myflask/) builds packages with dpkg-deb and dpkg-shlibdeps.
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

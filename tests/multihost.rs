@@ -1,6 +1,6 @@
 //! Several myflask hosts behind one nginx (issue 15), with the shipped
-//! configuration: packaging/debian/examples/nginx-several-hosts.conf and
-//! packaging/debian/nginx/myflask.conf, used as they are.
+//! configuration: packaging/debian/examples/app-several-hosts.conf and
+//! packaging/debian/nginx/app.conf, rendered for the myflask package.
 //!
 //! The test builds a private network of its own: network namespaces joined
 //! by veth pairs to a bridge that lives in a namespace too, so no packet
@@ -286,16 +286,20 @@ impl Nginx {
         for sub in ["logs", "client_body", "fastcgi", "proxy", "scgi", "uwsgi"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        std::fs::copy(
-            repo.join("packaging/debian/nginx/myflask.conf"),
+        // The templates rendered as `cargo myflask deb` renders them for
+        // the myflask package (they hold no other placeholder).
+        let render = |from: &str, to: PathBuf| {
+            let text = std::fs::read_to_string(repo.join(from)).unwrap();
+            std::fs::write(to, text.replace("{{name}}", "myflask")).unwrap();
+        };
+        render(
+            "packaging/debian/nginx/app.conf",
             dir.join("snippets/myflask.conf"),
-        )
-        .unwrap();
-        std::fs::copy(
-            repo.join("packaging/debian/examples/nginx-several-hosts.conf"),
+        );
+        render(
+            "packaging/debian/examples/app-several-hosts.conf",
             dir.join("site.conf"),
-        )
-        .unwrap();
+        );
         let d = dir.display();
         let conf = format!(
             "user root;\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\n\

@@ -305,9 +305,15 @@ fn accepted_connections(h: &mut Http) -> u64 {
     json(&r)["accepted_connections"].as_u64().unwrap()
 }
 
-/// The package's location snippet, as `snippets/myflask.conf` installs it.
-fn shipped_snippet() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/debian/nginx/myflask.conf")
+/// The package's location snippet as `snippets/myflask.conf` installs it:
+/// its template (rendered by `cargo myflask deb`) with the name filled in,
+/// written into `dir`.
+fn shipped_snippet(dir: &Path) -> PathBuf {
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/debian/nginx/app.conf");
+    let text = std::fs::read_to_string(template).unwrap();
+    let path = dir.join("myflask.conf");
+    std::fs::write(&path, text.replace("{{name}}", "myflask")).unwrap();
+    path
 }
 
 /// The params of `/request` as (name, value) pairs.
@@ -319,7 +325,7 @@ fn nginx_with_the_shipped_snippet_sends_what_myflask_maps() {
     let mut app = Server::start(&[]);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (upstream, _) = standard_upstream(&app.sock);
-    let snippet = shipped_snippet();
+    let snippet = shipped_snippet(dir.path());
     let location = format!("location / {{ include {}; }}", snippet.display());
     let nginx = Nginx::start(dir.path(), &upstream, &location);
     let mut h = nginx.connect();

@@ -3,7 +3,7 @@
 # which provides bed, bedsh, ok, eq, contains, note and $root, $ROOTFS, $LOGS).
 #
 # Several hosts behind one nginx (issue 15): the shipped TCP drop-in
-# (packaging/debian/examples/myflask-socket-tcp.conf: ListenStream=10.0.0.2:9000,
+# (/usr/share/doc/myflask/examples/socket-tcp.conf: ListenStream=10.0.0.2:9000,
 # IPAddressDeny=any, IPAddressAllow=10.0.0.1) on myflask.socket, and what each
 # guard does to the connections myflask.service accepts from that socket:
 # 1. systemd's IPAddressAllow= on the socket: a client at 10.0.0.1 is served by
@@ -58,13 +58,15 @@ EOF
 
 check_ip_allow() {
     local dropin=/etc/systemd/system/myflask.socket.d/tcp.conf out t0 since
-    mkdir -p "$ROOTFS/etc/systemd/system/myflask.socket.d"
-    cp "$root/packaging/debian/examples/myflask-socket-tcp.conf" "$ROOTFS$dropin"
+    # The drop-in as the package installed it (rendered from
+    # packaging/debian/examples/app-socket-tcp.conf).
+    bedsh "mkdir -p /etc/systemd/system/myflask.socket.d &&
+           cp /usr/share/doc/myflask/examples/socket-tcp.conf $dropin" >>"$LOGS/ip-allow.log" 2>&1
     since=$(bed date '+%Y-%m-%d %H:%M:%S')
     bedsh 'for a in 10.0.0.1 10.0.0.2 10.0.0.99; do ip addr add $a/32 dev lo; done &&
            systemctl daemon-reload && systemctl restart myflask.socket && systemctl start myflask.service' \
         >"$LOGS/ip-allow.log" 2>&1
-    ok "shipped drop-in myflask-socket-tcp.conf installed, socket restarted" [ $? = 0 ]
+    ok "shipped drop-in socket-tcp.conf installed, socket restarted" [ $? = 0 ]
     ok "listening on 10.0.0.2:9000" bedsh "ss -tlnH | grep -q '10.0.0.2:9000 '"
     ok "10.0.0.1 (allowed) is served through the socket" eq "$(fcgi_from 10.0.0.1)" ok
     if bedsh "journalctl -b --no-pager | grep -q 'BPF firewalling not supported'"; then

@@ -7,6 +7,10 @@ GET /request?i=N (JSON), POST /echo with a 64 KiB body (must come back byte for
 byte; nginx does not retry a POST on another upstream connection, so a request
 dropped by a restarting server shows up as a failure). Any status other than 200,
 a wrong body, or a connection error counts as a failure.
+With --app PREFIX the requests go to the example app (examples/hello-app)
+mounted at PREFIX instead: GET PREFIX/healthz ("ok"), GET PREFIX/hello/wN
+("Hello, wN!"), POST PREFIX/words with a 64 KiB text body (its word and byte
+count must come back).
 Writes a JSON summary to --out and prints one summary line.
 """
 import argparse
@@ -25,6 +29,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--app", metavar="PREFIX", help="load the example app mounted at PREFIX")
     a = ap.parse_args()
 
     echo_body = os.urandom(64 * 1024)
@@ -33,14 +38,26 @@ def main():
     t0 = time.monotonic()
     deadline = t0 + a.duration
 
+    words = b"lorem ipsum " * (64 * 1024 // 12)
+
+    def request_for(i):
+        """(method, path, body, expected body or None) of request i."""
+        kind = i % 3
+        if a.app is not None:
+            if kind == 0:
+                return "GET", a.app + "/healthz", None, b"ok\n"
+            if kind == 1:
+                return "GET", "%s/hello/w%d" % (a.app, i), None, b"Hello, w%d!\n" % i
+            return "POST", a.app + "/words", words, b"%d words, %d bytes\n" % (len(words.split()), len(words))
+        if kind == 0:
+            return "GET", "/healthz", None, None
+        if kind == 1:
+            return "GET", "/request?i=%d" % i, None, None
+        return "POST", "/echo", echo_body, echo_body
+
     def one(i):
         kind = i % 3
-        if kind == 0:
-            method, path, body, want = "GET", "/healthz", None, None
-        elif kind == 1:
-            method, path, body, want = "GET", "/request?i=%d" % i, None, None
-        else:
-            method, path, body, want = "POST", "/echo", echo_body, echo_body
+        method, path, body, want = request_for(i)
         conn = http.client.HTTPConnection(a.host, a.port, timeout=a.timeout)
         try:
             hdrs = {"Connection": "close"}
@@ -51,10 +68,10 @@ def main():
             data = r.read()
             if r.status != 200:
                 return path, "status %d" % r.status
-            if kind == 0 and data.strip() != b"ok":
+            if a.app is None and kind == 0 and data.strip() != b"ok":
                 return path, "body %r" % data[:40]
             if want is not None and data != want:
-                return path, "echo mismatch (%d bytes back)" % len(data)
+                return path, "body mismatch (%d bytes back: %r)" % (len(data), data[:40])
             return path, None
         except Exception as e:  # noqa: BLE001 - every error is a failed request
             return path, "%s: %s" % (type(e).__name__, e)

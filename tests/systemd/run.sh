@@ -13,6 +13,8 @@
 #   SDTEST_WORK     work dir (default: <repo>/target/sdtest). Holds cache/ (the
 #                   pristine rootfs, ~260 MB), run/ (this run's copy) and logs/.
 #   SDTEST_DEB      use this .deb instead of building one with packaging/debian/build.sh
+#   SDTEST_APP_DEB  use this .deb of examples/hello-app instead of building it
+#                   with `cargo myflask deb` (its release build: ~3.5 min on 2 cores)
 #   SDTEST_MIRROR   Debian mirror (default: from the host's apt sources)
 #   SDTEST_REBUILD=1  rebuild the cached rootfs
 #   SDTEST_KEEP=1   leave the bed running at the end (prints how to enter it)
@@ -33,7 +35,9 @@ SUITE=bookworm
 PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,libnss-systemd,init-system-helpers,python3,curl,nginx-light,libfcgi-bin,procps,iproute2
 MACHINE=sdtest-bed
 LOAD_SECONDS=${SDTEST_LOAD_SECONDS:-20}
-WATCHDOG_SEC=10 RESTART_SEC=1   # must match systemd/myflask.service
+WATCHDOG_SEC=10 RESTART_SEC=1   # must match systemd/app.service's defaults
+# The example app packaged beside myflask (tests/systemd/apps.sh).
+APP_NAME=hello-app APP_PREFIX=/hello
 CGROUP_ROOTS="/sys/fs/cgroup/systemd /sys/fs/cgroup/unified"
 BED_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -111,6 +115,8 @@ journal_dump() {
         --no-pager 2>&1 | grep -Ev "$req" >"$LOGS/journal-myflask.txt"
     BED_TIMEOUT=30 bed journalctl -b -u myflask.service -o verbose -n 20 --no-pager >"$LOGS/journal-myflask-last20-verbose.txt" 2>&1
     BED_TIMEOUT=30 bed journalctl -b -u nginx.service --no-pager >"$LOGS/journal-nginx.txt" 2>&1
+    BED_TIMEOUT=30 bed journalctl -b -u "$APP_NAME.service" -u "$APP_NAME.socket" -o short-precise --no-pager 2>&1 |
+        grep -Ev " $APP_NAME\[[0-9]+\]: (GET|POST) " >"$LOGS/journal-$APP_NAME.txt"
     [ -f "$ROOTFS/var/log/nginx/error.log" ] && cp "$ROOTFS/var/log/nginx/error.log" "$LOGS/nginx-error.log"
     true
 }
@@ -150,15 +156,25 @@ listening() { bed ss -xlnH 2>/dev/null | grep -c " $1 " ; }
 
 # Host side: systemd-analyze verify / offline security on the packaged units.
 check_verify() {
-    local vroot=$RUN/verify-root u out
+    local vroot=$RUN/verify-root u out deb units rc
     rm -rf "$vroot"; mkdir -p "$vroot/usr/lib/systemd"
     cp -a "$CACHED/usr/lib/systemd/system" "$vroot/usr/lib/systemd/"
-    dpkg-deb -x "$DEB" "$vroot"
-    for u in myflask.socket myflask.service myflask-http.socket; do
-        out=$(MANPATH=$vroot/usr/share/man timeout 60 systemd-analyze verify --root="$vroot" "/usr/lib/systemd/system/$u" 2>&1)
-        ok "systemd-analyze verify $u${out:+ ($out)}" [ $? = 0 ]
-        ok "packaged $u is systemd/$u" cmp -s "$vroot/usr/lib/systemd/system/$u" "$root/systemd/$u"
+    for deb in "$DEB" "$APP_DEB"; do
+        dpkg-deb -x "$deb" "$vroot"
+        units=$(dpkg-deb -c "$deb" | grep -o 'usr/lib/systemd/system/[^ ]*\.\(socket\|service\)$' | xargs -n1 basename)
+        for u in $units; do
+            out=$(MANPATH=$vroot/usr/share/man timeout 60 systemd-analyze verify --root="$vroot" "/usr/lib/systemd/system/$u" 2>&1)
+            ok "systemd-analyze verify $u${out:+ ($out)}" [ $? = 0 ]
+            ok "packaged $u has no template marker left" not grep -q '{{' "$vroot/usr/lib/systemd/system/$u"
+        done
+        # lintian: no errors, no warnings (overrides, each with its reason,
+        # come from packaging/debian/lintian-overrides).
+        out=$(timeout 600 lintian --fail-on error,warning "$deb" 2>>"$LOGS/lintian.stderr"); rc=$?
+        printf '%s\n' "$out" >>"$LOGS/lintian.txt"
+        ok "lintian $(basename "$deb"): 0 errors, 0 warnings${out:+ ($(head -c 400 <<<"$out"))}" [ $rc = 0 ]
     done
+    ok "myflask ships myflask.socket, myflask.service, myflask-http.socket" \
+        eq "$(cd "$vroot/usr/lib/systemd/system" && ls myflask.socket myflask.service myflask-http.socket 2>&1 | wc -l)" 3
     # Negative control: verify must be able to fail.
     sed 's|^ExecStart=.*|ExecStart=/usr/sbin/no-such-binary serve|' "$vroot/usr/lib/systemd/system/myflask.service" \
         >"$vroot/usr/lib/systemd/system/broken-myflask.service"
@@ -166,14 +182,9 @@ check_verify() {
         /usr/lib/systemd/system/broken-myflask.service >/dev/null 2>&1
     ok "negative control: verify fails for a missing ExecStart binary" [ $? = 0 ]
     rm -f "$vroot/usr/lib/systemd/system/broken-myflask.service"
-    # lintian on the .deb: no errors, no warnings (overrides, each with its
-    # reason, are in packaging/debian/lintian-overrides).
-    out=$(timeout 600 lintian --fail-on error,warning "$DEB" 2>"$LOGS/lintian.stderr")
-    local rc=$?
-    printf '%s\n' "$out" >"$LOGS/lintian.txt"
-    ok "lintian: 0 errors, 0 warnings${out:+ ($(head -c 400 <<<"$out"))}" [ $rc = 0 ]
-    note "offline exposure (host, systemd/myflask.service): ${OFFLINE_SCORE:-?}"
-    ok "offline exposure <= 1.0" le "${OFFLINE_SCORE:-99}" 1.0
+    note "offline exposure (host): myflask.service ${OFFLINE_SCORE:-?}, $APP_NAME.service ${APP_OFFLINE_SCORE:-?}"
+    ok "offline exposure of myflask.service <= 1.0" le "${OFFLINE_SCORE:-99}" 1.0
+    ok "offline exposure of $APP_NAME.service <= 1.0" le "${APP_OFFLINE_SCORE:-99}" 1.0
 }
 
 check_bed() {
@@ -531,6 +542,10 @@ check_remove_purge() {
     ok "systemd knows no myflask unit files" eq "$(bed systemctl list-unit-files --no-legend 'myflask*' | wc -l)" 0
 }
 
+# Checks of the second package (an app built by cargo myflask deb).
+# shellcheck source=tests/systemd/apps.sh
+. "$here/apps.sh"
+
 # ---------------------------------------------------------------- setup
 mkdir -p "$WORK" "$LOGS"
 rm -f "$LOGS"/*
@@ -607,11 +622,21 @@ t=$(date +%s.%N)
 if [ -n "${SDTEST_DEB:-}" ]; then
     DEB=$SDTEST_DEB
 else
-    DEB=$("$root/packaging/debian/build.sh" --install-tools 2>"$LOGS/build.log" | tail -n1) ||
+    DEB=$("$root/packaging/debian/build.sh" --locked 2>"$LOGS/build.log" | tail -n1) ||
         { tail -n 20 "$LOGS/build.log"; die "packaging/debian/build.sh failed, see $LOGS/build.log"; }
 fi
 [ -f "$DEB" ] || die "no .deb at '$DEB'"
 say "package: $DEB ($(elapsed "$t") s)"
+t=$(date +%s.%N)
+if [ -n "${SDTEST_APP_DEB:-}" ]; then
+    APP_DEB=$SDTEST_APP_DEB
+else
+    APP_DEB=$(cd "$root/examples/hello-app" && "${CARGO_TARGET_DIR:-$root/target}/debug/cargo-myflask" myflask deb --locked \
+        2>"$LOGS/build-app.log" | tail -n1) ||
+        { tail -n 20 "$LOGS/build-app.log"; die "cargo myflask deb (examples/hello-app) failed, see $LOGS/build-app.log"; }
+fi
+[ -f "$APP_DEB" ] || die "no .deb at '$APP_DEB'"
+say "package: $APP_DEB ($(elapsed "$t") s)"
 
 # This run's root and share.
 t=$(date +%s.%N)
@@ -619,14 +644,25 @@ rm -rf "$RUN"; mkdir -p "$SHARE"
 cp -a "$CACHED" "$ROOTFS"
 python3 -c 'import uuid; print(uuid.uuid4().hex)' >"$ROOTFS/etc/machine-id"
 cp "$DEB" "$SHARE/myflask.deb"
+cp "$APP_DEB" "$SHARE/app.deb"
+# The upgrade: the same package with a higher version.
+APP_NEW_VERSION=$(dpkg-deb -f "$APP_DEB" Version)+sdtest1
+rm -rf "$RUN/app-new" && dpkg-deb -R "$APP_DEB" "$RUN/app-new" &&
+    sed -i "s/^Version: .*/Version: $APP_NEW_VERSION/" "$RUN/app-new/DEBIAN/control" &&
+    dpkg-deb --build --root-owner-group "$RUN/app-new" "$SHARE/app-new.deb" >/dev/null || die "cannot repack $APP_DEB"
 cp "$here/load.py" "$SHARE/load.py"
 head -c 1048576 /dev/urandom >"$SHARE/1m.bin"
 chmod -R a+rX "$SHARE"
 say "run root ready ($(elapsed "$t") s)"
 
-timeout 60 systemd-analyze security --offline=true --no-pager "$root/systemd/myflask.service" \
+mkdir -p "$RUN/units" && dpkg-deb --fsys-tarfile "$DEB" | tar -x -C "$RUN/units" ./usr/lib/systemd/system/myflask.service &&
+    dpkg-deb --fsys-tarfile "$APP_DEB" | tar -x -C "$RUN/units" "./usr/lib/systemd/system/$APP_NAME.service"
+timeout 60 systemd-analyze security --offline=true --no-pager "$RUN/units/usr/lib/systemd/system/myflask.service" \
     >"$LOGS/security-offline-host.txt" 2>&1
 OFFLINE_SCORE=$(score_of "$LOGS/security-offline-host.txt")
+timeout 60 systemd-analyze security --offline=true --no-pager "$RUN/units/usr/lib/systemd/system/$APP_NAME.service" \
+    >"$LOGS/security-offline-host-app.txt" 2>&1
+APP_OFFLINE_SCORE=$(score_of "$LOGS/security-offline-host-app.txt")
 
 say "--- host checks"
 check 0-verify check_verify
@@ -666,6 +702,10 @@ check 4-watchdog check_watchdog
 check 5-restart-under-load check_restart_under_load
 check 6-crash check_crash
 check 7-upgrade-under-load check_upgrade_under_load
+check app-install check_app_install
+check app-nginx check_app_nginx
+check app-upgrade-under-load check_app_upgrade_under_load
+check app-remove-purge check_app_remove_purge
 check two-instances check_two_instances
 check tcp-listen check_tcp_listen
 check ip-allow check_ip_allow
