@@ -33,6 +33,7 @@ pub mod fastcgi;
 pub mod http_server;
 #[cfg(all(feature = "libm-free", target_os = "linux"))]
 mod nolibm;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod stats;

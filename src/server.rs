@@ -11,12 +11,15 @@
 //!    or a dead listener stops the pings and systemd restarts us;
 //! 4. on SIGTERM/SIGINT (or `--idle-exit`): `STOPPING=1`, accepting stops,
 //!    idle connections close, busy ones close after their last request, and
-//!    the process exits once all are gone or `--shutdown-timeout` passes.
+//!    the process exits once all are gone or `--shutdown-timeout` passes;
+//! 5. on SIGHUP, a reload (`crate::reload`): a new process takes over the
+//!    sockets and becomes the main process, then this one drains as in 4.
 //!
 //! Sockets that systemd owns are never unlinked; the ones we bound are.
 
 use crate::fastcgi::connection::{self, ConnConfig, ConnMeta, Engine};
 use crate::http_server;
+use crate::reload::{self, Reloader};
 use crate::service::App;
 use crate::stats::Stats;
 use crate::systemd::listen::{Listener, Protocol, Socket};
@@ -42,7 +45,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     pub idle_exit: Option<Duration>,
     pub status_interval: Duration,
-    /// Install SIGTERM/SIGINT handlers that start a graceful shutdown. The
+    /// How long a new process started by a reload gets to become ready.
+    pub reload_timeout: Duration,
+    /// Install SIGTERM/SIGINT handlers (and SIGHUP, which reloads) that start a graceful shutdown. The
     /// binary wants them; a program embedding the library may prefer its
     /// own (tokio cannot uninstall a handler once installed) and use
     /// [`Server::shutdown_token`] instead.
@@ -62,6 +67,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             idle_exit: None,
             status_interval: Duration::from_secs(5),
+            reload_timeout: Duration::from_secs(30),
             handle_signals: true,
         }
     }
@@ -131,6 +137,7 @@ impl Server {
             None
         };
 
+        let mut reloader = Reloader::new(&self.listeners, cfg.reload_timeout, cfg.handle_signals)?;
         let mut accept_loops = Vec::new();
         let mut owned_paths = Vec::new();
         let mut alive_flags = Vec::new();
@@ -167,7 +174,7 @@ impl Server {
         }
 
         let first_status = format!("serving; {}", Self::status_text(&self.stats));
-        notify::ready(&first_status);
+        let predecessor = reload::announce_ready(&first_status).await?;
         info!("ready");
 
         let status_task = {
@@ -232,9 +239,10 @@ impl Server {
             }
         };
         let reason = tokio::select! {
-            r = signal => r,
-            _ = idle_exit => "idle exit (no connection)",
-            _ = self.shutdown.cancelled() => "shutdown requested",
+            r = signal => r.to_string(),
+            _ = idle_exit => "idle exit (no connection)".to_string(),
+            _ = self.shutdown.cancelled() => "shutdown requested".to_string(),
+            pid = reloader.handed_over() => format!("reloaded (PID {pid} took over)"),
         };
         let in_flight = self.stats.active_requests();
         info!("{reason}: shutting down; draining {in_flight} requests in flight");
@@ -246,7 +254,12 @@ impl Server {
             h.abort();
         }
         connections.close();
-        let drained = tokio::time::timeout(cfg.shutdown_timeout, connections.wait()).await;
+        let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
+        let drained = tokio::time::timeout_at(deadline, connections.wait()).await;
+        if let Some(p) = predecessor {
+            // KillMode=mixed: our exit ends what is left of the service.
+            let _ = tokio::time::timeout_at(deadline, p.gone()).await;
+        }
         status_task.abort();
         if let Some(w) = watchdog_task {
             w.abort();

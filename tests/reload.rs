@@ -1,0 +1,524 @@
+//! Reload (`myflask reload`, SIGHUP) against the real binary under the
+//! real `systemd-socket-activate`, with a stand-in for systemd's notify
+//! socket that, like systemd with `NotifyAccess=main`, knows each sender's
+//! pid (SCM_CREDENTIALS) and follows `MAINPID=`: a new process takes over
+//! the same sockets and becomes the main process, the old one drains its
+//! slow requests and exits 0, requests under load during reloads all
+//! succeed without waiting for the slow ones, and a successor that cannot
+//! start leaves the old process serving with the failure visible.
+
+mod common;
+
+use common::{BIN, Proc, clean_cmd, require_tool, target_tmpdir};
+use myflask::addr::ListenAddr;
+use myflask::fastcgi::client;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const START: Duration = Duration::from_secs(20);
+
+/// One datagram: when, from which pid, what.
+#[derive(Debug, Clone)]
+struct Msg {
+    at: Instant,
+    pid: i32,
+    text: String,
+}
+
+impl Msg {
+    fn has(&self, line: &str) -> bool {
+        self.text.lines().any(|l| l == line)
+    }
+    fn value(&self, key: &str) -> Option<String> {
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(str::to_string))
+    }
+}
+
+/// The service manager's end of `NOTIFY_SOCKET`, recording senders' pids.
+struct Manager {
+    path: PathBuf,
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// recvmsg with SCM_CREDENTIALS: the sender's pid, as systemd sees it.
+fn recv_with_pid(sock: &UnixDatagram) -> Option<(i32, String)> {
+    let mut buf = [0u8; 4096];
+    let mut cmsg = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr points at live buffers of the sizes given; the cmsg
+    // walk uses the libc macros on what the kernel wrote.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
+        if n < 0 {
+            return None;
+        }
+        let mut pid = 0;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                pid = cred.pid;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Some((
+            pid,
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+        ))
+    }
+}
+
+impl Manager {
+    fn start(dir: &Path) -> Manager {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind NOTIFY_SOCKET");
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with an int.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&one as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        assert_eq!(r, 0, "SO_PASSCRED");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (msgs, stop) = (msgs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some((pid, text)) = recv_with_pid(&sock) {
+                        let at = Instant::now();
+                        msgs.lock().unwrap().push(Msg { at, pid, text });
+                    }
+                }
+            })
+        };
+        Manager {
+            path,
+            msgs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn msgs(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Waits for a message from `pid` with `line`; returns it.
+    fn wait_for(&self, pid: i32, line: &str, limit: Duration) -> Msg {
+        let deadline = Instant::now() + limit;
+        loop {
+            let hit = self.msgs().into_iter().find(|m| {
+                m.pid == pid && (m.has(line) || (line.ends_with('=') && m.value(line).is_some()))
+            });
+            if let Some(m) = hit {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} from PID {pid} within {limit:?}; got {:#?}",
+                self.msgs()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// What systemd with `NotifyAccess=main` would refuse: messages from
+    /// any pid but the main one, which starts as `first` and follows
+    /// `MAINPID=` (from the main process only).
+    fn refused(&self, first: i32) -> Vec<Msg> {
+        let mut main = first;
+        let mut out = vec![];
+        for m in self.msgs() {
+            if m.pid != main {
+                out.push(m);
+            } else if let Some(p) = m.value("MAINPID=") {
+                main = p.parse().expect("MAINPID= is a pid");
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Orphans (the successor, double-forked) become our children, so the
+/// test can reap them and read their exit status.
+fn become_subreaper() {
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+}
+
+/// Waits (bounded) for an adopted process to exit; its exit code.
+fn reap(pid: i32, limit: Duration) -> i32 {
+    let st = reap_status(pid, limit);
+    assert!(libc::WIFEXITED(st), "PID {pid} died of a signal: {st:#x}");
+    libc::WEXITSTATUS(st)
+}
+
+/// Waits (bounded) for an adopted process to exit; its wait status.
+fn reap_status(pid: i32, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid on a pid that is (or becomes) our child.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r == pid {
+            return st;
+        }
+        if Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("PID {pid} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server under `systemd-socket-activate`: FastCGI on a unix socket
+/// (fd name `fastcgi`) and HTTP on TCP (fd name `http`).
+struct Bed {
+    dir: tempfile::TempDir,
+    manager: Manager,
+    proc: Proc,
+    fcgi: PathBuf,
+    http: String,
+}
+
+impl Bed {
+    /// `program` is what the activator execs (a path we may replace).
+    fn start(program: &Path, extra: &[&str]) -> Bed {
+        become_subreaper();
+        let dir = target_tmpdir();
+        let manager = Manager::start(dir.path());
+        let fcgi = dir.path().join("fcgi.sock");
+        let http = format!("127.0.0.1:{}", free_tcp_port());
+        let mut cmd = clean_cmd(require_tool("systemd-socket-activate"));
+        cmd.arg("-l")
+            .arg(&fcgi)
+            .arg("--fdname=fastcgi")
+            .arg("-l")
+            .arg(&http)
+            .arg("--fdname=http")
+            .arg(format!("--setenv=NOTIFY_SOCKET={}", manager.path.display()))
+            .arg("--setenv=WATCHDOG_USEC=1000000")
+            .arg("--setenv=RUST_LOG=info")
+            .arg(program)
+            .arg("serve")
+            .args(extra);
+        let proc = Proc::spawn(&mut cmd, &dir.path().join("log"));
+        let bed = Bed {
+            dir,
+            manager,
+            proc,
+            fcgi,
+            http,
+        };
+        bed.wait_listening();
+        // The activator starts the server on the first connection.
+        assert_eq!(bed.get_fcgi("/healthz").0, 200);
+        bed.manager.wait_for(bed.proc.pid(), "READY=1", START);
+        bed
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + START;
+        while std::net::TcpStream::connect(&self.http).is_err() || !self.fcgi.exists() {
+            assert!(Instant::now() < deadline, "sockets never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn get_fcgi(&self, uri: &str) -> (u16, Vec<u8>) {
+        let req = client::Request {
+            method: "GET".into(),
+            uri: uri.into(),
+            ..Default::default()
+        };
+        let addr = ListenAddr::Unix(self.fcgi.clone());
+        match common::fcgi_request(&addr, &req, Duration::from_secs(10)) {
+            Ok(r) => (r.status, r.body),
+            Err(e) => (0, e.to_string().into_bytes()),
+        }
+    }
+
+    /// `myflask reload --pid <pid>`: exit code and output.
+    fn reload(&self, pid: i32) -> (i32, String) {
+        let out = clean_cmd(BIN)
+            .args(["reload", "--pid", &pid.to_string(), "--timeout", "30"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run myflask reload");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn log(&self) -> String {
+        self.proc.log()
+    }
+}
+
+/// The new main pid named in the reload command's output.
+fn new_pid(out: &str) -> i32 {
+    out.split("PID ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"))
+}
+
+/// The socket inode behind fd `fd` of `pid` (`socket:[N]`).
+fn fd_target(pid: i32, fd: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// FNV-1a 64 of `len` bytes of the pattern the slow clients send.
+fn fnv_of_pattern(len: usize) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for i in 0..len {
+        h = (h ^ (i % 251) as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A POST /upload over HTTP whose body trickles in `chunks` pieces of 1000
+/// bytes `gap` apart; the whole answer.
+fn slow_http_upload(addr: &str, chunks: usize, gap: Duration) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let len = chunks * 1000;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    for c in body.chunks(1000) {
+        std::thread::sleep(gap);
+        s.write_all(c).unwrap();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn reload_hands_sockets_and_main_pid_to_a_new_process() {
+    let b = Bed::start(Path::new(BIN), &["--status-interval", "0.2"]);
+    let old = b.proc.pid();
+    // A slow request in flight on the old process: about 3 s of body.
+    let http = b.http.clone();
+    let slow = std::thread::spawn(move || slow_http_upload(&http, 30, Duration::from_millis(100)));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let before: Vec<String> = [3, 4].iter().map(|fd| fd_target(old, *fd)).collect();
+    let t0 = Instant::now();
+    let (code, out) = b.reload(old);
+    let took = t0.elapsed();
+    assert_eq!(code, 0, "reload failed: {out}\n{}", b.log());
+    let new = new_pid(&out);
+    assert_ne!(new, old);
+    // It returned when the new process served, not after the drain.
+    assert!(took < Duration::from_secs(2), "reload took {took:?}");
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended before the reload did"
+    );
+
+    // The same sockets: fds 3 and 4 of both are the same socket objects.
+    for (fd, a) in [3, 4].into_iter().zip(before) {
+        let n = fd_target(new, fd);
+        assert!(
+            a.starts_with("socket:") && a == n,
+            "fd {fd}: old {a} new {n}"
+        );
+    }
+    let m = &b.manager;
+    let reloading = m.wait_for(old, "RELOADING=1", START);
+    let handover = m.wait_for(old, "MAINPID=", START);
+    assert!(
+        handover.at >= reloading.at && handover.has("READY=1"),
+        "{handover:?}"
+    );
+    assert_eq!(
+        handover.value("MAINPID="),
+        Some(new.to_string()),
+        "{handover:?}"
+    );
+    // The new main process pings the watchdog (WATCHDOG_PID is its own).
+    let ping = m.wait_for(new, "WATCHDOG=1", START);
+    assert!(ping.at > handover.at);
+
+    // Both transports now reach the new process (its /status says so).
+    let (st, body) = b.get_fcgi("/status");
+    assert_eq!(st, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["pid"], new, "{j}");
+
+    // The slow request completes on the old process, correct to the byte.
+    let answer = slow.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&fnv_of_pattern(30_000)), "{answer}");
+    let mut p = b.proc;
+    let st = p.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "old process: {}", p.log());
+    let log = p.log();
+    assert!(
+        log.contains(&format!("reloaded (PID {new} took over)")),
+        "{log}"
+    );
+
+    // Nothing was sent that systemd (NotifyAccess=main) would refuse.
+    let refused = m.refused(old);
+    assert!(
+        refused.is_empty(),
+        "refused by NotifyAccess=main: {refused:#?}"
+    );
+    assert!(
+        m.msgs()
+            .iter()
+            .all(|x| !x.has("STOPPING=1") || x.pid == new)
+    );
+
+    // SIGTERM to the new main process: it drains and exits 0.
+    unsafe { libc::kill(new, libc::SIGTERM) };
+    assert_eq!(reap(new, Duration::from_secs(20)), 0, "{}", p.log());
+    drop(b.dir);
+}
+
+/// Replaces `path` (atomically, as dpkg does) with a shell script.
+fn install_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The pid in the old process's "reload failed: new process PID <n>" line.
+fn failed_successor(log: &str) -> i32 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("reload failed: new process PID"))
+        .unwrap_or_else(|| panic!("no failed reload in the log:\n{log}"));
+    new_pid(line.split("new process ").nth(1).unwrap_or(""))
+}
+
+/// Checks one failed reload: exit 1, the old process still main and
+/// serving, the reason in its log and in `STATUS=`.
+fn assert_failed_reload(b: &Bed, old: i32, reason: &str) {
+    let before = b.manager.msgs().len();
+    let (code, out) = b.reload(old);
+    assert_eq!(code, 1, "{out}\n{}", b.log());
+    assert!(out.contains("failed; PID"), "{out}");
+    assert!(b.log().contains(reason), "no {reason:?} in:\n{}", b.log());
+    let after = &b.manager.msgs()[before..];
+    let ready = after
+        .iter()
+        .find(|m| m.has("READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1 after the failed reload: {after:#?}"));
+    assert_eq!(ready.pid, old);
+    assert!(ready.value("MAINPID=").is_none(), "{ready:?}");
+    let status = ready.value("STATUS=").unwrap_or_default();
+    assert!(
+        status.contains("reload failed") && status.contains(reason),
+        "{status}"
+    );
+    let (st, body) = b.get_fcgi("/status");
+    assert_eq!(st, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["pid"], old, "{j}");
+}
+
+#[test]
+fn a_successor_that_cannot_start_leaves_the_old_one_serving() {
+    let progdir = target_tmpdir();
+    let prog = progdir.path().join("myflask");
+    std::os::unix::fs::symlink(BIN, &prog).unwrap();
+    let b = Bed::start(&prog, &["--reload-timeout", "2"]);
+    let old = b.proc.pid();
+
+    // A new version that refuses its settings (exits 2 at start).
+    install_script(
+        &prog,
+        &format!("MYFLASK_MAX_CONNECTIONS=many exec {BIN} \"$@\""),
+    );
+    assert_failed_reload(&b, old, "exited before it was ready");
+    let gone = failed_successor(&b.log());
+    assert_eq!(reap(gone, Duration::from_secs(10)), 2);
+
+    // One that never becomes ready: stopped after --reload-timeout.
+    install_script(&prog, "exec sleep 60");
+    let t0 = Instant::now();
+    assert_failed_reload(&b, old, "was not ready within 2s");
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    let log = b.log();
+    let hung = new_pid(log.split("stopping PID ").nth(1).unwrap_or(""));
+    let st = reap_status(hung, Duration::from_secs(10));
+    assert!(
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM,
+        "{st:#x}"
+    );
+
+    // No program at the path at all.
+    std::fs::remove_file(&prog).unwrap();
+    assert_failed_reload(&b, old, "exec failed");
+
+    // Put back, the next reload works: the old process was unharmed.
+    std::os::unix::fs::symlink(BIN, &prog).unwrap();
+    let (code, out) = b.reload(old);
+    assert_eq!(code, 0, "{out}\n{}", b.log());
+    let new = new_pid(&out);
+    let mut p = b.proc;
+    assert_eq!(p.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    let refused = b.manager.refused(old);
+    assert!(
+        refused.is_empty(),
+        "refused by NotifyAccess=main: {refused:#?}"
+    );
+    unsafe { libc::kill(new, libc::SIGTERM) };
+    assert_eq!(reap(new, Duration::from_secs(20)), 0, "{}", p.log());
+}
