@@ -9,6 +9,7 @@
 use crate::access::AccessLog;
 use crate::body::Body;
 use crate::fastcgi::connection::{ConnMeta, Engine};
+use crate::http_drain::Drain;
 use crate::service::{ResponseBody, box_body};
 use crate::stats::RequestGuard;
 use crate::{RequestInfo, Transport};
@@ -31,9 +32,13 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = engine.shutdown.clone();
+    let drain = Drain::new(shutdown.clone());
+    let svc_drain = drain.clone();
     let svc_engine = engine.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        handle(req, svc_engine.clone(), meta.clone(), peer.clone()).map(Ok::<_, Infallible>)
+        let busy = svc_drain.busy();
+        handle(req, svc_engine.clone(), meta.clone(), peer.clone())
+            .map(move |r| Ok::<_, Infallible>(busy.attach(r)))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -47,11 +52,7 @@ where
                 tracing::debug!("http connection ended: {e}");
             }
         }
-        _ = shutdown.cancelled() => {
-            // Finish the request in flight, then close.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+        _ = shutdown.cancelled() => drain.finish(conn).await,
     }
 }
 

@@ -30,6 +30,7 @@ pub mod app;
 pub mod body;
 pub mod cli;
 pub mod fastcgi;
+mod http_drain;
 pub mod http_server;
 #[cfg(all(feature = "libm-free", target_os = "linux"))]
 mod nolibm;

@@ -522,3 +522,173 @@ fn a_successor_that_cannot_start_leaves_the_old_one_serving() {
     unsafe { libc::kill(new, libc::SIGTERM) };
     assert_eq!(reap(new, Duration::from_secs(20)), 0, "{}", p.log());
 }
+
+/// nginx with `proxy_pass` to the server's HTTP socket through an upstream
+/// with keepalive (the setup where a closed idle connection costs a POST).
+struct ProxyNginx {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ProxyNginx {
+    fn start(dir: &Path, upstream: &str) -> ProxyNginx {
+        let port = free_tcp_port();
+        for sub in ["logs", "client_body", "proxy", "fastcgi", "scgi", "uwsgi"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let d = dir.display();
+        let conf = format!(
+            "daemon off; worker_processes 1; pid {d}/nginx.pid;
+error_log {d}/logs/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body; proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi; scgi_temp_path {d}/scgi; uwsgi_temp_path {d}/uwsgi;
+    upstream app {{ server {upstream}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut cmd = clean_cmd(require_tool("nginx"));
+        cmd.arg("-p").arg(dir).arg("-c").arg(&conf_path);
+        cmd.arg("-e").arg(dir.join("logs/error.log"));
+        let mut proc = Proc::spawn(&mut cmd, &dir.join("nginx.stderr"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                proc.running() && Instant::now() < deadline,
+                "nginx did not start: {}",
+                proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ProxyNginx {
+            proc,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// error.log lines about failed upstream connections.
+    fn upstream_errors(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("logs/error.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("[error]") || l.contains("upstream"))
+            .filter(|l| !l.contains("[info]"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for ProxyNginx {
+    fn drop(&mut self) {
+        self.proc.signal(libc::SIGTERM);
+        let _ = self.proc.wait_exit(Duration::from_secs(10));
+    }
+}
+
+/// One POST /upload of `len` pattern bytes through nginx, on a fresh
+/// client connection; `Ok` only for a 200 carrying the right hash.
+fn post_through(port: u16, len: usize) -> Result<(), String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(&body).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let status = out.get(9..12).unwrap_or("");
+    if status == "200" && out.contains(&fnv_of_pattern(len)) {
+        Ok(())
+    } else {
+        Err(out.lines().next().unwrap_or("no answer").to_string())
+    }
+}
+
+/// POST load from `clients` threads until `stop`; (sent, failures).
+fn post_load(
+    port: u16,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(u64, Vec<String>)>> {
+    (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut sent, mut failed) = (0u64, vec![]);
+                while !stop.load(Ordering::Relaxed) {
+                    sent += 1;
+                    if let Err(e) = post_through(port, 512 + 97 * (c + sent as usize % 13)) {
+                        failed.push(e);
+                    }
+                }
+                (sent, failed)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn http_posts_through_proxy_pass_keepalive_lose_nothing_across_reloads() {
+    let b = Bed::start(Path::new(BIN), &[]);
+    let nginx = ProxyNginx::start(&b.dir.path().join("nginx"), &b.http);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = post_load(nginx.port, 6, stop.clone());
+    let mut main = b.proc.pid();
+    let mut olds = vec![];
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(700));
+        let (code, out) = b.reload(main);
+        assert_eq!(code, 0, "{out}\n{}", b.log());
+        olds.push(main);
+        main = new_pid(&out);
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failed) = (0, vec![]);
+    for t in load {
+        let (s, f) = t.join().unwrap();
+        sent += s;
+        failed.extend(f);
+    }
+    eprintln!(
+        "{sent} POSTs through nginx across 6 reloads, {} failed",
+        failed.len()
+    );
+    assert!(sent > 300, "too little load to mean anything: {sent}");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}\nnginx: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        nginx.upstream_errors()
+    );
+    assert!(
+        nginx.upstream_errors().is_empty(),
+        "{:#?}",
+        nginx.upstream_errors()
+    );
+    // Every older generation drained and exited 0.
+    let mut p = b.proc;
+    assert_eq!(p.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    for pid in &olds[1..] {
+        assert_eq!(reap(*pid, Duration::from_secs(20)), 0, "{}", p.log());
+    }
+    unsafe { libc::kill(main, libc::SIGTERM) };
+    assert_eq!(reap(main, Duration::from_secs(20)), 0);
+}
