@@ -692,3 +692,208 @@ fn http_posts_through_proxy_pass_keepalive_lose_nothing_across_reloads() {
     unsafe { libc::kill(main, libc::SIGTERM) };
     assert_eq!(reap(main, Duration::from_secs(20)), 0);
 }
+
+/// A FastCGI POST /upload whose STDIN trickles in `chunks` records of 1000
+/// bytes `gap` apart, without KEEP_CONN; everything the server sent.
+fn slow_fcgi_upload(path: &Path, chunks: usize, gap: Duration) -> Vec<u8> {
+    use common::raw;
+    use myflask::fastcgi::record;
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect fcgi");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let len = chunks * 1000;
+    let mut head = raw::begin(1, false);
+    head.extend_from_slice(&raw::stream(
+        record::PARAMS,
+        1,
+        &raw::std_params("POST", "/upload", Some(len), &[]),
+    ));
+    s.write_all(&head).unwrap();
+    let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    for c in body.chunks(1000) {
+        std::thread::sleep(gap);
+        s.write_all(&raw::record_padded(record::STDIN, 1, c, 0))
+            .unwrap();
+    }
+    s.write_all(&raw::record_padded(record::STDIN, 1, &[], 0))
+        .unwrap();
+    let mut out = vec![];
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Result of a load thread: requests, failures, the longest one.
+type LoadResult = (u64, Vec<String>, Duration);
+
+/// FastCGI GETs, each on a new connection, until `stop`.
+fn fcgi_load(b: &Bed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadResult> {
+    let addr = ListenAddr::Unix(b.fcgi.clone());
+    std::thread::spawn(move || {
+        let req = client::Request {
+            method: "GET".into(),
+            uri: "/healthz".into(),
+            ..Default::default()
+        };
+        let (mut n, mut failed, mut worst) = (0, vec![], Duration::ZERO);
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            n += 1;
+            match common::fcgi_request(&addr, &req, Duration::from_secs(20)) {
+                Ok(r) if r.status == 200 && r.body == b"ok\n" => {}
+                Ok(r) => failed.push(format!("status {}", r.status)),
+                Err(e) => failed.push(e.to_string()),
+            }
+            worst = worst.max(t.elapsed());
+        }
+        (n, failed, worst)
+    })
+}
+
+/// One keep-alive HTTP GET on `s`; `Ok(true)` if the server said close.
+fn http_get_keepalive(s: &mut std::net::TcpStream) -> Result<bool, String> {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The whole answer is small: the head plus "ok\n".
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed after {} bytes", got.len()));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    if !text.starts_with("http/1.1 200") {
+        return Err(text.lines().next().unwrap_or("").to_string());
+    }
+    Ok(text.contains("connection: close"))
+}
+
+/// HTTP GETs on a kept-alive connection (a new one only after the server
+/// says `Connection: close`), until `stop`.
+fn http_load(b: &Bed, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadResult> {
+    let addr = b.http.clone();
+    std::thread::spawn(move || {
+        let (mut n, mut failed, mut worst) = (0, vec![], Duration::ZERO);
+        let mut conn = None;
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            n += 1;
+            let s = conn.get_or_insert_with(|| std::net::TcpStream::connect(&addr).unwrap());
+            match http_get_keepalive(s) {
+                Ok(false) => {}
+                Ok(true) => conn = None,
+                Err(e) => {
+                    failed.push(e);
+                    conn = None;
+                }
+            }
+            worst = worst.max(t.elapsed());
+        }
+        (n, failed, worst)
+    })
+}
+
+#[test]
+fn reloads_under_load_with_a_slow_request_fail_nothing_and_stall_nothing() {
+    let b = Bed::start(Path::new(BIN), &[]);
+    let gen1 = b.proc.pid();
+    // About 4 s of request body on the first generation.
+    let fcgi = b.fcgi.clone();
+    let slow = std::thread::spawn(move || slow_fcgi_upload(&fcgi, 40, Duration::from_millis(100)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| fcgi_load(&b, stop.clone()))
+        .chain([http_load(&b, stop.clone())])
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out) = b.reload(gen1);
+    assert_eq!(code, 0, "{out}");
+    let gen2 = new_pid(&out);
+    // A second reload while the first generation still drains.
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out) = b.reload(gen2);
+    assert_eq!(code, 0, "{out}");
+    let gen3 = new_pid(&out);
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        !slow.is_finished(),
+        "the slow request ended too early to prove anything"
+    );
+    let (mut n, mut failed, mut worst) = (0, vec![], Duration::ZERO);
+    for t in load {
+        let (a, f, w) = t.join().unwrap();
+        n += a;
+        failed.extend(f);
+        worst = worst.max(w);
+    }
+    eprintln!(
+        "{n} requests during 2 reloads, {} failed, longest {worst:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}\n{}", b.log());
+    assert!(n > 100, "too little load: {n}");
+    // The slow request still had about 2 s to go: nobody waited for it.
+    assert!(
+        worst < Duration::from_millis(1000),
+        "a request waited {worst:?}"
+    );
+
+    let out = slow.join().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("40000") && text.contains(&fnv_of_pattern(40_000)),
+        "{text}"
+    );
+    let (st, body) = b.get_fcgi("/status");
+    assert_eq!(st, 200);
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["pid"], gen3, "{j}");
+    let mut p = b.proc;
+    assert_eq!(p.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(reap(gen2, Duration::from_secs(20)), 0);
+    let refused = b.manager.refused(gen1);
+    assert!(
+        refused.is_empty(),
+        "refused by NotifyAccess=main: {refused:#?}"
+    );
+    unsafe { libc::kill(gen3, libc::SIGTERM) };
+    assert_eq!(reap(gen3, Duration::from_secs(20)), 0, "{}", p.log());
+}
+
+#[test]
+fn the_main_process_outlives_a_draining_predecessor_when_stopped() {
+    // systemd (KillMode=mixed) kills the rest of the service once the main
+    // process exits: a stop must not cut the previous generation's drain.
+    let b = Bed::start(Path::new(BIN), &[]);
+    let gen1 = b.proc.pid();
+    let fcgi = b.fcgi.clone();
+    let slow = std::thread::spawn(move || slow_fcgi_upload(&fcgi, 20, Duration::from_millis(100)));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out) = b.reload(gen1);
+    assert_eq!(code, 0, "{out}");
+    let gen2 = new_pid(&out);
+    unsafe { libc::kill(gen2, libc::SIGTERM) };
+    let mut p = b.proc;
+    // Watch both: gen2 must not be gone while gen1 still runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut gen2_status = None;
+    while p.running() {
+        assert!(Instant::now() < deadline, "gen1 did not exit");
+        let mut st = 0;
+        // SAFETY: waitpid on an adopted child, without blocking.
+        if unsafe { libc::waitpid(gen2, &mut st, libc::WNOHANG) } == gen2 {
+            gen2_status = Some(st);
+        }
+        assert!(
+            gen2_status.is_none(),
+            "the main process exited while its predecessor still drained"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(p.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert_eq!(reap(gen2, Duration::from_secs(20)), 0);
+    let text = String::from_utf8_lossy(&slow.join().unwrap()).into_owned();
+    assert!(text.contains(&fnv_of_pattern(20_000)), "{text}");
+}
