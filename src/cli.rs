@@ -24,8 +24,9 @@ use std::time::Duration;
     long_about = "myflask serves an HTTP application over FastCGI on sockets systemd hands \
                   over (LISTEN_FDS), so nginx reaches it with `fastcgi_pass \
                   unix:/run/myflask/fcgi.sock;`. It reports readiness, status and liveness \
-                  to systemd (Type=notify, WatchdogSec=), logs to the journal, and drains \
-                  in-flight requests on SIGTERM."
+                  to systemd (Type=notify, WatchdogSec=), logs to the journal, drains \
+                  in-flight requests on SIGTERM, and reloads without a stall (a new \
+                  process takes over the sockets) on SIGHUP or `myflask reload`."
 )]
 pub struct Cli {
     #[command(subcommand)]
