@@ -82,8 +82,8 @@ pub fn run(pid: i32, limit: Duration) -> ExitCode {
         }
         Some(Err(())) => {
             eprintln!(
-                "myflask reload: failed; PID {pid} keeps serving (the reason is in its log: \
-                 journalctl -u <service>, and in systemctl status)"
+                "myflask reload: failed; PID {pid} did not hand over (the reason is in its \
+                 log: journalctl -u <service>, and in systemctl status)"
             );
             ExitCode::FAILURE
         }

@@ -108,8 +108,9 @@ impl Reloader {
                 Ok((pid, channel)) => {
                     request::answer(&waiting, Some(pid));
                     self.successor = Some(channel);
-                    // Later SIGHUPs are for the new main process.
-                    self.hup = None;
+                    if let Some(hup) = self.hup.take() {
+                        tokio::spawn(refuse_reloads(hup, pid));
+                    }
                     return pid;
                 }
                 Err(why) => {
@@ -122,6 +123,18 @@ impl Reloader {
                 }
             }
         }
+    }
+}
+
+/// After the hand-over, SIGHUPs are for the new main process: each is
+/// logged and answered as failed at once.
+async fn refuse_reloads(mut hup: tokio::signal::unix::Signal, successor: u32) {
+    while hup.recv().await.is_some() {
+        warn!(
+            "reload request ignored: this process handed over to PID {successor} and drains; \
+             reload the main process (systemctl reload, or myflask reload --pid {successor})"
+        );
+        request::answer(&request::take_waiting(), None);
     }
 }
 
