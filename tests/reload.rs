@@ -545,36 +545,55 @@ fn a_successor_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(reap(new, Duration::from_secs(20)), 0, "{}", p.log());
 }
 
-/// nginx with `proxy_pass` to the server's HTTP socket through an upstream
-/// with keepalive (the setup where a closed idle connection costs a POST).
+/// nginx in front of both sockets, each through an upstream with
+/// keepalive (where a connection closed under nginx costs a POST): `port`
+/// does `proxy_pass` to the HTTP socket, `fport` `fastcgi_pass` to the
+/// FastCGI one.
 struct ProxyNginx {
     proc: Proc,
     port: u16,
+    fport: u16,
     dir: PathBuf,
 }
 
 impl ProxyNginx {
-    fn start(dir: &Path, upstream: &str) -> ProxyNginx {
-        let port = free_tcp_port();
+    fn start(dir: &Path, b: &Bed) -> ProxyNginx {
+        let (port, fport) = (free_tcp_port(), free_tcp_port());
+        let (http, fcgi) = (&b.http, b.fcgi.display());
         for sub in ["logs", "client_body", "proxy", "fastcgi", "scgi", "uwsgi"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let d = dir.display();
+        // Workers must reach the test's root-owned socket directory.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
         let conf = format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid;
+            "{user} daemon off; worker_processes 1; pid {d}/nginx.pid;
 error_log {d}/logs/error.log info;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
     client_body_temp_path {d}/client_body; proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi; scgi_temp_path {d}/scgi; uwsgi_temp_path {d}/uwsgi;
-    upstream app {{ server {upstream}; keepalive 32; }}
+    upstream app {{ server {http}; keepalive 32; }}
+    upstream fapp {{ server unix:{fcgi}; keepalive 32; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{fport};
+        location / {{
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_pass fapp;
         }}
     }}
 }}
@@ -587,7 +606,7 @@ http {{
         cmd.arg("-e").arg(dir.join("logs/error.log"));
         let mut proc = Proc::spawn(&mut cmd, &dir.join("nginx.stderr"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", fport)).is_err() {
             assert!(
                 proc.running() && Instant::now() < deadline,
                 "nginx did not start: {}",
@@ -598,6 +617,7 @@ http {{
         ProxyNginx {
             proc,
             port,
+            fport,
             dir: dir.to_path_buf(),
         }
     }
@@ -666,11 +686,12 @@ fn post_load(
 }
 
 #[test]
-fn http_posts_through_proxy_pass_keepalive_lose_nothing_across_reloads() {
+fn posts_through_nginx_keepalive_lose_nothing_across_reloads() {
     let b = Bed::start(Path::new(BIN), &[]);
-    let nginx = ProxyNginx::start(&b.dir.path().join("nginx"), &b.http);
+    let nginx = ProxyNginx::start(&b.dir.path().join("nginx"), &b);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = post_load(nginx.port, 6, stop.clone());
+    let http = post_load(nginx.port, 4, stop.clone());
+    let fcgi = post_load(nginx.fport, 4, stop.clone());
     let mut main = b.proc.pid();
     let mut olds = vec![];
     for _ in 0..6 {
@@ -682,20 +703,25 @@ fn http_posts_through_proxy_pass_keepalive_lose_nothing_across_reloads() {
     }
     std::thread::sleep(Duration::from_millis(700));
     stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failed) = (0, vec![]);
-    for t in load {
-        let (s, f) = t.join().unwrap();
-        sent += s;
-        failed.extend(f);
+    let mut sent = [0, 0];
+    let mut failed = vec![];
+    for (i, load) in [http, fcgi].into_iter().enumerate() {
+        for t in load {
+            let (s, f) = t.join().unwrap();
+            sent[i] += s;
+            failed.extend(f);
+        }
     }
     eprintln!(
-        "{sent} POSTs through nginx across 6 reloads, {} failed",
+        "POSTs through nginx across 6 reloads: {} proxy_pass, {} fastcgi_pass, {} failed",
+        sent[0],
+        sent[1],
         failed.len()
     );
-    assert!(sent > 300, "too little load to mean anything: {sent}");
+    assert!(sent.iter().all(|n| *n > 300), "too little load: {sent:?}");
     assert!(
         failed.is_empty(),
-        "{} of {sent} failed: {:?}\nnginx: {:#?}",
+        "{} of {sent:?} failed: {:?}\nnginx: {:#?}",
         failed.len(),
         &failed[..failed.len().min(5)],
         nginx.upstream_errors()
