@@ -514,9 +514,23 @@ fn a_successor_that_cannot_start_leaves_the_old_one_serving() {
 
     // One that never becomes ready: stopped after --reload-timeout.
     install_script(&prog, "exec sleep 60");
+    let starts = |log: &str| log.matches("reload requested: starting").count();
+    let before = starts(&b.log());
     let t0 = Instant::now();
-    assert_failed_reload(&b, old, "was not ready within 2s");
+    // A second request during the attempt joins it: same outcome, no
+    // second successor.
+    let joined = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            b.reload(old)
+        });
+        assert_failed_reload(&b, old, "was not ready within 2s");
+        other.join().unwrap()
+    });
+    assert_eq!(joined.0, 1, "{}", joined.1);
     assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(starts(&b.log()) - before, 1, "{}", b.log());
     let log = b.log();
     let hung = new_pid(log.split("stopping PID ").nth(1).unwrap_or(""));
     let st = reap_status(hung, Duration::from_secs(10));

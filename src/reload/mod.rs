@@ -35,6 +35,7 @@ pub mod spawn;
 
 use crate::systemd::listen::Listener;
 use crate::systemd::notify::{self, HANDOVER_ENV};
+use futures_util::FutureExt;
 use spawn::Passed;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -64,7 +65,7 @@ impl Reloader {
         let refusal = listeners.iter().find(|l| l.inherited.is_none()).map(|l| {
             format!(
                 "{} was bound by this process, not passed by systemd; a new process \
-                     would bind it again (restart instead)",
+                 would bind it again (restart instead)",
                 l.address
             )
         });
@@ -90,8 +91,8 @@ impl Reloader {
     }
 
     /// Serves reload requests until one hands over; returns the pid of the
-    /// successor that is now the main process. Never returns without
-    /// signal handling.
+    /// successor that is now the main process. Pending forever when
+    /// signals are not handled (`enabled` was false).
     pub async fn handed_over(&mut self) -> u32 {
         loop {
             let got = match self.hup.as_mut() {
@@ -103,6 +104,10 @@ impl Reloader {
             }
             let mut attempt = Attempt { successor: None };
             let outcome = attempt.run(self).await;
+            // SIGHUPs that arrived meanwhile joined this attempt.
+            if let Some(h) = self.hup.as_mut() {
+                while let Some(Some(())) = h.recv().now_or_never() {}
+            }
             let waiting = request::take_waiting();
             match outcome {
                 Ok((pid, channel)) => {
