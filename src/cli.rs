@@ -273,6 +273,13 @@ fn manpage() -> std::io::Result<Vec<u8>> {
         out.extend_from_slice(part.as_bytes());
     }
     out.extend_from_slice(
+        b".SH SIGNALS\n.TP\nSIGTERM, SIGINT\nStop accepting, finish the requests in flight \
+          (--shutdown-timeout), close kept-alive connections without racing the web server, exit 0.\n\
+          .TP\nSIGHUP\nReload: start the binary now on disk on the same sockets; once it serves it \
+          becomes the service's main process and this process drains as on SIGTERM. \
+          `myflask reload --pid PID` does the same and waits for the outcome.\n",
+    );
+    out.extend_from_slice(
         b".SH FILES\n.TP\n/etc/default/myflask\nMYFLASK_* settings read by myflask.service.\n\
           .TP\n/run/myflask/fcgi.sock\nThe FastCGI socket, owned by myflask.socket (root:www-data, 0660).\n\
           .SH \"SEE ALSO\"\nsystemd.socket(5), systemd.service(5), nginx(8), journalctl(1)\n",
