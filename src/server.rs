@@ -47,9 +47,10 @@ pub struct ServerConfig {
     pub status_interval: Duration,
     /// How long a new process started by a reload gets to become ready.
     pub reload_timeout: Duration,
-    /// Install SIGTERM/SIGINT handlers (and SIGHUP, which reloads) that start a graceful shutdown. The
-    /// binary wants them; a program embedding the library may prefer its
-    /// own (tokio cannot uninstall a handler once installed) and use
+    /// Install SIGTERM/SIGINT handlers that start a graceful shutdown, and
+    /// a SIGHUP handler that reloads (`crate::reload`). The binary wants
+    /// them; a program embedding the library may prefer its own (tokio
+    /// cannot uninstall a handler once installed) and use
     /// [`Server::shutdown_token`] instead.
     pub handle_signals: bool,
 }
