@@ -44,6 +44,8 @@ impl Msg {
 /// The service manager's end of `NOTIFY_SOCKET`, recording senders' pids.
 struct Manager {
     path: PathBuf,
+    /// The first process (a `Proc` owns and stops it).
+    first: std::sync::atomic::AtomicI32,
     msgs: Arc<Mutex<Vec<Msg>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -118,6 +120,7 @@ impl Manager {
         };
         Manager {
             path,
+            first: std::sync::atomic::AtomicI32::new(0),
             msgs,
             stop,
             thread: Some(thread),
@@ -165,10 +168,27 @@ impl Manager {
 }
 
 impl Drop for Manager {
+    /// Also stops every successor a failed test left running: each one
+    /// that notified us and is still our (adopted) running child.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        let first = self.first.load(Ordering::Relaxed);
+        let mut pids: Vec<i32> = self.msgs().iter().map(|m| m.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids.into_iter().filter(|p| *p > 0 && *p != first) {
+            let mut st = 0;
+            // SAFETY: waitpid/kill only on a running child of ours (0 from
+            // WNOHANG), never on a pid that may have been reused.
+            unsafe {
+                if libc::waitpid(pid, &mut st, libc::WNOHANG) == 0 {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut st, 0);
+                }
+            }
         }
     }
 }
@@ -246,6 +266,7 @@ impl Bed {
             .arg("serve")
             .args(extra);
         let proc = Proc::spawn(&mut cmd, &dir.path().join("log"));
+        manager.first.store(proc.pid(), Ordering::Relaxed);
         let bed = Bed {
             dir,
             manager,
