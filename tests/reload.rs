@@ -400,6 +400,10 @@ fn reload_hands_sockets_and_main_pid_to_a_new_process() {
     }
     let m = &b.manager;
     let reloading = m.wait_for(old, "RELOADING=1", START);
+    assert!(
+        reloading.value("MONOTONIC_USEC=").is_some(),
+        "{reloading:?}"
+    );
     let handover = m.wait_for(old, "MAINPID=", START);
     assert!(
         handover.at >= reloading.at && handover.has("READY=1"),

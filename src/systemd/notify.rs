@@ -77,9 +77,15 @@ pub fn stopping(status: &str) {
 }
 
 /// `RELOADING=1`: a reload began; systemd waits for the `READY=1` that
-/// ends it (sent by [`handed_over`] or [`reload_failed`]).
+/// ends it (sent by [`handed_over`] or [`reload_failed`]). With
+/// `MONOTONIC_USEC=`, which systemd 252 ignores and `Type=notify-reload`
+/// (253 and later) requires.
 pub fn reloading(status: &str) {
-    send(&[NotifyState::Reloading, NotifyState::Status(status)]);
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status(status)];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
 }
 
 /// `MAINPID=<pid>` + `READY=1` in one datagram from the (still) main
