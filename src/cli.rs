@@ -30,8 +30,9 @@ use std::time::Duration;
     long_about = "myflask serves an HTTP application over FastCGI on sockets systemd hands \
                   over (LISTEN_FDS), so nginx reaches it with `fastcgi_pass \
                   unix:/run/myflask/fcgi.sock;`. It reports readiness, status and liveness \
-                  to systemd (Type=notify, WatchdogSec=), logs to the journal, and drains \
-                  in-flight requests on SIGTERM."
+                  to systemd (Type=notify, WatchdogSec=), logs to the journal, drains \
+                  in-flight requests on SIGTERM, and reloads without a stall (a new \
+                  process takes over the sockets) on SIGHUP or `myflask reload`."
 )]
 pub struct Cli {
     /// Name of the app in the journal (SYSLOG_IDENTIFIER), the systemd
@@ -50,6 +51,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Send one FastCGI request to a socket and print the response body.
     Request(RequestArgs),
+    /// Reload a running server without a stall, and wait for the outcome
+    /// (the unit's ExecReload=). The server (PID) starts a new process of
+    /// the binary now on disk, with the same arguments and environment, on
+    /// the same sockets; once it serves it becomes the main process and the
+    /// old one drains its requests and exits. Exit status 0 when the new
+    /// process serves; 1 when it could not start (the old one keeps
+    /// serving; the reason is in the journal and in `systemctl status`).
+    /// Settings in /etc/default/myflask are not re-read: change them with
+    /// `systemctl restart`. Plain SIGHUP reloads too, without an answer.
+    Reload(ReloadArgs),
     /// Print the manual page (roff) to stdout.
     #[command(hide = true)]
     Manpage,
@@ -166,6 +177,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs, env = "MYFLASK_IDLE_EXIT")]
     pub idle_exit: Option<Duration>,
 
+    /// Seconds a new process started by a reload (SIGHUP, `myflask
+    /// reload`) gets to become ready before the reload counts as failed.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs, env = "MYFLASK_RELOAD_TIMEOUT")]
+    pub reload_timeout: Duration,
+
     /// Seconds between STATUS= refreshes sent to systemd (hidden: for tests).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs, env = "MYFLASK_STATUS_INTERVAL", hide = true)]
     pub status_interval: Duration,
@@ -211,6 +227,16 @@ pub struct RequestArgs {
     pub path: String,
 }
 
+#[derive(Args, Debug)]
+pub struct ReloadArgs {
+    /// The server to reload (in the unit: $MAINPID).
+    #[arg(long, value_name = "PID")]
+    pub pid: i32,
+    /// Seconds to wait for the outcome.
+    #[arg(long, value_name = "SECS", default_value = "80", value_parser = parse_secs)]
+    pub timeout: Duration,
+}
+
 /// Entry point of the binary: the built-in application.
 pub fn main() -> ExitCode {
     main_with(crate::app::builtin)
@@ -247,6 +273,7 @@ pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::A
     match cli.command {
         Command::Serve(args) => serve(args, make_app),
         Command::Request(args) => request(args),
+        Command::Reload(args) => crate::reload::client::run(args.pid, args.timeout),
         Command::Manpage => match manpage(appname::get()) {
             Ok(page) => {
                 let _ = std::io::stdout().write_all(&page);
@@ -326,6 +353,16 @@ fn manpage(name: &'static str) -> std::io::Result<Vec<u8>> {
         let part = String::from_utf8_lossy(&part).replace(".SH ", ".SS ");
         out.extend_from_slice(part.as_bytes());
     }
+    out.extend_from_slice(
+        format!(
+            ".SH SIGNALS\n.TP\nSIGTERM, SIGINT\nStop accepting, finish the requests in flight \
+             (--shutdown-timeout), close kept-alive connections without racing the web server, exit 0.\n\
+             .TP\nSIGHUP\nReload: start the binary now on disk on the same sockets; once it serves it \
+             becomes the service's main process and this process drains as on SIGTERM. \
+             `{name} reload --pid PID` does the same and waits for the outcome.\n"
+        )
+        .as_bytes(),
+    );
     out.extend_from_slice(
         format!(
             ".SH FILES\n.TP\n/etc/default/{name}\nMYFLASK_* settings read by {name}.service.\n\
@@ -417,6 +454,7 @@ fn serve(
         idle_exit: args.idle_exit,
         // tokio's interval panics on a zero period.
         status_interval: args.status_interval.max(Duration::from_millis(10)),
+        reload_timeout: args.reload_timeout,
         handle_signals: true,
         allowed_clients: args.allowed_clients,
     };

@@ -11,6 +11,7 @@
 
 use crate::access::AccessLog;
 use crate::body::Body;
+use crate::http_drain::Drain;
 use crate::service::{App, ResponseBody, ServerError, box_body, error_response_boxed};
 use crate::stats::{RequestGuard, Stats};
 use crate::{ConnMeta, RequestInfo, Transport};
@@ -52,8 +53,12 @@ where
 {
     let shutdown = shared.shutdown.clone();
     let header_timeout = shared.header_timeout;
+    let drain = Drain::new(shutdown.clone());
+    let svc_drain = drain.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        handle(req, shared.clone(), meta.clone(), peer.clone()).map(Ok::<_, Infallible>)
+        let busy = svc_drain.busy();
+        handle(req, shared.clone(), meta.clone(), peer.clone())
+            .map(move |r| Ok::<_, Infallible>(busy.attach(r)))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -67,11 +72,7 @@ where
                 tracing::debug!("http connection ended: {e}");
             }
         }
-        _ = shutdown.cancelled() => {
-            // Finish the request in flight, then close.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+        _ = shutdown.cancelled() => drain.finish(conn).await,
     }
 }
 

@@ -41,10 +41,12 @@ pub mod body;
 pub mod cli;
 pub mod diagnose;
 pub mod fastcgi;
+mod http_drain;
 pub mod http_server;
 pub mod mount;
 #[cfg(all(feature = "libm-free", target_os = "linux"))]
 mod nolibm;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod stats;

@@ -12,7 +12,9 @@
 //!    or a dead listener stops the pings and systemd restarts us;
 //! 4. on SIGTERM/SIGINT (or `--idle-exit`): `STOPPING=1`, accepting stops,
 //!    idle connections close, busy ones close after their last request, and
-//!    the process exits once all are gone or `--shutdown-timeout` passes.
+//!    the process exits once all are gone or `--shutdown-timeout` passes;
+//! 5. on SIGHUP, a reload (`crate::reload`): a new process takes over the
+//!    sockets and becomes the main process, then this one drains as in 4.
 //!
 //! A listener speaks what it was bound for; a socket systemd passed speaks
 //! HTTP/1.1 if its fd is named `http` (`FileDescriptorName=http`) and
@@ -23,6 +25,7 @@ use crate::accept::{Acceptor, Handler};
 use crate::addr::ListenAddr;
 use crate::fastcgi::connection::{ConnConfig, Engine};
 use crate::http_server::HttpShared;
+use crate::reload::{self, Reloader};
 use crate::service::App;
 use crate::stats::Stats;
 use crate::systemd::listen::{self, BindOptions, Listener};
@@ -96,9 +99,12 @@ pub struct ServerConfig {
     pub idle_exit: Option<Duration>,
     /// How often the systemd `STATUS=` line is refreshed.
     pub status_interval: Duration,
-    /// Install SIGTERM/SIGINT handlers that start a graceful shutdown. The
-    /// binary wants them; a program embedding the library may prefer its
-    /// own (tokio cannot uninstall a handler once installed) and use
+    /// How long a new process started by a reload gets to become ready.
+    pub reload_timeout: Duration,
+    /// Install SIGTERM/SIGINT handlers that start a graceful shutdown, and
+    /// a SIGHUP handler that reloads (`crate::reload`). The binary wants
+    /// them; a program embedding the library may prefer its own (tokio
+    /// cannot uninstall a handler once installed) and use
     /// [`Server::shutdown_token`] instead.
     pub handle_signals: bool,
     /// TCP peers served (src/allow.rs); `None` serves every peer.
@@ -118,6 +124,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             idle_exit: None,
             status_interval: Duration::from_secs(5),
+            reload_timeout: Duration::from_secs(30),
             handle_signals: true,
             allowed_clients: None,
         }
@@ -161,16 +168,20 @@ impl Server {
     pub async fn serve(mut self, app: App) -> anyhow::Result<()> {
         // Before READY: a SIGTERM that arrives right after it must drain.
         let mut signals = StopSignals::install(self.config.handle_signals)?;
+        let cfg = &self.config;
+        let mut reloader = Reloader::new(&self.listeners, cfg.reload_timeout, cfg.handle_signals)?;
         let accepting = self.start_accepting(app)?;
-        notify::ready(&format!("serving; {}", status_text(&self.stats)));
+        // READY=1, or for a process a reload started, the hand-over.
+        let predecessor =
+            reload::announce_ready(&format!("serving; {}", status_text(&self.stats))).await?;
         info!("ready");
         let status = spawn_status(self.stats.clone(), self.config.status_interval);
         let watchdog = spawn_watchdog(accepting.alive.clone());
-        let reason = self.wait_for_stop(&mut signals).await;
+        let reason = self.wait_for_stop(&mut signals, &mut reloader).await;
         // Status and watchdog run until the drain is over: `STATUS=` goes on
         // counting the requests that finish, and a runtime wedged mid-drain
         // stops the pings.
-        self.drain(accepting, reason).await;
+        self.drain(accepting, &reason, predecessor).await;
         status.abort();
         if let Some(w) = watchdog {
             w.abort();
@@ -207,17 +218,26 @@ impl Server {
     }
 
     /// Waits for a reason to stop; returns it, for the log and `STATUS=`.
-    async fn wait_for_stop(&self, signals: &mut StopSignals) -> &'static str {
+    async fn wait_for_stop(&self, signals: &mut StopSignals, reloader: &mut Reloader) -> String {
         tokio::select! {
-            r = signals.recv() => r,
-            _ = idle_exit(&self.stats, self.config.idle_exit) => "idle exit (no connection)",
-            _ = self.shutdown.cancelled() => "shutdown requested",
+            r = signals.recv() => r.to_string(),
+            _ = idle_exit(&self.stats, self.config.idle_exit) => "idle exit (no connection)".into(),
+            _ = self.shutdown.cancelled() => "shutdown requested".into(),
+            pid = reloader.handed_over() => format!("reloaded (PID {pid} took over)"),
         }
     }
 
     /// Stops accepting, lets the connections finish (up to
-    /// `--shutdown-timeout`), and removes the socket files we bound.
-    async fn drain(&self, accepting: Accepting, reason: &str) {
+    /// `--shutdown-timeout`), and removes the socket files we bound. A
+    /// process a reload started also waits (within the same limit) for its
+    /// still-draining predecessor: with `KillMode=mixed`, the main
+    /// process's exit ends what is left of the service.
+    async fn drain(
+        &self,
+        accepting: Accepting,
+        reason: &str,
+        predecessor: Option<reload::Predecessor>,
+    ) {
         let in_flight = self.stats.active_requests();
         info!("{reason}: shutting down; draining {in_flight} requests in flight");
         notify::stopping(&format!(
@@ -229,7 +249,11 @@ impl Server {
         }
         accepting.connections.close();
         let limit = self.config.shutdown_timeout;
-        let drained = tokio::time::timeout(limit, accepting.connections.wait()).await;
+        let deadline = tokio::time::Instant::now() + limit;
+        let drained = tokio::time::timeout_at(deadline, accepting.connections.wait()).await;
+        if let Some(p) = predecessor {
+            let _ = tokio::time::timeout_at(deadline, p.gone()).await;
+        }
         for p in &accepting.owned_paths {
             let _ = std::fs::remove_file(p);
         }
