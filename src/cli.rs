@@ -58,7 +58,7 @@ pub enum Command {
     /// old one drains its requests and exits. Exit status 0 when the new
     /// process serves; 1 when it could not start (the old one keeps
     /// serving; the reason is in the journal and in `systemctl status`).
-    /// Settings in /etc/default/myflask are not re-read: change them with
+    /// Settings (the MYFLASK_* variables of /etc/default/NAME) are not re-read: change them with
     /// `systemctl restart`. Plain SIGHUP reloads too, without an answer.
     Reload(ReloadArgs),
     /// Print the manual page (roff) to stdout.

@@ -22,8 +22,13 @@ const START: Duration = Duration::from_secs(20);
 
 /// A copy of the binary named `name` in `dir`.
 fn copy_as(dir: &Path, name: &str) -> PathBuf {
+    // A hard link, not a copy: a copy holds the new file open for writing,
+    // and a child that another test thread forks meanwhile inherits that
+    // fd, so exec fails with ETXTBSY ("Text file busy").
     let p = dir.join(name);
-    std::fs::copy(BIN, &p).expect("copy the binary");
+    if std::fs::hard_link(BIN, &p).is_err() {
+        std::fs::copy(BIN, &p).expect("copy the binary");
+    }
     p
 }
 
