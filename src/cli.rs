@@ -158,6 +158,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. info, debug, myflask=debug (overrides RUST_LOG).
     #[arg(long, value_name = "FILTER", env = "MYFLASK_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    #[command(flatten)]
+    pub manage: crate::manage::ManageArgs,
 }
 
 #[derive(Args, Debug)]
@@ -186,7 +189,7 @@ pub struct RequestArgs {
 
 /// Entry point of the binary: the built-in application.
 pub fn main() -> ExitCode {
-    main_with(crate::app::builtin)
+    run(crate::app::builtin, crate::manage::Endpoints::builtin())
 }
 
 /// The whole `myflask` command line (serve flags, systemd sockets, notify,
@@ -203,10 +206,19 @@ pub fn main() -> ExitCode {
 /// ```
 ///
 /// `make_app` gets the server's live figures (for a status page).
+///
+/// `--status-path`, `--metrics-path` and `--ping-path` are off unless given.
 pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App) -> ExitCode {
+    run(make_app, crate::manage::Endpoints::default())
+}
+
+fn run(
+    make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App,
+    endpoints: crate::manage::Endpoints,
+) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args, make_app),
+        Command::Serve(args) => serve(args, make_app, endpoints),
         Command::Request(args) => request(args),
         Command::Manpage => match manpage() {
             Ok(page) => {
@@ -287,6 +299,7 @@ fn fail_start(e: anyhow::Error) -> ExitCode {
 fn serve(
     args: ServeArgs,
     make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App,
+    endpoints: crate::manage::Endpoints,
 ) -> ExitCode {
     // Single-threaded until the runtime is built: logging, then the
     // inherited sockets (which unsets LISTEN_* and must see no threads).
@@ -329,8 +342,10 @@ fn serve(
         Ok(rt) => rt,
         Err(e) => return fail_start(anyhow::Error::new(e).context("building the runtime")),
     };
+    let queues = crate::listen_queue::ListenQueues::new(&listeners);
     let server = Server::new(config, listeners);
-    let app = make_app(server.stats());
+    let endpoints = crate::manage::Endpoints::resolve(&args.manage, endpoints);
+    let app = crate::manage::wrap(make_app(server.stats()), server.stats(), endpoints, queues);
     match rt.block_on(server.serve(app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail_start(e),

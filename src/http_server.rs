@@ -70,6 +70,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let resp = if declared.is_some_and(|n| n > limit) {
+        (engine.stats.metrics).refused(crate::metrics::Refusal::BodyTooLarge);
         crate::app::text_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("413 request body exceeds the limit of {limit} bytes\n"),

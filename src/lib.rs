@@ -29,20 +29,27 @@ pub mod addr;
 pub mod app;
 pub mod body;
 pub mod cli;
+pub mod exposition;
 pub mod fastcgi;
 pub mod http_server;
+pub mod inflight;
+pub mod listen_queue;
+pub mod manage;
+pub mod metrics;
 #[cfg(all(feature = "libm-free", target_os = "linux"))]
 mod nolibm;
 pub mod server;
 pub mod service;
 pub mod stats;
 pub mod systemd;
+pub mod trace;
 
 pub use body::{Body, BodyError};
 pub use fastcgi::params::Params;
 pub use server::{Server, ServerConfig};
 pub use service::{App, BoxError, ResponseBody};
 pub use stats::Stats;
+pub use trace::TraceContext;
 
 use std::sync::Arc;
 

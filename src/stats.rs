@@ -27,6 +27,8 @@ pub struct Stats {
     refused_overload: AtomicU64,
     hot: Hot,
     shards: [Shard; SHARDS],
+    /// The figures only `/metrics` reports (recording is off without it).
+    pub metrics: crate::metrics::Recorder,
 }
 
 /// The server-wide figures a request touches (see the module comment).
@@ -124,6 +126,7 @@ impl Stats {
                 ..Hot::default()
             },
             shards: Default::default(),
+            metrics: Default::default(),
         }
     }
 

@@ -1,0 +1,200 @@
+//! The registry of requests in flight, behind `/status?full`: request id,
+//! method, URI, transport, start and phase of each request the app is
+//! working on.
+//!
+//! A request registers when it enters the app and leaves when its guard
+//! drops. Entries live in one shard per thread, each its own `Arc` (the
+//! guard's reference count then sits with the shard the thread locks
+//! anyway, not on one line all cores write); a request that moves to
+//! another thread still leaves the shard it joined. Listing locks each
+//! shard in turn, briefly.
+
+use crate::Transport;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 8;
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Its body is still arriving (the engine reports it; see the design
+    /// note in `deadline.rs`).
+    ReadingBody,
+    /// The app has it and has not answered yet.
+    InHandler,
+    /// The app answered; the response body is being sent.
+    Writing,
+}
+
+impl Phase {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::ReadingBody => "reading body",
+            Phase::InHandler => "in handler",
+            Phase::Writing => "writing",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    method: http::Method,
+    uri: http::Uri,
+    transport: Transport,
+    started: Instant,
+    phase: Phase,
+}
+
+/// One request as listed.
+#[derive(Debug, Clone)]
+pub struct InFlightRequest {
+    pub request_id: u64,
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub transport: Transport,
+    pub age: Duration,
+    pub phase: Phase,
+}
+
+type Shard = Arc<Mutex<HashMap<u64, Entry>>>;
+
+#[derive(Debug, Default)]
+pub struct InFlight {
+    shards: [Shard; SHARDS],
+}
+
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+/// A poisoned shard only means a panic elsewhere while it was held; the
+/// map itself is always consistent (each operation is one map call).
+fn lock(s: &Shard) -> MutexGuard<'_, HashMap<u64, Entry>> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl InFlight {
+    /// Registers a request; it stays listed while the guard lives.
+    pub fn enter(
+        &self,
+        request_id: u64,
+        method: &http::Method,
+        uri: &http::Uri,
+        transport: Transport,
+        phase: Phase,
+    ) -> Tracked {
+        let shard = self.shards[shard_index()].clone();
+        let entry = Entry {
+            method: method.clone(),
+            uri: uri.clone(),
+            transport,
+            started: Instant::now(),
+            phase,
+        };
+        lock(&shard).insert(request_id, entry);
+        Tracked { shard, request_id }
+    }
+
+    /// Every request in flight, oldest first.
+    pub fn list(&self) -> Vec<InFlightRequest> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for s in &self.shards {
+            out.extend(lock(s).iter().map(|(id, e)| InFlightRequest {
+                request_id: *id,
+                method: e.method.clone(),
+                uri: e.uri.clone(),
+                transport: e.transport,
+                age: now.saturating_duration_since(e.started),
+                phase: e.phase,
+            }));
+        }
+        out.sort_by(|a, b| b.age.cmp(&a.age).then(a.request_id.cmp(&b.request_id)));
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps one request listed; dropping it removes the entry.
+#[derive(Debug)]
+pub struct Tracked {
+    shard: Shard,
+    request_id: u64,
+}
+
+impl Tracked {
+    pub fn set_phase(&self, phase: Phase) {
+        if let Some(e) = lock(&self.shard).get_mut(&self.request_id) {
+            e.phase = phase;
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        lock(&self.shard).remove(&self.request_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_while_guarded_across_threads() {
+        let reg = Arc::new(InFlight::default());
+        let get = http::Method::GET;
+        let a = reg.enter(
+            1,
+            &get,
+            &"/a".parse().expect("uri"),
+            Transport::Http,
+            Phase::InHandler,
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let b = std::thread::spawn({
+            let reg = reg.clone();
+            move || {
+                let uri = "/b?x=1".parse().expect("uri");
+                reg.enter(
+                    2,
+                    &http::Method::POST,
+                    &uri,
+                    Transport::FastCgi,
+                    Phase::ReadingBody,
+                )
+            }
+        })
+        .join()
+        .expect("thread");
+        b.set_phase(Phase::Writing);
+        let l = reg.list();
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (l[0].request_id, l[0].phase),
+            (1, Phase::InHandler),
+            "oldest first"
+        );
+        assert_eq!(l[1].uri.to_string(), "/b?x=1");
+        assert_eq!(l[1].phase, Phase::Writing);
+        assert!(l[0].age >= Duration::from_millis(5));
+        drop(b); // on another thread than the one that entered it
+        assert_eq!(reg.len(), 1);
+        drop(a);
+        assert!(reg.is_empty());
+    }
+}
