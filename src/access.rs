@@ -3,8 +3,10 @@
 //! `/metrics` is served, the figures behind it.
 //!
 //! Under journald each field becomes a journal field (METHOD, URI, STATUS,
-//! DURATION_US, BYTES_OUT, REQUEST_ID, PEER, TRANSPORT), so
-//! `journalctl -u myflask STATUS=500` finds the failures.
+//! DURATION_US, BYTES_OUT, REQUEST_ID, PEER, TRANSPORT, and TRACE_ID /
+//! SPAN_ID for a request with a valid `traceparent`), so
+//! `journalctl -u myflask STATUS=500` finds the failures and
+//! `journalctl TRACE_ID=...` one trace's requests.
 
 use crate::metrics::Refusal;
 use crate::stats::Stats;
@@ -67,6 +69,8 @@ impl AccessLog {
             (431, true) => stats.metrics.refused(Refusal::ParamsTooLarge),
             _ => {}
         }
+        // Taken whether or not the line is written, so none is left behind.
+        let trace = stats.traces.take(self.request_id);
         let Some(elapsed) = elapsed else {
             return;
         };
@@ -85,6 +89,8 @@ impl AccessLog {
                 bytes_out,
                 request_id = self.request_id,
                 peer = %self.peer,
+                trace_id = trace.as_ref().map(|t| t.trace_id()),
+                span_id = trace.as_ref().map(|t| t.span_id()),
                 "{} {} {} {}B {}us",
                 self.method, self.uri, status, bytes_out, duration_us
             ),
@@ -98,6 +104,8 @@ impl AccessLog {
                 bytes_out,
                 request_id = self.request_id,
                 peer = %self.peer,
+                trace_id = trace.as_ref().map(|t| t.trace_id()),
+                span_id = trace.as_ref().map(|t| t.span_id()),
                 note,
                 "{} {} {} {}B {}us: {}",
                 self.method, self.uri, status, bytes_out, duration_us, note

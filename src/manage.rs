@@ -9,7 +9,7 @@
 //! valid `traceparent` becomes a [`TraceContext`] request extension, and
 //! the app's future runs in a `request` span whose `trace_id` / `span_id`
 //! fields journald stores as `TRACE_ID` / `SPAN_ID` on every entry the
-//! request logs.
+//! request logs; the access log's line gets the same two fields.
 //!
 //! A request for any other path costs a few string compares and a header
 //! lookup; the status page adds the in-flight registry's insert and remove.
@@ -149,6 +149,9 @@ impl Layer {
         }
         let trace = TraceContext::from_headers(req.headers());
         if let Some(t) = trace {
+            if let Some(info) = req.extensions().get::<RequestInfo>() {
+                self.stats.traces.put(info.request_id, t);
+            }
             req.extensions_mut().insert(t);
         }
         let tracked = self.inflight.as_ref().map(|reg| enter(reg, &req));

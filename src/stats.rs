@@ -29,6 +29,8 @@ pub struct Stats {
     shards: [Shard; SHARDS],
     /// The figures only `/metrics` reports (recording is off without it).
     pub metrics: crate::metrics::Recorder,
+    /// Trace contexts on their way to their request's access-log line.
+    pub traces: crate::trace::Pending,
 }
 
 /// The server-wide figures a request touches (see the module comment).
@@ -127,6 +129,7 @@ impl Stats {
             },
             shards: Default::default(),
             metrics: Default::default(),
+            traces: Default::default(),
         }
     }
 

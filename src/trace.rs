@@ -88,6 +88,56 @@ impl TraceContext {
     }
 }
 
+/// Trace contexts waiting for their request's access-log line, by request
+/// id. The layer that parses a `traceparent` puts it here; the access log
+/// takes it when the request ends (the transports build that line, and
+/// carry no trace field of their own yet). Untraced requests only read one
+/// shard's count; a request whose end is never logged is purged after
+/// [`Pending::MAX_AGE`] once its shard holds more than a few entries.
+#[derive(Debug, Default)]
+pub struct Pending {
+    shards: [PendingShard; 8],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PendingShard {
+    count: std::sync::atomic::AtomicUsize,
+    entries: std::sync::Mutex<Vec<(u64, TraceContext, std::time::Instant)>>,
+}
+
+impl Pending {
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    fn shard(&self, request_id: u64) -> &PendingShard {
+        &self.shards[(request_id % self.shards.len() as u64) as usize]
+    }
+
+    pub fn put(&self, request_id: u64, t: TraceContext) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.shard(request_id);
+        let mut e = s.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.len() >= 64 {
+            e.retain(|(_, _, at)| at.elapsed() < Self::MAX_AGE);
+        }
+        e.push((request_id, t, std::time::Instant::now()));
+        s.count.store(e.len(), Relaxed);
+    }
+
+    pub fn take(&self, request_id: u64) -> Option<TraceContext> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.shard(request_id);
+        if s.count.load(Relaxed) == 0 {
+            return None;
+        }
+        let mut e = s.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let i = e.iter().position(|(id, _, _)| *id == request_id)?;
+        let (_, t, _) = e.swap_remove(i);
+        s.count.store(e.len(), Relaxed);
+        Some(t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +202,18 @@ mod tests {
         for (v, why) in cases {
             assert_eq!(TraceContext::parse(v.as_bytes()), None, "{why}: {v:?}");
         }
+    }
+
+    #[test]
+    fn pending_hands_each_context_out_once() {
+        let p = Pending::default();
+        let t = TraceContext::parse(GOOD.as_bytes()).expect("valid");
+        assert_eq!(p.take(3), None);
+        p.put(3, t);
+        p.put(11, t); // same shard
+        assert_eq!(p.take(3), Some(t));
+        assert_eq!(p.take(3), None);
+        assert_eq!(p.take(11), Some(t));
     }
 
     #[test]
