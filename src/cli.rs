@@ -161,6 +161,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub manage: crate::manage::ManageArgs,
+
+    #[command(flatten)]
+    pub deadlines: crate::deadline::DeadlineArgs,
 }
 
 #[derive(Args, Debug)]
@@ -344,8 +347,12 @@ fn serve(
     };
     let queues = crate::listen_queue::ListenQueues::new(&listeners);
     let server = Server::new(config, listeners);
-    let endpoints = crate::manage::Endpoints::resolve(&args.manage, endpoints);
-    let app = crate::manage::wrap(make_app(server.stats()), server.stats(), endpoints, queues);
+    let settings = crate::manage::Settings {
+        endpoints: crate::manage::Endpoints::resolve(&args.manage, endpoints),
+        deadlines: crate::deadline::Deadlines::from_args(&args.deadlines),
+        slow_threshold: args.deadlines.slow_request_threshold,
+    };
+    let app = crate::manage::wrap(make_app(server.stats()), server.stats(), settings, queues);
     match rt.block_on(server.serve(app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail_start(e),

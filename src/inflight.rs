@@ -1,6 +1,6 @@
-//! The registry of requests in flight, behind `/status?full`: request id,
-//! method, URI, transport, start and phase of each request the app is
-//! working on.
+//! The registry of requests in flight, behind `/status?full` and the slow
+//! log: request id, method, URI, transport, start, phase and trace of each
+//! request the app is working on.
 //!
 //! A request registers when it enters the app and leaves when its guard
 //! drops. Entries live in one shard per thread, each its own `Arc` (the
@@ -10,6 +10,7 @@
 //! shard in turn, briefly.
 
 use crate::Transport;
+use crate::trace::TraceContext;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,8 +21,8 @@ const SHARDS: usize = 8;
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Its body is still arriving (the engine reports it; see the design
-    /// note in `deadline.rs`).
+    /// Its body is still arriving. Only the FastCGI engine can tell (the
+    /// app reads the body while "in handler"); it does not report it yet.
     ReadingBody,
     /// The app has it and has not answered yet.
     InHandler,
@@ -46,6 +47,9 @@ struct Entry {
     transport: Transport,
     started: Instant,
     phase: Phase,
+    trace: Option<TraceContext>,
+    /// The slow log has reported it.
+    reported: bool,
 }
 
 /// One request as listed.
@@ -57,6 +61,7 @@ pub struct InFlightRequest {
     pub transport: Transport,
     pub age: Duration,
     pub phase: Phase,
+    pub trace: Option<TraceContext>,
 }
 
 type Shard = Arc<Mutex<HashMap<u64, Entry>>>;
@@ -89,6 +94,7 @@ impl InFlight {
         uri: &http::Uri,
         transport: Transport,
         phase: Phase,
+        trace: Option<TraceContext>,
     ) -> Tracked {
         let shard = self.shards[shard_index()].clone();
         let entry = Entry {
@@ -97,6 +103,8 @@ impl InFlight {
             transport,
             started: Instant::now(),
             phase,
+            trace,
+            reported: false,
         };
         lock(&shard).insert(request_id, entry);
         Tracked { shard, request_id }
@@ -104,17 +112,37 @@ impl InFlight {
 
     /// Every request in flight, oldest first.
     pub fn list(&self) -> Vec<InFlightRequest> {
+        self.collect(|_, _| true)
+    }
+
+    /// The requests running for `threshold` or longer that this has not
+    /// returned before: each is reported once (the slow log).
+    pub fn newly_overdue(&self, threshold: Duration) -> Vec<InFlightRequest> {
+        self.collect(|e, age| {
+            let due = age >= threshold && !e.reported;
+            e.reported |= due;
+            due
+        })
+    }
+
+    fn collect(&self, mut keep: impl FnMut(&mut Entry, Duration) -> bool) -> Vec<InFlightRequest> {
         let now = Instant::now();
         let mut out = Vec::new();
         for s in &self.shards {
-            out.extend(lock(s).iter().map(|(id, e)| InFlightRequest {
-                request_id: *id,
-                method: e.method.clone(),
-                uri: e.uri.clone(),
-                transport: e.transport,
-                age: now.saturating_duration_since(e.started),
-                phase: e.phase,
-            }));
+            for (id, e) in lock(s).iter_mut() {
+                let age = now.saturating_duration_since(e.started);
+                if keep(e, age) {
+                    out.push(InFlightRequest {
+                        request_id: *id,
+                        method: e.method.clone(),
+                        uri: e.uri.clone(),
+                        transport: e.transport,
+                        age,
+                        phase: e.phase,
+                        trace: e.trace,
+                    });
+                }
+            }
         }
         out.sort_by(|a, b| b.age.cmp(&a.age).then(a.request_id.cmp(&b.request_id)));
         out
@@ -164,6 +192,7 @@ mod tests {
             &"/a".parse().expect("uri"),
             Transport::Http,
             Phase::InHandler,
+            None,
         );
         std::thread::sleep(Duration::from_millis(5));
         let b = std::thread::spawn({
@@ -176,12 +205,18 @@ mod tests {
                     &uri,
                     Transport::FastCgi,
                     Phase::ReadingBody,
+                    None,
                 )
             }
         })
         .join()
         .expect("thread");
         b.set_phase(Phase::Writing);
+        let overdue = reg.newly_overdue(Duration::from_millis(5));
+        assert_eq!(overdue.len(), 1, "only the request older than 5 ms");
+        assert_eq!(overdue[0].request_id, 1);
+        let again = reg.newly_overdue(Duration::ZERO);
+        assert!(again.iter().all(|r| r.request_id == 2), "once each");
         let l = reg.list();
         assert_eq!(l.len(), 2);
         assert_eq!(

@@ -29,6 +29,7 @@ pub mod addr;
 pub mod app;
 pub mod body;
 pub mod cli;
+pub mod deadline;
 pub mod exposition;
 pub mod fastcgi;
 pub mod http_server;

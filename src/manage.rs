@@ -11,11 +11,16 @@
 //! fields journald stores as `TRACE_ID` / `SPAN_ID` on every entry the
 //! request logs; the access log's line gets the same two fields.
 //!
+//! Deadlines and the slow log (`deadline.rs`) are applied here too, to the
+//! app's future and response body.
+//!
 //! A request for any other path costs a few string compares and a header
-//! lookup; the status page adds the in-flight registry's insert and remove.
+//! lookup; the status page and the slow log add the in-flight registry's
+//! insert and remove, a deadline a timer.
 
 use crate::RequestInfo;
 use crate::body::Body;
+use crate::deadline::{self, Deadlines, Kill};
 use crate::exposition::{self, Format, Scrape};
 use crate::inflight::{InFlight, Phase, Tracked};
 use crate::listen_queue::ListenQueues;
@@ -27,6 +32,7 @@ use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
+use std::future::Future;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -107,23 +113,55 @@ struct Layer {
     inner: App,
     stats: Arc<Stats>,
     endpoints: Endpoints,
+    deadlines: Deadlines,
     queues: ListenQueues,
-    /// Present when the status page is on.
-    inflight: Option<InFlight>,
+    /// Present when the status page or the slow log is on.
+    inflight: Option<Arc<InFlight>>,
 }
 
-/// Wraps `app` with the endpoints (and the trace context, always).
-/// Turns the metrics recorder on when `/metrics` is served.
-pub fn wrap(app: App, stats: Arc<Stats>, endpoints: Endpoints, queues: ListenQueues) -> App {
-    if endpoints.metrics.is_some() {
+/// What the layer does besides passing requests on.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub endpoints: Endpoints,
+    pub deadlines: Deadlines,
+    /// `--slow-request-threshold`.
+    pub slow_threshold: Option<std::time::Duration>,
+}
+
+impl From<Endpoints> for Settings {
+    fn from(endpoints: Endpoints) -> Settings {
+        Settings {
+            endpoints,
+            ..Settings::default()
+        }
+    }
+}
+
+/// Wraps `app` with the endpoints, deadlines and slow log (and the trace
+/// context, always). Turns the metrics recorder on when `/metrics` is
+/// served; starts the slow log's watcher thread when it is on.
+pub fn wrap(
+    app: App,
+    stats: Arc<Stats>,
+    settings: impl Into<Settings>,
+    queues: ListenQueues,
+) -> App {
+    let s = settings.into();
+    if s.endpoints.metrics.is_some() {
         stats.metrics.enable();
+    }
+    let wanted = s.endpoints.status.is_some() || s.slow_threshold.is_some();
+    let inflight = wanted.then(|| Arc::new(InFlight::default()));
+    if let (Some(reg), Some(t)) = (&inflight, s.slow_threshold) {
+        deadline::watch_slow(Arc::downgrade(reg), t);
     }
     let layer = Arc::new(Layer {
         inner: app,
         stats,
-        inflight: endpoints.status.is_some().then(InFlight::default),
-        endpoints,
+        endpoints: s.endpoints,
+        deadlines: s.deadlines,
         queues,
+        inflight,
     });
     App::from_fn(move |req| layer.call(req))
 }
@@ -147,38 +185,28 @@ impl Layer {
             let resp = self.answer(e, &req);
             return Box::pin(std::future::ready(Ok(resp)));
         }
+        let request_id = req
+            .extensions()
+            .get::<RequestInfo>()
+            .map_or(0, |i| i.request_id);
         let trace = TraceContext::from_headers(req.headers());
         if let Some(t) = trace {
-            if let Some(info) = req.extensions().get::<RequestInfo>() {
-                self.stats.traces.put(info.request_id, t);
-            }
+            self.stats.traces.put(request_id, t);
             req.extensions_mut().insert(t);
         }
-        let tracked = self.inflight.as_ref().map(|reg| enter(reg, &req));
+        let tracked = self.inflight.as_ref().map(|reg| enter(reg, &req, trace));
+        let kill = match self.deadlines.is_off() {
+            true => None,
+            false => self
+                .deadlines
+                .for_path(req.uri().path())
+                .map(|d| Kill::new(d, request_id, &req, trace, self.stats.clone())),
+        };
         let fut = self.inner.call(req);
-        if trace.is_none() && tracked.is_none() {
+        if trace.is_none() && tracked.is_none() && kill.is_none() {
             return fut;
         }
-        Box::pin(async move {
-            let result = match trace {
-                Some(t) => {
-                    let span = tracing::info_span!(
-                        "request",
-                        trace_id = t.trace_id(),
-                        span_id = t.span_id()
-                    );
-                    fut.instrument(span).await
-                }
-                None => fut.await,
-            };
-            match (result, tracked) {
-                (Ok(resp), Some(t)) => {
-                    t.set_phase(Phase::Writing);
-                    Ok(resp.map(|b| box_body(TrackedBody { inner: b, _t: t })))
-                }
-                (r, _) => r,
-            }
-        })
+        Box::pin(run(fut, trace, tracked, kill))
     }
 
     fn answer(&self, e: Endpoint, req: &Request<Body>) -> Response<ResponseBody> {
@@ -195,7 +223,7 @@ impl Layer {
                     q.split('&')
                         .any(|kv| kv == "full" || kv.starts_with("full="))
                 });
-                let list = full.then(|| self.inflight.as_ref().map(InFlight::list));
+                let list = full.then(|| self.inflight.as_ref().map(|r| r.list()));
                 respond(
                     "application/json",
                     json_bytes(&status_json(&self.stats, list.flatten())),
@@ -217,7 +245,7 @@ impl Layer {
     }
 }
 
-fn enter(reg: &InFlight, req: &Request<Body>) -> Tracked {
+fn enter(reg: &InFlight, req: &Request<Body>, trace: Option<TraceContext>) -> Tracked {
     let info = req.extensions().get::<RequestInfo>();
     reg.enter(
         info.map_or(0, |i| i.request_id),
@@ -225,7 +253,48 @@ fn enter(reg: &InFlight, req: &Request<Body>) -> Tracked {
         req.uri(),
         info.map_or(crate::Transport::Http, |i| i.transport),
         Phase::InHandler,
+        trace,
     )
+}
+
+/// The app's part of a request with what the layer adds: the trace span
+/// around its future, the deadline over its future and body, and its
+/// in-flight entry until the body is done.
+async fn run(
+    fut: BoxFuture,
+    trace: Option<TraceContext>,
+    tracked: Option<Tracked>,
+    kill: Option<Kill>,
+) -> Result<Response<ResponseBody>, crate::BoxError> {
+    let fut: BoxFuture = match trace {
+        Some(t) => {
+            let span =
+                tracing::info_span!("request", trace_id = t.trace_id(), span_id = t.span_id());
+            Box::pin(fut.instrument(span))
+        }
+        None => fut,
+    };
+    let resp = match &kill {
+        Some(k) => match tokio::time::timeout_at(k.at(), fut).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(k.before_head()),
+        },
+        None => fut.await?,
+    };
+    if let Some(t) = &tracked {
+        t.set_phase(Phase::Writing);
+    }
+    if tracked.is_none() && kill.is_none() {
+        return Ok(resp);
+    }
+    Ok(resp.map(|inner| {
+        box_body(LayerBody {
+            inner,
+            deadline: kill.map(|k| (Box::pin(tokio::time::sleep_until(k.at())), k)),
+            done: false,
+            _tracked: tracked,
+        })
+    }))
 }
 
 /// The status page's JSON: the server's figures with php-fpm status-page
@@ -284,15 +353,18 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request listed until it is dropped.
-    struct TrackedBody {
+    /// A response body that keeps its request listed until it is dropped
+    /// and ends it with an error when its deadline passes.
+    struct LayerBody {
         #[pin]
         inner: ResponseBody,
-        _t: Tracked,
+        deadline: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, Kill)>,
+        done: bool,
+        _tracked: Option<Tracked>,
     }
 }
 
-impl http_body::Body for TrackedBody {
+impl http_body::Body for LayerBody {
     type Data = Bytes;
     type Error = crate::BoxError;
 
@@ -300,11 +372,21 @@ impl http_body::Body for TrackedBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        if *this.done {
+            return std::task::Poll::Ready(None);
+        }
+        if let Some((sleep, kill)) = this.deadline {
+            if sleep.as_mut().poll(cx).is_ready() {
+                *this.done = true;
+                return std::task::Poll::Ready(Some(Err(kill.after_head())));
+            }
+        }
+        this.inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

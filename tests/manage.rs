@@ -10,28 +10,50 @@ use common::fcgi_request;
 use http::{Request, Response};
 use http_body_util::Full;
 use myflask::addr::ListenAddr;
+use myflask::deadline::Deadlines;
 use myflask::fastcgi::client;
 use myflask::listen_queue::ListenQueues;
-use myflask::manage::{self, Endpoints};
+use myflask::manage::{self, Endpoints, Settings};
 use myflask::systemd::listen::{self, BindOptions, Protocol};
 use myflask::{App, Body, Server, ServerConfig, TraceContext};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-async fn hosted(req: Request<Body>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Ten 1 KiB chunks 200 ms apart: a response whose head is out long
+/// before its end.
+fn drip() -> myflask::ResponseBody {
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let frame = http_body::Frame::data(Bytes::from(vec![b'a' + i; 1024]));
+        Some((Ok::<_, Infallible>(frame), i + 1))
+    });
+    myflask::service::box_body(http_body_util::StreamBody::new(chunks))
+}
+
+async fn hosted(req: Request<Body>) -> Result<Response<myflask::ResponseBody>, Infallible> {
     let path = req.uri().path().to_string();
     let text = match path.as_str() {
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             "slept".to_string()
         }
+        "/pause" => {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            "paused".to_string()
+        }
+        "/drip" => return Ok(Response::new(drip())),
         "/trace" => match req.extensions().get::<TraceContext>() {
             Some(t) => format!("{} {}", t.trace_id(), t.span_id()),
             None => "none".to_string(),
         },
         p => format!("app saw {p}"),
     };
-    Ok(Response::new(Full::new(Bytes::from(text))))
+    Ok(Response::new(myflask::service::box_body(Full::new(
+        Bytes::from(text),
+    ))))
 }
 
 struct Running {
@@ -47,7 +69,7 @@ impl Drop for Running {
     }
 }
 
-fn serve(endpoints: Endpoints) -> Running {
+fn serve(settings: impl Into<Settings>) -> Running {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let addr = ListenAddr::Unix(dir.path().join("app.sock"));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -59,7 +81,7 @@ fn serve(endpoints: Endpoints) -> Running {
     let queues = ListenQueues::new(std::slice::from_ref(&listener));
     let server = Server::new(ServerConfig::default(), vec![listener]);
     let app = App::from_hyper(hyper::service::service_fn(hosted));
-    let app = manage::wrap(app, server.stats(), endpoints, queues);
+    let app = manage::wrap(app, server.stats(), settings, queues);
     let shutdown = server.shutdown_token();
     rt.spawn(server.serve(app));
     Running {
@@ -175,4 +197,76 @@ fn a_valid_traceparent_reaches_the_app_a_malformed_one_is_ignored() {
     let bad = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
     let resp = send(&r, "GET", "/trace", &[("traceparent", bad)]);
     assert_eq!((resp.status, body(&resp).as_str()), (200, "none"));
+}
+
+#[test]
+fn a_deadline_answers_504_and_spares_the_other_request_on_the_connection() {
+    let settings = Settings {
+        endpoints: operator_paths(),
+        deadlines: Deadlines::new(None, &[("/slow".into(), Duration::from_millis(300))]),
+        slow_threshold: None,
+    };
+    let r = serve(settings);
+    let ListenAddr::Unix(path) = r.addr.clone() else {
+        unreachable!("a unix socket")
+    };
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let t0 = Instant::now();
+    let (killed, spared) = client.block_on(async {
+        let mut c = common::raw::Conn::connect(&path).await;
+        c.send(&common::raw::request(1, true, "GET", "/slow", &[], b""))
+            .await;
+        c.send(&common::raw::request(2, true, "GET", "/pause", &[], b""))
+            .await;
+        let killed = c.reply(1).await.http();
+        let after = t0.elapsed();
+        (killed, (c.reply(2).await.http(), after))
+    });
+    let (spared, killed_after) = spared;
+    assert_eq!(killed.status, 504, "{}", killed.text());
+    assert!(killed.text().contains("deadline"), "{}", killed.text());
+    assert!(
+        killed_after < Duration::from_millis(1200),
+        "answered at the deadline, not when the handler ended: {killed_after:?}"
+    );
+    assert_eq!((spared.status, spared.text().as_str()), (200, "paused"));
+    let m = body(&send(&r, "GET", "/-/metrics", &[]));
+    assert!(m.contains("myflask_deadline_kills_total 1\n"), "{m}");
+}
+
+#[test]
+fn a_deadline_after_the_head_aborts_the_response() {
+    let settings = Settings {
+        endpoints: operator_paths(),
+        deadlines: Deadlines::new(Some(Duration::from_millis(500)), &[]),
+        slow_threshold: None,
+    };
+    let r = serve(settings);
+    let ListenAddr::Unix(path) = r.addr.clone() else {
+        unreachable!("a unix socket")
+    };
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reply = client.block_on(async {
+        let mut c = common::raw::Conn::connect(&path).await;
+        c.send(&common::raw::request(1, true, "GET", "/drip", &[], b""))
+            .await;
+        c.reply(1).await
+    });
+    let head_and_part = String::from_utf8_lossy(&reply.stdout).into_owned();
+    assert!(head_and_part.starts_with("Status: 200"), "{head_and_part}");
+    let body_len = reply.stdout.len() - head_and_part.find("\r\n\r\n").map_or(0, |i| i + 4);
+    assert!(
+        (1024..10 * 1024).contains(&body_len),
+        "part of the body, then the abort: {body_len} bytes"
+    );
+    let end = reply.end.expect("END_REQUEST");
+    assert_ne!(end.app_status, 0, "the response is marked failed");
+    let m = body(&send(&r, "GET", "/-/metrics", &[]));
+    assert!(m.contains("myflask_deadline_kills_total 1\n"), "{m}");
 }
