@@ -11,7 +11,6 @@
 
 use crate::Transport;
 use crate::trace::TraceContext;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,6 +41,7 @@ impl Phase {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    request_id: u64,
     method: http::Method,
     uri: http::Uri,
     transport: Transport,
@@ -64,7 +64,39 @@ pub struct InFlightRequest {
     pub trace: Option<TraceContext>,
 }
 
-type Shard = Arc<Mutex<HashMap<u64, Entry>>>;
+/// One shard's entries: a slab (slot vector + free list), so that insert,
+/// phase change and removal index a slot instead of hashing a key.
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Slots {
+    fn insert(&mut self, e: Entry) -> usize {
+        self.live += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(e);
+                i
+            }
+            None => {
+                self.entries.push(Some(e));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Entry> {
+        let e = self.entries.get_mut(i)?.take()?;
+        self.free.push(i);
+        self.live -= 1;
+        Some(e)
+    }
+}
+
+type Shard = Arc<Mutex<Slots>>;
 
 #[derive(Debug, Default)]
 pub struct InFlight {
@@ -80,8 +112,8 @@ fn shard_index() -> usize {
 }
 
 /// A poisoned shard only means a panic elsewhere while it was held; the
-/// map itself is always consistent (each operation is one map call).
-fn lock(s: &Shard) -> MutexGuard<'_, HashMap<u64, Entry>> {
+/// slab is consistent after each of its calls, which do not panic.
+fn lock(s: &Shard) -> MutexGuard<'_, Slots> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -98,6 +130,7 @@ impl InFlight {
     ) -> Tracked {
         let shard = self.shards[shard_index()].clone();
         let entry = Entry {
+            request_id,
             method: method.clone(),
             uri: uri.clone(),
             transport,
@@ -106,8 +139,8 @@ impl InFlight {
             trace,
             reported: false,
         };
-        lock(&shard).insert(request_id, entry);
-        Tracked { shard, request_id }
+        let slot = lock(&shard).insert(entry);
+        Tracked { shard, slot }
     }
 
     /// Every request in flight, oldest first.
@@ -129,11 +162,11 @@ impl InFlight {
         let now = Instant::now();
         let mut out = Vec::new();
         for s in &self.shards {
-            for (id, e) in lock(s).iter_mut() {
+            for e in lock(s).entries.iter_mut().flatten() {
                 let age = now.saturating_duration_since(e.started);
                 if keep(e, age) {
                     out.push(InFlightRequest {
-                        request_id: *id,
+                        request_id: e.request_id,
                         method: e.method.clone(),
                         uri: e.uri.clone(),
                         transport: e.transport,
@@ -149,7 +182,7 @@ impl InFlight {
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).live).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -161,12 +194,12 @@ impl InFlight {
 #[derive(Debug)]
 pub struct Tracked {
     shard: Shard,
-    request_id: u64,
+    slot: usize,
 }
 
 impl Tracked {
     pub fn set_phase(&self, phase: Phase) {
-        if let Some(e) = lock(&self.shard).get_mut(&self.request_id) {
+        if let Some(Some(e)) = lock(&self.shard).entries.get_mut(self.slot) {
             e.phase = phase;
         }
     }
@@ -174,7 +207,9 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        lock(&self.shard).remove(&self.request_id);
+        // The entry's URI is freed after the lock is released.
+        let gone = lock(&self.shard).remove(self.slot);
+        drop(gone);
     }
 }
 
