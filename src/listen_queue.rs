@@ -23,6 +23,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 #[derive(Debug, Default)]
 pub struct ListenQueues {
     sockets: Vec<(String, Kind, RawFd, u64)>,
+    /// Why a queue is absent has been logged (once per process run).
+    explained: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +61,33 @@ impl ListenQueues {
                 sockets.push((l.address.clone(), kind, fd, ino));
             }
         }
-        ListenQueues { sockets }
+        ListenQueues {
+            sockets,
+            ..ListenQueues::default()
+        }
     }
 
+    /// Reads every queue; the first time one cannot be read, says why.
     pub fn read(&self) -> Vec<QueueReading> {
+        let readings = self.read_all();
+        let absent = readings
+            .iter()
+            .find_map(|r| Some((&r.listener, r.depth.as_ref().err()?)));
+        if let Some((listener, why)) = absent {
+            if !self
+                .explained
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!(
+                    listener = %listener,
+                    "/metrics reports no listen queue for {listener}: {why}"
+                );
+            }
+        }
+        readings
+    }
+
+    fn read_all(&self) -> Vec<QueueReading> {
         self.sockets
             .iter()
             .map(|(name, kind, fd, ino)| QueueReading {
@@ -237,6 +262,7 @@ mod tests {
         };
         let q = ListenQueues {
             sockets: vec![("l".into(), kind, fd, ino)],
+            ..ListenQueues::default()
         };
         q.read()
             .remove(0)
@@ -282,6 +308,7 @@ mod tests {
         assert!(unix_queue(a.as_raw_fd(), ino).is_err(), "not a listener");
         let closed = ListenQueues {
             sockets: vec![("l".into(), Kind::Unix, a.as_raw_fd(), ino + 1)],
+            ..ListenQueues::default()
         };
         assert!(closed.read()[0].depth.is_err(), "another inode");
         assert!(parse_diag_reply(&[0u8; 3]).is_err());
