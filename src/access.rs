@@ -1,11 +1,15 @@
 //! The access log: one structured event per finished request, whatever the
-//! transport, plus the per-status counters behind `/status`.
+//! transport, plus the per-status counters behind `/status` and, when
+//! `/metrics` is served, the figures behind it.
 //!
 //! Under journald each field becomes a journal field (METHOD, URI, STATUS,
-//! DURATION_US, BYTES_OUT, REQUEST_ID, PEER, TRANSPORT), so
-//! `journalctl -u myflask STATUS=500` finds the failures.
+//! DURATION_US, BYTES_OUT, REQUEST_ID, PEER, TRANSPORT, and TRACE_ID /
+//! SPAN_ID for a request with a valid `traceparent`), so
+//! `journalctl -u myflask STATUS=500` finds the failures and
+//! `journalctl TRACE_ID=...` one trace's requests.
 
 use crate::Transport;
+use crate::metrics::Refusal;
 use crate::stats::Stats;
 use std::time::Instant;
 
@@ -17,7 +21,8 @@ pub(crate) struct AccessLog {
     pub uri: String,
     pub peer: String,
     pub request_id: u64,
-    /// `None` when the access log is off: then not even the clock is read.
+    /// `None` when neither the access log nor the metrics want a
+    /// duration: then not even the clock is read.
     pub started: Option<Instant>,
 }
 
@@ -47,7 +52,7 @@ impl AccessLog {
                 String::new()
             },
             request_id,
-            started: on.then(Instant::now),
+            started: (on || crate::metrics::timing_on()).then(Instant::now),
         }
     }
 
@@ -55,10 +60,26 @@ impl AccessLog {
     /// (aborted, panicked, body failed) and raises the level to warn.
     pub fn finish(&self, stats: &Stats, status: u16, bytes_out: u64, note: Option<&str>) {
         stats.finished(status);
-        let Some(started) = self.started else {
+        let elapsed = self.started.map(|s| s.elapsed());
+        stats
+            .metrics
+            .record(self.transport, status, bytes_out, elapsed);
+        // The server's own refusals are the only 413/431 that come with a
+        // note (its reason); the 503 ones are counted where refused.
+        match (status, note.is_some()) {
+            (413, true) => stats.metrics.refused(Refusal::BodyTooLarge),
+            (431, true) => stats.metrics.refused(Refusal::ParamsTooLarge),
+            _ => {}
+        }
+        // Taken whether or not the line is written, so none is left behind.
+        let trace = stats.traces.take(self.request_id);
+        let Some(elapsed) = elapsed else {
             return;
         };
-        let duration_us = started.elapsed().as_micros() as u64;
+        if !tracing::enabled!(target: "myflask::access", tracing::Level::WARN) {
+            return;
+        }
+        let duration_us = elapsed.as_micros() as u64;
         match note {
             None => tracing::info!(
                 target: "myflask::access",
@@ -70,6 +91,8 @@ impl AccessLog {
                 bytes_out,
                 request_id = self.request_id,
                 peer = %self.peer,
+                trace_id = trace.as_ref().map(|t| t.trace_id()),
+                span_id = trace.as_ref().map(|t| t.span_id()),
                 "{} {} {} {}B {}us",
                 self.method, self.uri, status, bytes_out, duration_us
             ),
@@ -83,6 +106,8 @@ impl AccessLog {
                 bytes_out,
                 request_id = self.request_id,
                 peer = %self.peer,
+                trace_id = trace.as_ref().map(|t| t.trace_id()),
+                span_id = trace.as_ref().map(|t| t.span_id()),
                 note,
                 "{} {} {} {}B {}us: {}",
                 self.method, self.uri, status, bytes_out, duration_us, note

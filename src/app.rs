@@ -103,15 +103,10 @@ fn index(req: &Request<Body>) -> Response<ResponseBody> {
     r
 }
 
+/// The server's status JSON (`myflask serve` answers `/status` in front
+/// of this app; this route serves the same to a program that embeds it).
 fn status(stats: &Stats) -> Response<ResponseBody> {
-    let s = stats.snapshot();
-    let mut v = serde_json::to_value(&s).unwrap_or_else(|_| json!({}));
-    if let Value::Object(m) = &mut v {
-        m.insert("name".into(), json!(crate::appname::get()));
-        m.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-        m.insert("pid".into(), json!(std::process::id()));
-    }
-    json_response(&v)
+    json_response(&crate::manage::status_json(stats, None))
 }
 
 fn request_dump(req: &Request<Body>) -> Response<ResponseBody> {

@@ -48,7 +48,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the built-in application over FastCGI (and HTTP if asked).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send one FastCGI request to a socket and print the response body.
     Request(RequestArgs),
     /// Reload a running server without a stall, and wait for the outcome
@@ -201,6 +201,12 @@ pub struct ServeArgs {
     /// Log filter, e.g. info, debug, myflask=debug (overrides RUST_LOG).
     #[arg(long, value_name = "FILTER", env = "MYFLASK_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    #[command(flatten)]
+    pub manage: crate::manage::ManageArgs,
+
+    #[command(flatten)]
+    pub deadlines: crate::deadline::DeadlineArgs,
 }
 
 #[derive(Args, Debug)]
@@ -239,7 +245,7 @@ pub struct ReloadArgs {
 
 /// Entry point of the binary: the built-in application.
 pub fn main() -> ExitCode {
-    main_with(crate::app::builtin)
+    run(crate::app::builtin, crate::manage::Endpoints::builtin())
 }
 
 /// The whole `myflask` command line (serve flags, systemd sockets, notify,
@@ -256,7 +262,16 @@ pub fn main() -> ExitCode {
 /// ```
 ///
 /// `make_app` gets the server's live figures (for a status page).
+///
+/// `--status-path`, `--metrics-path` and `--ping-path` are off unless given.
 pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App) -> ExitCode {
+    run(make_app, crate::manage::Endpoints::default())
+}
+
+fn run(
+    make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App,
+    endpoints: crate::manage::Endpoints,
+) -> ExitCode {
     // The name is needed before parsing, to name the command in --help and
     // in usage errors; clap then checks the same flag and reports a bad one.
     if let Some(name) = name_from_args(std::env::args_os())
@@ -271,7 +286,7 @@ pub fn main_with(make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::A
         Err(e) => e.exit(),
     };
     match cli.command {
-        Command::Serve(args) => serve(args, make_app),
+        Command::Serve(args) => serve(*args, make_app, endpoints),
         Command::Request(args) => request(args),
         Command::Reload(args) => crate::reload::client::run(args.pid, args.timeout),
         Command::Manpage => match manpage(appname::get()) {
@@ -415,6 +430,7 @@ fn fail_start(e: anyhow::Error) -> ExitCode {
 fn serve(
     args: ServeArgs,
     make_app: impl FnOnce(std::sync::Arc<crate::Stats>) -> crate::App,
+    endpoints: crate::manage::Endpoints,
 ) -> ExitCode {
     // Single-threaded until the runtime is built: logging, then the
     // inherited sockets (which unsets LISTEN_* and must see no threads).
@@ -465,12 +481,21 @@ fn serve(
         Ok(rt) => rt,
         Err(e) => return fail_start(anyhow::Error::new(e).context("building the runtime")),
     };
+    let queues = crate::listen_queue::ListenQueues::new(&listeners);
     let server = Server::new(config, listeners);
     let mut app = make_app(server.stats());
     if let Some(prefix) = args.mount_prefix.as_ref().filter(|p| !p.is_root()) {
         tracing::info!("serving the app under the path prefix {prefix}");
         app = mount::mount(app, prefix);
     }
+    // The management endpoints sit outside the mount: their paths are the
+    // operator's, matched on the request's full path.
+    let settings = crate::manage::Settings {
+        endpoints: crate::manage::Endpoints::resolve(&args.manage, endpoints),
+        deadlines: crate::deadline::Deadlines::from_args(&args.deadlines),
+        slow_threshold: args.deadlines.slow_request_threshold,
+    };
+    let app = crate::manage::wrap(app, server.stats(), settings, queues);
     match rt.block_on(server.serve(app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail_start(e),

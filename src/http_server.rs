@@ -126,6 +126,7 @@ fn admit(req: &Request<Incoming>, shared: &HttpShared) -> Result<RequestGuard, S
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
+        (shared.stats.metrics).refused(crate::metrics::Refusal::BodyTooLarge);
         return Err(ServerError::BodyTooLarge { limit });
     }
     let max = shared.max_requests;

@@ -39,10 +39,16 @@ pub mod app;
 pub mod appname;
 pub mod body;
 pub mod cli;
+pub mod deadline;
 pub mod diagnose;
+pub mod exposition;
 pub mod fastcgi;
 mod http_drain;
 pub mod http_server;
+pub mod inflight;
+pub mod listen_queue;
+pub mod manage;
+pub mod metrics;
 pub mod mount;
 #[cfg(all(feature = "libm-free", target_os = "linux"))]
 mod nolibm;
@@ -51,12 +57,14 @@ pub mod server;
 pub mod service;
 pub mod stats;
 pub mod systemd;
+pub mod trace;
 
 pub use body::{Body, BodyError};
 pub use fastcgi::params::Params;
 pub use server::{Server, ServerConfig};
 pub use service::{App, BoxError, ResponseBody, ServerError, error_response};
 pub use stats::Stats;
+pub use trace::TraceContext;
 
 use std::sync::Arc;
 

@@ -141,6 +141,19 @@ where
     }
 }
 
+/// A layer of the crate's own (the management endpoints): called as is,
+/// no further boxing.
+struct Raw<F>(F);
+
+impl<F> Call for Raw<F>
+where
+    F: Fn(Request<Body>) -> BoxFuture + Send + Sync + 'static,
+{
+    fn call(&self, req: Request<Body>) -> BoxFuture {
+        (self.0)(req)
+    }
+}
+
 /// A `tower::Service`, cloned per request and driven through `poll_ready`.
 struct Tower<S>(S);
 
@@ -200,6 +213,14 @@ impl App {
         B::Error: Into<BoxError>,
     {
         App(Arc::new(Tower(svc)))
+    }
+
+    /// An app from a function that already returns the erased future.
+    pub(crate) fn from_fn<F>(f: F) -> App
+    where
+        F: Fn(Request<Body>) -> BoxFuture + Send + Sync + 'static,
+    {
+        App(Arc::new(Raw(f)))
     }
 
     /// Calls the service. What runs before its future is returned (the

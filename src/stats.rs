@@ -28,6 +28,10 @@ pub struct Stats {
     refused_overload: AtomicU64,
     hot: Hot,
     shards: [Shard; SHARDS],
+    /// The figures only `/metrics` reports (recording is off without it).
+    pub metrics: crate::metrics::Recorder,
+    /// Trace contexts on their way to their request's access-log line.
+    pub traces: crate::trace::Pending,
 }
 
 /// The server-wide figures a request touches (see the module comment).
@@ -125,6 +129,8 @@ impl Stats {
                 ..Hot::default()
             },
             shards: Default::default(),
+            metrics: Default::default(),
+            traces: Default::default(),
         }
     }
 

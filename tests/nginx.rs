@@ -719,3 +719,36 @@ fn nginx_streams_with_fastcgi_buffering_off() {
     let errors = nginx.errors();
     assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
 }
+
+#[test]
+fn a_traceparent_through_nginx_reaches_the_access_log_line() {
+    let app = Server::start(&[]);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (upstream, location) = standard_upstream(&app.sock);
+    let nginx = Nginx::start(dir.path(), &upstream, &location);
+    let mut h = nginx.connect();
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = h.send("GET", "/request?traced", &[("traceparent", good)], b"");
+    assert_eq!(r.status, 200);
+    let bad = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    let r = h.send("GET", "/request?zero", &[("traceparent", bad)], b"");
+    assert_eq!(r.status, 200, "a malformed traceparent is no error");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = |needle: &str| {
+        app.stderr()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+    };
+    while line("/request?zero").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let traced = line("GET /request?traced 200").expect("access line");
+    assert!(
+        traced.contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"")
+            && traced.contains("span_id=\"00f067aa0ba902b7\""),
+        "{traced}"
+    );
+    let zero = line("GET /request?zero 200").expect("access line");
+    assert!(!zero.contains("trace_id"), "{zero}");
+}

@@ -305,6 +305,35 @@ EOF
     ok "journalctl -u myflask -o json: per-request entry with METHOD URI STATUS DURATION_US BYTES_OUT REQUEST_ID PEER TRANSPORT" [ $rc = 0 ]
 }
 
+# Issue 14 through the packaged, sandboxed service behind nginx: a traceparent
+# reaches the access entry's TRACE_ID/SPAN_ID in journald, a slow request is
+# in the journal while it still runs, /metrics is OpenMetrics with # EOF and
+# the unix socket's listen queue is absent, not 0 (no netlink in the sandbox).
+check_ops() {
+    local tp=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 t0 pid
+    bed curl -sS --max-time 10 -o /dev/null -H "traceparent: $tp" 'http://127.0.0.1/request?trace-probe=1'
+    wait_for 10 bedsh "journalctl -u myflask -o json --no-pager | grep -q 'trace-probe=1'"
+    ok "journal: the traced request's access entry has TRACE_ID and SPAN_ID" \
+        bedsh "journalctl -u myflask -o json --no-pager | grep 'trace-probe=1' |
+               grep '\"TRACE_ID\":\"4bf92f3577b34da6a3ce929d0e0e4736\"' | grep -q '\"SPAN_ID\":\"00f067aa0ba902b7\"'"
+    bedsh 'echo MYFLASK_SLOW_REQUEST_THRESHOLD=300 >>/etc/default/myflask && systemctl restart myflask.service'
+    t0=$(date +%s.%N)
+    bedsh "head -c 262144 /dev/zero | curl -sS --max-time 30 -o /dev/null -X POST --data-binary @- \
+           -H 'Content-Type: application/octet-stream' 'http://127.0.0.1/upload?pace_ms=400&slow-probe=1'" &
+    pid=$!
+    ok "journal: the slow request's warning while it runs" \
+        wait_for 10 bedsh "journalctl -u myflask --no-pager -p warning | grep -q 'slow request: POST /upload?pace_ms=400&slow-probe=1'"
+    ok "... before the request ended" kill -0 "$pid"
+    note "slow-log entry seen after $(elapsed "$t0") s"
+    wait "$pid"
+    bed curl -sS --max-time 10 -H 'Accept: application/openmetrics-text' http://127.0.0.1/metrics >"$LOGS/metrics.om" 2>&1
+    ok "/metrics through nginx: OpenMetrics ending in # EOF" eq "$(tail -n1 "$LOGS/metrics.om")" "# EOF"
+    ok "/metrics counts FastCGI requests" grep -Eq '^myflask_requests_total\{transport="fastcgi",code="2xx"\} [1-9]' "$LOGS/metrics.om"
+    ok "sandboxed: no unix listen-queue series (netlink is not allowed)" not grep -q '^myflask_listen_queue_length{listener="unix:' "$LOGS/metrics.om"
+    note "why: $(bedsh "journalctl -u myflask --no-pager -o cat | grep -m1 'reports no listen queue'")"
+    bedsh "sed -i '/^MYFLASK_SLOW_REQUEST_THRESHOLD=/d' /etc/default/myflask && systemctl restart myflask.service"
+}
+
 check_watchdog() {
     local n0 pid0 t0 n1 pid1 took code
     n0=$(prop myflask.service NRestarts); pid0=$(prop myflask.service MainPID)
@@ -698,6 +727,7 @@ check 0-bed check_bed
 check 1-install check_install
 check 2-nginx check_nginx
 check 3-status-journal check_status_journal
+check ops check_ops
 check 4-watchdog check_watchdog
 check 5-restart-under-load check_restart_under_load
 check 6-crash check_crash

@@ -31,7 +31,7 @@ pub struct Conn {
 
 impl Conn {
     pub async fn connect(path: &Path) -> Conn {
-        let s = within("connect", UnixStream::connect(path))
+        let s = within("connect", connect_unix(path))
             .await
             .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
         Conn {
@@ -290,5 +290,19 @@ impl Conn {
     /// `GET uri` as request `id` with KEEP_CONN.
     pub async fn get(&mut self, id: u16, uri: &str) -> Http {
         self.roundtrip(id, true, "GET", uri, &[], b"").await
+    }
+}
+
+/// Connects to a unix socket, waiting while its backlog is full: a unix
+/// socket's non-blocking connect fails with EAGAIN then (the abuse tests
+/// fill the backlog on purpose), where a TCP client would wait in SYN.
+async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            r => return r,
+        }
     }
 }

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Sends exactly N FastCGI GET requests, one after another on one keep-alive
+connection, and checks each answers 200: a fixed request count for
+instruction counting (bench/callgrind.sh), where the load generator runs
+for a duration.
+
+usage: fcgi_count.py SOCKET_PATH N [URI]
+"""
+import socket
+import struct
+import sys
+
+
+def record(kind, rid, content=b""):
+    return struct.pack(">BBHHBB", 1, kind, rid, len(content), 0, 0) + content
+
+
+def pair(k, v):
+    def n(x):
+        return bytes([len(x)]) if len(x) < 128 else struct.pack(">I", len(x) | 0x80000000)
+    return n(k) + n(v) + k + v
+
+
+def request(uri):
+    path, _, query = uri.partition("?")
+    params = b"".join(pair(k.encode(), v.encode()) for k, v in [
+        ("REQUEST_METHOD", "GET"), ("REQUEST_URI", uri), ("SCRIPT_NAME", path),
+        ("QUERY_STRING", query), ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "localhost"), ("SERVER_PORT", "80"),
+        ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "40000"),
+        ("HTTP_HOST", "localhost"), ("HTTP_USER_AGENT", "fcgi_count"),
+    ])
+    begin = struct.pack(">HB5x", 1, 1)  # RESPONDER, KEEP_CONN
+    return record(1, 1, begin) + record(4, 1, params) + record(4, 1) + record(5, 1)
+
+
+def main():
+    path, n = sys.argv[1], int(sys.argv[2])
+    uri = sys.argv[3] if len(sys.argv) > 3 else "/"
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(path)
+    req, buf = request(uri), b""
+    for i in range(n):
+        s.sendall(req)
+        out = b""
+        while True:
+            while len(buf) < 8 or len(buf) < 8 + struct.unpack(">H", buf[4:6])[0] + buf[6]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    sys.exit(f"connection closed at request {i}")
+                buf += chunk
+            _, kind, _, clen, plen, _ = struct.unpack(">BBHHBB", buf[:8])
+            content, buf = buf[8:8 + clen], buf[8 + clen + plen:]
+            if kind == 6:
+                out += content
+            elif kind == 3:
+                break
+        if not out.startswith(b"Status: 200") and b"Status:" in out.split(b"\r\n\r\n")[0]:
+            sys.exit(f"request {i}: {out[:80]!r}")
+    print(n)
+
+
+main()

@@ -1,0 +1,273 @@
+//! The management layer around a hosted app, in-process over FastCGI: off
+//! unless asked, answered before the app at the operator's paths, the
+//! in-flight view (`?full`) with a slow request's age, and the trace
+//! context handed to the app.
+
+mod common;
+
+use bytes::Bytes;
+use common::fcgi_request;
+use http::{Request, Response};
+use http_body_util::Full;
+use myflask::Transport;
+use myflask::addr::ListenAddr;
+use myflask::deadline::Deadlines;
+use myflask::fastcgi::client;
+use myflask::listen_queue::ListenQueues;
+use myflask::manage::{self, Endpoints, Settings};
+use myflask::systemd::listen::{self, BindOptions};
+use myflask::{App, Body, Server, ServerConfig, TraceContext};
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+/// Ten 1 KiB chunks 200 ms apart: a response whose head is out long
+/// before its end.
+fn drip() -> myflask::ResponseBody {
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let frame = http_body::Frame::data(Bytes::from(vec![b'a' + i; 1024]));
+        Some((Ok::<_, Infallible>(frame), i + 1))
+    });
+    myflask::service::box_body(http_body_util::StreamBody::new(chunks))
+}
+
+async fn hosted(req: Request<Body>) -> Result<Response<myflask::ResponseBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let text = match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            "slept".to_string()
+        }
+        "/pause" => {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            "paused".to_string()
+        }
+        "/drip" => return Ok(Response::new(drip())),
+        "/trace" => match req.extensions().get::<TraceContext>() {
+            Some(t) => format!("{} {}", t.trace_id(), t.span_id()),
+            None => "none".to_string(),
+        },
+        p => format!("app saw {p}"),
+    };
+    Ok(Response::new(myflask::service::box_body(Full::new(
+        Bytes::from(text),
+    ))))
+}
+
+struct Running {
+    _rt: tokio::runtime::Runtime,
+    shutdown: tokio_util::sync::CancellationToken,
+    addr: ListenAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn serve(settings: impl Into<Settings>) -> Running {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let addr = ListenAddr::Unix(dir.path().join("app.sock"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = listen::bind(&addr, Transport::FastCgi, &BindOptions::default()).expect("bind");
+    let queues = ListenQueues::new(std::slice::from_ref(&listener));
+    let server = Server::new(ServerConfig::default(), vec![listener]);
+    let app = App::from_hyper(hyper::service::service_fn(hosted));
+    let app = manage::wrap(app, server.stats(), settings, queues);
+    let shutdown = server.shutdown_token();
+    rt.spawn(server.serve(app));
+    Running {
+        _rt: rt,
+        shutdown,
+        addr,
+        _dir: dir,
+    }
+}
+
+fn send(r: &Running, method: &str, uri: &str, headers: &[(&str, &str)]) -> client::Response {
+    let req = client::Request {
+        method: method.into(),
+        uri: uri.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    fcgi_request(&r.addr, &req, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{method} {uri}: {e}"))
+}
+
+fn body(r: &client::Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn operator_paths() -> Endpoints {
+    Endpoints {
+        status: Some("/fpm-status".into()),
+        metrics: Some("/-/metrics".into()),
+        ping: Some("/ping".into()),
+    }
+}
+
+#[test]
+fn a_hosted_app_gets_no_endpoints_unless_asked() {
+    let r = serve(Endpoints::default());
+    for p in ["/status", "/metrics", "/healthz", "/ping"] {
+        assert_eq!(body(&send(&r, "GET", p, &[])), format!("app saw {p}"));
+    }
+}
+
+#[test]
+fn endpoints_answer_at_the_operators_paths_before_the_app() {
+    let r = serve(operator_paths());
+    let ping = send(&r, "GET", "/ping", &[]);
+    assert_eq!((ping.status, body(&ping).as_str()), (200, "ok\n"));
+    let status = send(&r, "GET", "/fpm-status", &[]);
+    let v: serde_json::Value = serde_json::from_slice(&status.body).expect("status JSON");
+    assert!(v["total_requests"].as_u64().is_some(), "{v}");
+    assert!(v.get("requests").is_none(), "only ?full lists requests");
+    let m = send(&r, "GET", "/-/metrics", &[]);
+    assert!(body(&m).contains("# TYPE myflask_requests_total counter"));
+    assert!(body(&m).contains("myflask_requests_total{transport=\"fastcgi\",code=\"2xx\"} 2\n"));
+    let post = send(&r, "POST", "/ping", &[]);
+    assert_eq!(post.status, 405);
+    assert!(
+        post.headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("allow") && v == "GET, HEAD")
+    );
+    for p in ["/status", "/metrics", "/ping/x", "/fpm-status/"] {
+        assert_eq!(body(&send(&r, "GET", p, &[])), format!("app saw {p}"));
+    }
+}
+
+#[test]
+fn status_full_lists_a_slow_request_with_its_age_and_phase() {
+    let r = serve(operator_paths());
+    let addr = r.addr.clone();
+    let slow = std::thread::spawn(move || {
+        let req = client::Request {
+            method: "GET".into(),
+            uri: "/slow?n=1".into(),
+            ..Default::default()
+        };
+        fcgi_request(&addr, &req, Duration::from_secs(20)).expect("slow request")
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while Instant::now() < deadline && seen.is_none() {
+        let full = send(&r, "GET", "/fpm-status?full", &[]);
+        let v: serde_json::Value = serde_json::from_slice(&full.body).expect("JSON");
+        seen = v["requests"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["age_ms"].as_u64() >= Some(300)))
+            .cloned();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = seen.expect("the slow request listed with an age of 300 ms or more");
+    assert_eq!(e["uri"], "/slow?n=1");
+    assert_eq!(e["method"], "GET");
+    assert_eq!(e["transport"], "FastCGI");
+    assert_eq!(e["phase"], "in handler");
+    assert!(e["request_id"].as_u64().is_some());
+    assert_eq!(body(&slow.join().expect("thread")), "slept");
+    let full = send(&r, "GET", "/fpm-status?full", &[]);
+    let v: serde_json::Value = serde_json::from_slice(&full.body).expect("JSON");
+    assert_eq!(v["requests"], serde_json::json!([]), "gone once answered");
+}
+
+#[test]
+fn a_valid_traceparent_reaches_the_app_a_malformed_one_is_ignored() {
+    let r = serve(Endpoints::default());
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = send(&r, "GET", "/trace", &[("traceparent", good)]);
+    assert_eq!(
+        body(&resp),
+        "4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7"
+    );
+    let bad = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+    let resp = send(&r, "GET", "/trace", &[("traceparent", bad)]);
+    assert_eq!((resp.status, body(&resp).as_str()), (200, "none"));
+}
+
+#[test]
+fn a_deadline_answers_504_and_spares_the_other_request_on_the_connection() {
+    let settings = Settings {
+        endpoints: operator_paths(),
+        deadlines: Deadlines::new(None, &[("/slow".into(), Duration::from_millis(300))]),
+        slow_threshold: None,
+    };
+    let r = serve(settings);
+    let ListenAddr::Unix(path) = r.addr.clone() else {
+        unreachable!("a unix socket")
+    };
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let t0 = Instant::now();
+    let (killed, spared) = client.block_on(async {
+        let mut c = common::raw::Conn::connect(&path).await;
+        c.send(&common::raw::request(1, true, "GET", "/slow", &[], b""))
+            .await;
+        c.send(&common::raw::request(2, true, "GET", "/pause", &[], b""))
+            .await;
+        let killed = c.reply(1).await.http();
+        let after = t0.elapsed();
+        (killed, (c.reply(2).await.http(), after))
+    });
+    let (spared, killed_after) = spared;
+    assert_eq!(killed.status, 504, "{}", killed.text());
+    assert!(killed.text().contains("deadline"), "{}", killed.text());
+    assert!(
+        killed_after < Duration::from_millis(1200),
+        "answered at the deadline, not when the handler ended: {killed_after:?}"
+    );
+    assert_eq!((spared.status, spared.text().as_str()), (200, "paused"));
+    let m = body(&send(&r, "GET", "/-/metrics", &[]));
+    assert!(m.contains("myflask_deadline_kills_total 1\n"), "{m}");
+}
+
+#[test]
+fn a_deadline_after_the_head_aborts_the_response() {
+    let settings = Settings {
+        endpoints: operator_paths(),
+        deadlines: Deadlines::new(Some(Duration::from_millis(500)), &[]),
+        slow_threshold: None,
+    };
+    let r = serve(settings);
+    let ListenAddr::Unix(path) = r.addr.clone() else {
+        unreachable!("a unix socket")
+    };
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reply = client.block_on(async {
+        let mut c = common::raw::Conn::connect(&path).await;
+        c.send(&common::raw::request(1, true, "GET", "/drip", &[], b""))
+            .await;
+        c.reply(1).await
+    });
+    let head_and_part = String::from_utf8_lossy(&reply.stdout).into_owned();
+    assert!(head_and_part.starts_with("Status: 200"), "{head_and_part}");
+    let body_len = reply.stdout.len() - head_and_part.find("\r\n\r\n").map_or(0, |i| i + 4);
+    assert!(
+        (1024..10 * 1024).contains(&body_len),
+        "part of the body, then the abort: {body_len} bytes"
+    );
+    let end = reply.end.expect("END_REQUEST");
+    assert_ne!(end.app_status, 0, "the response is marked failed");
+    let m = body(&send(&r, "GET", "/-/metrics", &[]));
+    assert!(m.contains("myflask_deadline_kills_total 1\n"), "{m}");
+}
