@@ -385,10 +385,12 @@ check_crash() {
 }
 
 check_upgrade_under_load() {
-    local sock_ts0 sock_ts1 pid0 pid1 rc
+    local sock_ts0 sock_ts1 pid0 pid1 rc n0 reloads0
     # make sure the service runs, so that the upgrade has something to restart
     http_code http://127.0.0.1/healthz >/dev/null
     sock_ts0=$(prop myflask.socket ActiveEnterTimestampMonotonic); pid0=$(prop myflask.service MainPID)
+    n0=$(prop myflask.service NRestarts)
+    reloads0=$(bedsh "journalctl -b -u myflask.service --no-pager | grep -c 'Reloaded myflask.service'")
     start_load 10 /tmp/load-upgrade.json
     sleep 3
     bed dpkg -i /mnt/share/myflask.deb >"$LOGS/dpkg-upgrade.log" 2>&1; rc=$?
@@ -400,7 +402,13 @@ check_upgrade_under_load() {
     note "MainPID $pid0 -> $pid1; socket active since ${sock_ts0}us -> ${sock_ts1}us"
     ok "0 failed requests" eq "$LOAD_FAILED" 0
     ok "requests were served (>= 50)" [ "$LOAD_TOTAL" -ge 50 ]
-    ok "service was restarted (new MainPID)" [ "$pid1" != "$pid0" -a "$pid1" != 0 ]
+    ok "service was replaced (new MainPID)" [ "$pid1" != "$pid0" -a "$pid1" != 0 ]
+    # Units and /etc/default/myflask unchanged: the reload path, not a restart.
+    ok "reload path: NRestarts unchanged ($n0)" eq "$(prop myflask.service NRestarts)" "$n0"
+    ok "reload path: journal has one more 'Reloaded myflask.service'" \
+        eq "$(bedsh "journalctl -b -u myflask.service --no-pager | grep -c 'Reloaded myflask.service'")" $((reloads0 + 1))
+    ok "reload path: postinst did not fall back to a restart" not grep -q 'restarting instead' "$LOGS/dpkg-upgrade.log"
+    ok "new MainPID runs the installed /usr/sbin/myflask" eq "$(bed readlink "/proc/$pid1/exe")" /usr/sbin/myflask
     ok "socket was NOT restarted" eq "$sock_ts1" "$sock_ts0"
     ok "socket still enabled" eq "$(bed systemctl is-enabled myflask.socket)" enabled
     # An upgrade must not start an idle (socket-activated, not running) service.
