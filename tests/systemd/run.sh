@@ -419,6 +419,31 @@ check_upgrade_under_load() {
     ok "... socket listening" eq "$(listening /run/myflask/fcgi.sock)" 1
 }
 
+# A reload whose new binary cannot start: the reload fails visibly and the old
+# process keeps serving. The stand-in binary answers `reload` with the real
+# one (ExecReload= must still work) and fails as `serve`, as a broken build would.
+check_reload_fails() {
+    local pid0 rc status
+    http_code http://127.0.0.1/healthz >/dev/null
+    pid0=$(prop myflask.service MainPID)
+    bedsh 'cp -p /usr/sbin/myflask /usr/sbin/myflask.sdtest-good &&
+           printf "%s\n" "#!/bin/sh" "[ \"\$1\" = reload ] && exec /usr/sbin/myflask.sdtest-good \"\$@\"" \
+               "echo \"broken build\" >&2; exit 1" >/usr/sbin/myflask.sdtest-bad &&
+           chmod 755 /usr/sbin/myflask.sdtest-bad && mv /usr/sbin/myflask.sdtest-bad /usr/sbin/myflask'
+    bed systemctl reload myflask.service >"$LOGS/reload-fails.log" 2>&1; rc=$?
+    status=$(bed systemctl status --full --no-pager myflask.service 2>&1)
+    printf '%s\n' "$status" >>"$LOGS/reload-fails.log"
+    note "systemctl reload rc=$rc; $(grep 'Status:' <<<"$status" | sed 's/^ *//')"
+    ok "systemctl reload exits non-zero" [ "$rc" != 0 ]
+    ok "systemctl status says the reload failed" contains "$status" "reload failed"
+    ok "journal: 'reload failed' with the reason" bedsh "journalctl -b -u myflask.service --no-pager | grep -q 'reload failed'"
+    ok "old process still the main process ($pid0)" eq "$(prop myflask.service MainPID)" "$pid0"
+    ok "service active" eq "$(bed systemctl is-active myflask.service)" active
+    ok "old process keeps serving (GET /healthz -> 200)" eq "$(http_code http://127.0.0.1/healthz)" 200
+    bed mv /usr/sbin/myflask.sdtest-good /usr/sbin/myflask
+    ok "a reload with the good binary back succeeds" bed systemctl reload myflask.service
+}
+
 check_http_socket() {
     local code names
     # The documented way (systemd refuses to start a socket whose service is running):
@@ -710,6 +735,7 @@ check 4-watchdog check_watchdog
 check 5-restart-under-load check_restart_under_load
 check 6-crash check_crash
 check 7-upgrade-under-load check_upgrade_under_load
+check reload-fails check_reload_fails
 check app-install check_app_install
 check app-nginx check_app_nginx
 check app-upgrade-under-load check_app_upgrade_under_load
