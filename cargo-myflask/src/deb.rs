@@ -322,6 +322,7 @@ fn stage_control(
         (conffiles(s).join("\n") + "\n").as_bytes(),
         0o644,
     )?;
+    write(root, "DEBIAN/preinst", t.preinst.as_bytes(), 0o755)?;
     write(root, "DEBIAN/postinst", t.postinst.as_bytes(), 0o755)?;
     write(root, "DEBIAN/prerm", t.prerm.as_bytes(), 0o755)?;
     write(root, "DEBIAN/postrm", t.postrm.as_bytes(), 0o755)

@@ -15,6 +15,7 @@ const NGINX_UPSTREAM: &str = include_str!("../../packaging/debian/nginx/app-upst
 const NGINX_SITE: &str = include_str!("../../packaging/debian/nginx/site-example.conf");
 const SEVERAL_HOSTS: &str = include_str!("../../packaging/debian/examples/app-several-hosts.conf");
 const SOCKET_TCP: &str = include_str!("../../packaging/debian/examples/app-socket-tcp.conf");
+const PREINST: &str = include_str!("../../packaging/debian/maintainer-scripts/preinst");
 const POSTINST: &str = include_str!("../../packaging/debian/maintainer-scripts/postinst");
 const PRERM: &str = include_str!("../../packaging/debian/maintainer-scripts/prerm");
 const POSTRM: &str = include_str!("../../packaging/debian/maintainer-scripts/postrm");
@@ -33,6 +34,7 @@ pub struct Texts {
     pub several_hosts: String,
     /// Example socket drop-in for a TCP listener with an allow-list (doc example).
     pub socket_tcp: String,
+    pub preinst: String,
     pub postinst: String,
     pub prerm: String,
     pub postrm: String,
@@ -114,6 +116,18 @@ fn vars(s: &Settings) -> Vars {
         },
     );
     v.set("sockets", sockets);
+    // What a reload cannot apply to the running process: an upgrade that
+    // changes one of these restarts the service instead (maintainer scripts).
+    let http_unit = match s.http_socket {
+        true => format!(" /usr/lib/systemd/system/{n}-http.socket"),
+        false => String::new(),
+    };
+    v.set(
+        "reload_files",
+        format!(
+            "/usr/lib/systemd/system/{n}.socket{http_unit} /usr/lib/systemd/system/{n}.service /etc/default/{n}"
+        ),
+    );
     v.flag("http", s.http_socket);
     v.flag("prefix", s.mount_prefix.is_some());
     v.flag("state", s.state_directory);
@@ -135,6 +149,7 @@ pub fn render_all(s: &Settings) -> Result<Texts, String> {
         nginx_site: render("nginx/site-example.conf", NGINX_SITE, &v)?,
         several_hosts: render("examples/app-several-hosts.conf", SEVERAL_HOSTS, &v)?,
         socket_tcp: render("examples/app-socket-tcp.conf", SOCKET_TCP, &v)?,
+        preinst: render("preinst", PREINST, &v)?,
         postinst: render("postinst", POSTINST, &v)?,
         prerm: render("prerm", PRERM, &v)?,
         postrm: render("postrm", POSTRM, &v)?,
@@ -186,6 +201,7 @@ pub mod tests {
             &t.nginx_site,
             &t.several_hosts,
             &t.socket_tcp,
+            &t.preinst,
             &t.postinst,
             &t.postrm,
         ] {

@@ -151,7 +151,14 @@ fn packages_a_crate_built_on_myflask() {
     assert!(
         read("usr/share/doc/guest-book/examples/nginx-site.conf").contains("location /guests/ {")
     );
-    assert!(read("DEBIAN/postinst").contains("deb-systemd-invoke restart 'guest-book.service'"));
+    let postinst = read("DEBIAN/postinst");
+    assert!(postinst.contains("deb-systemd-invoke reload 'guest-book.service'"));
+    assert!(postinst.contains("deb-systemd-invoke restart 'guest-book.service'"));
+    // preinst and postinst digest the same files: the unit files and the conffile.
+    let files = "for f in /usr/lib/systemd/system/guest-book.socket \
+                 /usr/lib/systemd/system/guest-book-http.socket \
+                 /usr/lib/systemd/system/guest-book.service /etc/default/guest-book; do";
+    assert!(read("DEBIAN/preinst").contains(files) && postinst.contains(files));
     assert!(!read("DEBIAN/postinst").contains("restart 'guest-book.socket'"));
     let sums = read("DEBIAN/md5sums");
     assert!(

@@ -414,10 +414,12 @@ check_crash() {
 }
 
 check_upgrade_under_load() {
-    local sock_ts0 sock_ts1 pid0 pid1 rc
+    local sock_ts0 sock_ts1 pid0 pid1 rc n0 reloads0
     # make sure the service runs, so that the upgrade has something to restart
     http_code http://127.0.0.1/healthz >/dev/null
     sock_ts0=$(prop myflask.socket ActiveEnterTimestampMonotonic); pid0=$(prop myflask.service MainPID)
+    n0=$(prop myflask.service NRestarts)
+    reloads0=$(bedsh "journalctl -b -u myflask.service --no-pager | grep -c 'Reloaded myflask.service'")
     start_load 10 /tmp/load-upgrade.json
     sleep 3
     bed dpkg -i /mnt/share/myflask.deb >"$LOGS/dpkg-upgrade.log" 2>&1; rc=$?
@@ -429,7 +431,13 @@ check_upgrade_under_load() {
     note "MainPID $pid0 -> $pid1; socket active since ${sock_ts0}us -> ${sock_ts1}us"
     ok "0 failed requests" eq "$LOAD_FAILED" 0
     ok "requests were served (>= 50)" [ "$LOAD_TOTAL" -ge 50 ]
-    ok "service was restarted (new MainPID)" [ "$pid1" != "$pid0" -a "$pid1" != 0 ]
+    ok "service was replaced (new MainPID)" [ "$pid1" != "$pid0" -a "$pid1" != 0 ]
+    # Units and /etc/default/myflask unchanged: the reload path, not a restart.
+    ok "reload path: NRestarts unchanged ($n0)" eq "$(prop myflask.service NRestarts)" "$n0"
+    ok "reload path: journal has one more 'Reloaded myflask.service'" \
+        eq "$(bedsh "journalctl -b -u myflask.service --no-pager | grep -c 'Reloaded myflask.service'")" $((reloads0 + 1))
+    ok "reload path: postinst did not fall back to a restart" not grep -q 'restarting instead' "$LOGS/dpkg-upgrade.log"
+    ok "new MainPID runs the installed /usr/sbin/myflask" eq "$(bed readlink "/proc/$pid1/exe")" /usr/sbin/myflask
     ok "socket was NOT restarted" eq "$sock_ts1" "$sock_ts0"
     ok "socket still enabled" eq "$(bed systemctl is-enabled myflask.socket)" enabled
     # An upgrade must not start an idle (socket-activated, not running) service.
@@ -438,6 +446,31 @@ check_upgrade_under_load() {
     ok "upgrade with the service stopped: dpkg -i exits 0" [ $? = 0 ]
     ok "... service stays inactive" eq "$(bed systemctl is-active myflask.service)" inactive
     ok "... socket listening" eq "$(listening /run/myflask/fcgi.sock)" 1
+}
+
+# A reload whose new binary cannot start: the reload fails visibly and the old
+# process keeps serving. The stand-in binary answers `reload` with the real
+# one (ExecReload= must still work) and fails as `serve`, as a broken build would.
+check_reload_fails() {
+    local pid0 rc status
+    http_code http://127.0.0.1/healthz >/dev/null
+    pid0=$(prop myflask.service MainPID)
+    bedsh 'cp -p /usr/sbin/myflask /usr/sbin/myflask.sdtest-good &&
+           printf "%s\n" "#!/bin/sh" "[ \"\$1\" = reload ] && exec /usr/sbin/myflask.sdtest-good \"\$@\"" \
+               "echo \"broken build\" >&2; exit 1" >/usr/sbin/myflask.sdtest-bad &&
+           chmod 755 /usr/sbin/myflask.sdtest-bad && mv /usr/sbin/myflask.sdtest-bad /usr/sbin/myflask'
+    bed systemctl reload myflask.service >"$LOGS/reload-fails.log" 2>&1; rc=$?
+    status=$(bed systemctl status --full --no-pager myflask.service 2>&1)
+    printf '%s\n' "$status" >>"$LOGS/reload-fails.log"
+    note "systemctl reload rc=$rc; $(grep 'Status:' <<<"$status" | sed 's/^ *//')"
+    ok "systemctl reload exits non-zero" [ "$rc" != 0 ]
+    ok "systemctl status says the reload failed" contains "$status" "reload failed"
+    ok "journal: 'reload failed' with the reason" bedsh "journalctl -b -u myflask.service --no-pager | grep -q 'reload failed'"
+    ok "old process still the main process ($pid0)" eq "$(prop myflask.service MainPID)" "$pid0"
+    ok "service active" eq "$(bed systemctl is-active myflask.service)" active
+    ok "old process keeps serving (GET /healthz -> 200)" eq "$(http_code http://127.0.0.1/healthz)" 200
+    bed mv /usr/sbin/myflask.sdtest-good /usr/sbin/myflask
+    ok "a reload with the good binary back succeeds" bed systemctl reload myflask.service
 }
 
 check_http_socket() {
@@ -732,6 +765,7 @@ check 4-watchdog check_watchdog
 check 5-restart-under-load check_restart_under_load
 check 6-crash check_crash
 check 7-upgrade-under-load check_upgrade_under_load
+check reload-fails check_reload_fails
 check app-install check_app_install
 check app-nginx check_app_nginx
 check app-upgrade-under-load check_app_upgrade_under_load
