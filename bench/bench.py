@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import signal
@@ -64,6 +65,7 @@ GO = os.path.join(BUILD, "bin", "bench-go")
 # Debian's fastcgi_params, as their docs say. The "Debian fastcgi_params"
 # myflask peer shows what the difference is worth.
 SNIPPET = os.path.join(REPO, "packaging", "debian", "nginx", "app.conf")
+UPSTREAM_SNIPPET = os.path.join(REPO, "packaging", "debian", "nginx", "app-upstream.conf")
 VENV_PY = os.path.join(BUILD, "venv", "bin", "python")
 PHP_FPM = shutil.which("php-fpm8.2") or "/usr/sbin/php-fpm8.2"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -102,10 +104,23 @@ MUX = (4, 16)  # connections x requests in flight per connection
 # has no /echo, so the echo rounds stay myflask against hyper.
 # The ceiling too: its single pass moved from 129k to 148k req/s between two
 # runs, so the ≥ 0.40× ceiling target is judged on rounds like the others.
-H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor", "myflask-fcgiparams", "ceiling"]
-H2H_ECHO_PEERS = ["myflask", "hyper"]
+# BENCH_H2H=fresh runs only the rounds of the configurations most sites
+# run (issue 16), each myflask peer against hyper configured the same way:
+# (a) no upstream keepalive, a connection per request; (b) the package's
+# upstream snippet as shipped (its keepalive); (c) Debian's fastcgi_params
+# with keepalive. FRESH_PAIRS names the pairs the report compares.
+FRESH = os.environ.get("BENCH_H2H", "") == "fresh"
+FRESH_PAIRS = [("myflask-nokeep", "hyper-nokeep", "(a) connection per request"),
+               ("myflask-shipped", "hyper-shipped", "(b) the shipped snippets"),
+               ("myflask-fcgiparams", "hyper", "(c) Debian fastcgi_params, keepalive 512")]
+if FRESH:
+    H2H_PEERS = [n for pair in FRESH_PAIRS for n in pair[:2]]
+    H2H_ECHO_PEERS = []
+else:
+    H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor", "myflask-fcgiparams", "ceiling"]
+    H2H_ECHO_PEERS = ["myflask", "hyper"]
 H2H_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "5"))
-H2H_CONNS = [16] if QUICK else [16, 64]
+H2H_CONNS = [16] if QUICK else ([16, 64, 256] if FRESH else [16, 64])
 
 # myflask runs with its access log off (nginx runs with access_log off too).
 MYFLASK_LOG = ["--log-target", "stderr", "--log-level", "info,myflask::access=off"]
@@ -123,7 +138,8 @@ class PeerSpec:
     # (None: nginx alone, the ceiling)
     command: Optional[Callable[["Peer", str], List[str]]] = None
     proto: Optional[str] = None  # "fcgi" (fastcgi_pass) or "http" (proxy_pass)
-    keep: bool = False  # upstream keepalive 512, fastcgi_keep_conn / HTTP/1.1 to the upstream
+    keep: bool = False  # upstream keepalive, fastcgi_keep_conn / HTTP/1.1 to the upstream
+    keepalive: int = 512  # the upstream's keepalive count when keep is on
     snippet: bool = False  # fastcgi_param lines of the package's snippet instead of Debian's fastcgi_params
     nginx_extra: str = ""  # more lines in nginx's location (flup routes on PATH_INFO)
     fcgi_params: Tuple[str, ...] = ()  # NAME=VALUE params loadgen sends when it talks to the peer directly
@@ -148,6 +164,17 @@ def php_cmd(peer, sock):
     """php-fpm in the foreground with a config of its own for `sock`."""
     return [PHP_FPM, "-F", "-R", "-y", peer.php_conf(sock), "-p", peer.dir]
 
+
+def shipped_keepalive():
+    """The `keepalive N;` of the package's upstream snippet (UPSTREAM_SNIPPET)."""
+    with open(UPSTREAM_SNIPPET) as f:
+        found = re.findall(r"^\s*keepalive\s+(\d+)\s*;", f.read(), re.M)
+    if len(found) != 1:
+        raise RuntimeError(f"{UPSTREAM_SNIPPET}: expected one keepalive line, found {len(found)}")
+    return int(found[0])
+
+
+SHIPPED_KEEPALIVE = shipped_keepalive()
 
 PEERS = [
     PeerSpec("ceiling", "nginx return 200 (ceiling)"),
@@ -181,6 +208,16 @@ PEERS = [
     PeerSpec("myflask-nokeep", "myflask FastCGI, no keepalive", myflask_cmd, proto="fcgi", keep=False,
              snippet=True, cold=False),
     PeerSpec("myflask-http", "myflask HTTP, proxy_pass", myflask_http_cmd, proto="http", keep=True),
+    # The counterparts of the fresh-connection rounds (BENCH_H2H=fresh): the
+    # package's snippets as shipped, and hyper configured the same way.
+    PeerSpec("myflask-shipped", f"myflask FastCGI, shipped snippets (keepalive {SHIPPED_KEEPALIVE})",
+             myflask_cmd, proto="fcgi", keep=True, keepalive=SHIPPED_KEEPALIVE, snippet=True,
+             get_only=True, cold=False),
+    PeerSpec("hyper-nokeep", "Rust hyper 1.x, proxy_pass, no keepalive", lambda p, sock: [HYPER, sock],
+             proto="http", keep=False, get_only=True, cold=False),
+    PeerSpec("hyper-shipped", f"Rust hyper 1.x, proxy_pass, keepalive {SHIPPED_KEEPALIVE}",
+             lambda p, sock: [HYPER, sock], proto="http", keep=True, keepalive=SHIPPED_KEEPALIVE,
+             get_only=True, cold=False),
 ]
 REF = "myflask"
 CEIL = "ceiling"
@@ -409,7 +446,7 @@ php_admin_value[output_buffering] = 0
             upstream = ""
         else:
             mod = ""
-            ka = "keepalive 512;" if self.spec.keep else ""
+            ka = f"keepalive {self.spec.keepalive};" if self.spec.keep else ""
             upstream = f"upstream app {{ server unix:{self.sock}; {ka} }}"
             body = self._fastcgi_location() if self.spec.proto == "fcgi" else self._proxy_location()
         conf = f"""{user}{mod}worker_processes {NGINX_WORKERS};
@@ -846,8 +883,9 @@ def machine():
 
 
 def selected_peers():
-    """The peers BENCH_PEERS names (all when it is unset), in PEERS order."""
-    wanted = os.environ.get("BENCH_PEERS", "")
+    """The peers BENCH_PEERS names (all when it is unset; the fresh rounds'
+    peers with BENCH_H2H=fresh), in PEERS order."""
+    wanted = os.environ.get("BENCH_PEERS", ",".join(H2H_PEERS) if FRESH else "")
     return [p for p in PEERS if not wanted or p.name in wanted.split(",")]
 
 
@@ -864,6 +902,9 @@ def dry_run():
         print(f"\n{spec.name}: {spec.label}")
         print("  server: " + (" ".join(peer.server_cmd()) if spec.command else "none (nginx answers)"))
         print(f"  nginx: {os.path.join(peer.dir, 'nginx.conf')}")
+        if FRESH:  # the fresh rounds alone: no points of its own, no cold start
+            print(f"  head to head: GET at {', '.join(map(str, H2H_CONNS))}, {H2H_ROUNDS} rounds")
+            continue
         print(f"  GET at {', '.join(map(str, GET_CONNS))} connections; echo: "
               + (", ".join(body_label(b) for b in echo_bodies(spec)) or "none"))
         for _, args in direct_runs(peer):
@@ -921,7 +962,8 @@ def measure_all(peers, tmp):
     """Every peer on its own, then the head-to-head rounds, then the cold
     starts; a failure costs only its own part and is listed in "failed"."""
     rows, direct_rows, errors, failed = [], [], [], []
-    for spec in peers:
+    # BENCH_H2H=fresh: the fresh-connection rounds alone (a few minutes)
+    for spec in [] if FRESH else peers:
         peer = Peer(spec, tmp)
         try:
             bench_peer(peer, rows, direct_rows, errors)
@@ -937,7 +979,7 @@ def measure_all(peers, tmp):
     cold = []
     log("== cold starts")
     try:
-        cold = cold_starts(tmp, [p.name for p in peers])
+        cold = [] if FRESH else cold_starts(tmp, [p.name for p in peers])
     except Exception as e:  # noqa: BLE001
         failed.append(f"cold starts: {e}")
         log(f"   FAILED: {e}")
@@ -960,14 +1002,17 @@ def save_raw(tmp, stamp, meta, res):
 def write_reports(meta, peers, rows, direct_rows, cold, errors, failed, stamp):
     quick = meta["quick"]
     md, csv_rows, _ = report(meta, peers, rows, direct_rows, cold, errors, failed)
-    base = os.path.join(RAW, "quick-" + stamp) if quick else os.path.join(RESULTS, stamp)
+    # A fresh-rounds run is a part of the picture: it stays out of latest.md and the README.
+    part = quick or FRESH
+    prefix = "quick-" if quick else "fresh-" if FRESH else ""
+    base = os.path.join(RAW if quick else RESULTS, prefix + stamp)
     with open(base + ".md", "w") as f:
         f.write(md)
     with open(base + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(csv_rows)
-    if not quick:
+    if not part:
         shutil.copyfile(base + ".md", os.path.join(RESULTS, "latest.md"))
         update_readme(md)
     return base
@@ -1078,8 +1123,9 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     write_load(rep, rows)
     h2h = h2h_points(rows)
     write_h2h(rep, h2h, meta)
+    write_fresh(rep, h2h)
     targets_ok = True
-    if not meta["quick"]:
+    if not meta["quick"] and not FRESH:
         targets_ok = write_targets(rep, h2h, rows, direct_rows, cold)
     write_floor_context(rep, h2h)
     write_errors(rep, errors)
@@ -1308,6 +1354,27 @@ def write_h2h_peer(rep, section, conns, what, peer, rs, ratios):
                             p99_ms=r["p99_ms"], non2xx=r["non2xx"], sock_err=r["sock_err"],
                             rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us")),
                             cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+
+
+def write_fresh(rep, h2h):
+    """The fresh-connection pairs (FRESH_PAIRS): myflask ÷ hyper configured
+    the same way, and each one's server CPU per request; without keepalive
+    a request is a connection, so that figure is also the CPU per connection."""
+    cells = [(c, a, b, what, h2h_pair(h2h, c, a, b)) for c in H2H_CONNS for a, b, what in FRESH_PAIRS]
+    cells = [cell for cell in cells if cell[4]]
+    if not cells:
+        return
+    w = rep.w
+    w("## Fresh connections: myflask against hyper configured the same way\n")
+    w("| configuration | c | myflask ÷ hyper (median of rounds) | rounds | CPU µs/req myflask | "
+      "CPU µs/req hyper | per connection |")
+    w("|---|---:|---:|---:|---:|---:|---|")
+    for c, a, b, what, (x, n) in cells:
+        by_peer = h2h[("h2h_get", c)][0]
+        cpu = [median([r["cpu_us"] for r in by_peer[p] if r.get("cpu_us") is not None]) for p in (a, b)]
+        per_conn = "= per request" if not next(s for s in PEERS if s.name == a).keep else "not measured"
+        w(f"| {what} | {c} | {fmt_r(x)} | {n} | {fmt_us(cpu[0])} | {fmt_us(cpu[1])} | {per_conn} |")
+    w("")
 
 
 def h2h_x(h2h, section, conns, peer):

@@ -7,8 +7,12 @@
 # cancels start-up, shutdown and first-request warm-up. Access log off
 # (--log-level warn): the metrics then pay for their own clock reads.
 #
+# With FRESH=1 every request opens its own connection without KEEP_CONN
+# (nginx with no upstream keepalive), so the figure is instructions per
+# connection: accept, the request, the close.
+#
 # usage: bench/callgrind.sh [BIN]   (default target/release/myflask)
-# env:   N1 (1000), N2 (6000), URI (/), EXTRA (more serve flags for both)
+# env:   N1 (1000), N2 (6000), URI (/), EXTRA (more serve flags for both), FRESH
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/myflask}
@@ -30,7 +34,7 @@ run() {
   local pid=$!
   for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
   [ -S "$sock" ] || { cat "$dir/$label.$n.log" >&2; exit 1; }
-  python3 bench/fcgi_count.py "$sock" "$n" "$URI" >/dev/null
+  python3 bench/fcgi_count.py ${FRESH:+--fresh} "$sock" "$n" "$URI" >/dev/null
   kill -TERM "$pid"
   wait "$pid" || true
   awk '/^(summary|totals):/ {print $2; exit}' "$out"
@@ -48,6 +52,6 @@ per_request() {
 off=$(per_request off --status-path "" --metrics-path "" --ping-path "")
 metrics=$(per_request metrics --status-path "" --ping-path "")
 all=$(per_request all)
-echo "instructions per GET $URI: off $off, metrics only $metrics, all three on $all"
+echo "instructions per ${FRESH:+connection (one }GET $URI${FRESH:+)}: off $off, metrics only $metrics, all three on $all"
 awk -v off="$off" -v m="$metrics" -v a="$all" 'BEGIN {
   printf "throughput ratio ~ off/on: metrics only %.4f, all three %.4f\n", off / m, off / a }'

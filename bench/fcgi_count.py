@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Sends exactly N FastCGI GET requests, one after another on one keep-alive
-connection, and checks each answers 200: a fixed request count for
-instruction counting (bench/callgrind.sh), where the load generator runs
-for a duration.
+connection (or, with --fresh, each on a new connection without KEEP_CONN,
+waiting for the server's close, as nginx does without upstream keepalive),
+and checks each answers 200: a fixed request count for instruction
+counting (bench/callgrind.sh), where the load generator runs for a duration.
 
-usage: fcgi_count.py SOCKET_PATH N [URI]
+usage: fcgi_count.py [--fresh] SOCKET_PATH N [URI]
 """
 import socket
 import struct
@@ -21,7 +22,7 @@ def pair(k, v):
     return n(k) + n(v) + k + v
 
 
-def request(uri):
+def request(uri, keep=True):
     path, _, query = uri.partition("?")
     params = b"".join(pair(k.encode(), v.encode()) for k, v in [
         ("REQUEST_METHOD", "GET"), ("REQUEST_URI", uri), ("SCRIPT_NAME", path),
@@ -30,32 +31,52 @@ def request(uri):
         ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "40000"),
         ("HTTP_HOST", "localhost"), ("HTTP_USER_AGENT", "fcgi_count"),
     ])
-    begin = struct.pack(">HB5x", 1, 1)  # RESPONDER, KEEP_CONN
+    begin = struct.pack(">HB5x", 1, 1 if keep else 0)  # RESPONDER, KEEP_CONN or not
     return record(1, 1, begin) + record(4, 1, params) + record(4, 1) + record(5, 1)
 
 
-def main():
-    path, n = sys.argv[1], int(sys.argv[2])
-    uri = sys.argv[3] if len(sys.argv) > 3 else "/"
+def connect(path):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(60)
     s.connect(path)
-    req, buf = request(uri), b""
+    return s
+
+
+def answer(s, buf, i):
+    """Reads one response up to END_REQUEST; returns (stdout, rest of buf)."""
+    out = b""
+    while True:
+        while len(buf) < 8 or len(buf) < 8 + struct.unpack(">H", buf[4:6])[0] + buf[6]:
+            chunk = s.recv(65536)
+            if not chunk:
+                sys.exit(f"connection closed at request {i}")
+            buf += chunk
+        _, kind, _, clen, plen, _ = struct.unpack(">BBHHBB", buf[:8])
+        content, buf = buf[8:8 + clen], buf[8 + clen + plen:]
+        if kind == 6:
+            out += content
+        elif kind == 3:
+            return out, buf
+
+
+def main():
+    args = sys.argv[1:]
+    fresh = args[:1] == ["--fresh"]
+    args = args[1:] if fresh else args
+    path, n = args[0], int(args[1])
+    uri = args[2] if len(args) > 2 else "/"
+    req, buf = request(uri, keep=not fresh), b""
+    s = None if fresh else connect(path)
     for i in range(n):
+        if fresh:
+            s, buf = connect(path), b""
         s.sendall(req)
-        out = b""
-        while True:
-            while len(buf) < 8 or len(buf) < 8 + struct.unpack(">H", buf[4:6])[0] + buf[6]:
-                chunk = s.recv(65536)
-                if not chunk:
-                    sys.exit(f"connection closed at request {i}")
-                buf += chunk
-            _, kind, _, clen, plen, _ = struct.unpack(">BBHHBB", buf[:8])
-            content, buf = buf[8:8 + clen], buf[8 + clen + plen:]
-            if kind == 6:
-                out += content
-            elif kind == 3:
-                break
+        out, buf = answer(s, buf, i)
+        if fresh:
+            # without KEEP_CONN the server closes after END_REQUEST
+            if buf or s.recv(1):
+                sys.exit(f"request {i}: data after END_REQUEST without KEEP_CONN")
+            s.close()
         if not out.startswith(b"Status: 200") and b"Status:" in out.split(b"\r\n\r\n")[0]:
             sys.exit(f"request {i}: {out[:80]!r}")
     print(n)
