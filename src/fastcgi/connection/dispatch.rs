@@ -1,0 +1,304 @@
+//! Service calls: an admitted request becomes an `http::Request`, the
+//! service is called, and the request task turns its response into
+//! records (or into a 500, a 413, or an abort), ends the request and logs
+//! it. A bodiless request alone on its connection runs inside the
+//! connection's task; any other gets a task of its own.
+
+use super::demux::{Admitted, Dispatch};
+use super::events::{ConnEvents, DRAINING, TASK_ENDED};
+use super::output::{End, FLUSH_AT, Output, WriterGone, encode_error};
+use super::writer::ToWriter;
+use super::{ConnMeta, Engine};
+use crate::access::AccessLog;
+use crate::body::BodyShared;
+use crate::service::{BoxError, BoxFuture, ResponseBody, panic_message};
+use crate::{RequestInfo, Transport};
+use bytes::Buf;
+use futures_util::FutureExt;
+use http::StatusCode;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::error;
+
+/// A request handled inside the connection's own task.
+pub(super) type InlineRequest = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Starts admitted requests for one connection (the reader's `Dispatch`).
+pub(super) struct Starter<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) meta: &'a ConnMeta,
+    pub(super) out: &'a mpsc::Sender<ToWriter>,
+    pub(super) events: &'a Arc<ConnEvents>,
+    /// The connection's slot for an inline request (at most one: a second
+    /// request on the connection gets a task).
+    pub(super) inline: &'a mut Option<InlineRequest>,
+}
+
+impl Dispatch for Starter<'_> {
+    fn inline_free(&self) -> bool {
+        self.inline.is_none()
+    }
+
+    fn start(&mut self, a: Admitted) {
+        let request_id = self.engine.stats.next_request_id();
+        let (parts, ()) = a.mapped.request.into_parts();
+        let mut req = http::Request::from_parts(parts, a.body);
+        let log = AccessLog::new(
+            "fastcgi",
+            req.method(),
+            req.uri(),
+            a.mapped.peer.as_deref(),
+            request_id,
+        );
+        req.extensions_mut().insert(RequestInfo {
+            transport: Transport::FastCgi,
+            listener: self.meta.listener.clone(),
+            inherited: self.meta.inherited,
+            request_id,
+            peer: a.mapped.peer,
+            scheme: a.mapped.scheme,
+            params: Some(a.params),
+        });
+        let task = RequestTask {
+            keep_conn: a.keep_conn,
+            head_only: req.method() == http::Method::HEAD,
+            body: a.body_shared,
+            events: self.events.clone(),
+            log,
+            status: 0,
+        };
+        let mut out = Output::new(a.id, self.out.clone(), a.link);
+        if a.inline {
+            out.inline = Some(self.events.clone());
+        }
+        // The service is called here and its future awaited by the task,
+        // which then holds a pointer, not the request: the request inside
+        // the task's future would take it past the size glibc serves from
+        // its thread cache. (A panic in the call itself comes out of the
+        // future, see `App::call`, and is answered in the task.) Boxed:
+        // tokio moves a spawned future by value through several frames.
+        let call = self.engine.app.call(req);
+        let fut = Box::pin(task.run(call, out));
+        // A bodiless request alone on its connection (every request nginx
+        // sends without a body: it does not multiplex) runs inside this
+        // task, as hyper runs an HTTP/1 request: no task to create and
+        // schedule, no hand-off between threads. It cannot hold up its own
+        // input, having none, and the reader keeps polling it alongside the
+        // socket, so an ABORT_REQUEST or EOF still reaches it. Requests
+        // with a body, or beside others on a multiplexed connection, get
+        // their own task so that they run in parallel.
+        if a.inline {
+            *self.inline = Some(fut);
+        } else {
+            tokio::spawn(fut);
+        }
+    }
+}
+
+/// How the service's response ended.
+enum Outcome {
+    /// Sent whole.
+    Complete,
+    /// The response body failed after the head was sent.
+    BodyFailed(String),
+    /// The writer's queue closed: the connection is gone.
+    WriterGone,
+}
+
+/// One request's handler and its output. Reaches the engine through the
+/// connection's `ConnEvents`, so requests do not each clone (and keep
+/// writing the reference count of) the server-wide `Arc<Engine>`.
+struct RequestTask {
+    keep_conn: bool,
+    head_only: bool,
+    body: Option<Arc<BodyShared>>,
+    events: Arc<ConnEvents>,
+    log: AccessLog,
+    /// The response status once a head is written (0: none yet).
+    status: u16,
+}
+
+impl Drop for RequestTask {
+    /// The request was counted in flight before the task was made (see
+    /// `Stats::try_begin_request`); however it ends, it ends here.
+    fn drop(&mut self) {
+        self.events.engine.stats.end_request();
+    }
+}
+
+impl RequestTask {
+    /// Runs the handler and writes its response. Not an `async fn`: one
+    /// would store its arguments in the future twice (as arguments and
+    /// again as the `mut` bindings).
+    fn run(self, call: BoxFuture, out: Output) -> impl Future<Output = ()> + Send {
+        let mut task = self;
+        let mut out = out;
+        async move {
+            let mut bytes_out = 0u64;
+            let link = out.link.clone();
+            let result = {
+                let respond =
+                    AssertUnwindSafe(task.respond(call, &mut out, &mut bytes_out)).catch_unwind();
+                tokio::select! {
+                    biased;
+                    () = link.wait_cancelled() => None,
+                    r = respond => Some(r),
+                }
+            };
+            let note = task.end(result, &mut out, &mut bytes_out).await;
+            if task.events.is_set(DRAINING) {
+                task.events.raise(TASK_ENDED);
+            }
+            task.log.finish(
+                &task.events.engine.stats,
+                if task.status == 0 { 499 } else { task.status },
+                bytes_out,
+                note.as_deref(),
+            );
+        }
+    }
+
+    /// Ends the request after `respond` (`None`: cancelled); returns the
+    /// access log's note.
+    async fn end(
+        &mut self,
+        result: Option<std::thread::Result<Outcome>>,
+        out: &mut Output,
+        bytes_out: &mut u64,
+    ) -> Option<String> {
+        let mut end = End {
+            app_status: 1,
+            stdout_end: true,
+            close: !self.keep_conn,
+            farewell: self.keep_conn && self.events.is_set(DRAINING),
+        };
+        let note = match result {
+            Some(Ok(Outcome::Complete)) => {
+                end.app_status = 0;
+                None
+            }
+            Some(Ok(Outcome::BodyFailed(e))) => {
+                Some(format!("response body failed after the head was sent: {e}"))
+            }
+            Some(Ok(Outcome::WriterGone)) => {
+                return Some("connection closed while responding".into());
+            }
+            Some(Err(panic)) => {
+                let msg = panic_message(&*panic);
+                error!(
+                    request_id = self.log.request_id,
+                    uri = %self.log.uri,
+                    "handler panicked: {msg}"
+                );
+                if self.status == 0 {
+                    self.error_response(out, bytes_out, StatusCode::INTERNAL_SERVER_ERROR);
+                }
+                Some(format!("handler panicked: {msg}"))
+            }
+            None => {
+                // Aborted by the web server, or the connection is gone.
+                out.discard();
+                end.stdout_end = false;
+                if self.status == 0 {
+                    self.status = 499;
+                }
+                Some("request aborted".into())
+            }
+        };
+        out.finish(&self.events, end).await;
+        note
+    }
+
+    /// Replaces whatever is buffered with the server's own error response.
+    fn error_response(&mut self, out: &mut Output, bytes_out: &mut u64, status: StatusCode) {
+        out.discard();
+        let id = out.id();
+        *bytes_out = encode_error(&mut out.buf, id, status, "internal server error");
+        self.status = status.as_u16();
+    }
+
+    /// Writes the head of the service's response (or of the error that
+    /// replaces it) into `out`; returns the body still to send.
+    fn head(
+        &mut self,
+        result: Result<http::Response<ResponseBody>, BoxError>,
+        out: &mut Output,
+    ) -> ResponseBody {
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                error!(
+                    request_id = self.log.request_id,
+                    "service returned an error: {e}"
+                );
+                crate::app::text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal server error\n",
+                )
+            }
+        };
+        let resp = if self.body.as_ref().is_some_and(|b| b.failed_too_large()) {
+            let limit = self.events.engine.config.max_body_bytes;
+            crate::app::text_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("413 request body exceeds the limit of {limit} bytes\n"),
+            )
+        } else {
+            resp
+        };
+        let (parts, body) = resp.into_parts();
+        self.status = parts.status.as_u16();
+        out.head(&parts, body.size_hint().exact());
+        body
+    }
+
+    async fn respond(&mut self, call: BoxFuture, out: &mut Output, bytes_out: &mut u64) -> Outcome {
+        // The head is written in a plain function: as locals here, the
+        // response head (a HeaderMap and more) would be kept in the task's
+        // future across the awaits below.
+        let mut body = self.head(call.await, out);
+        if self.head_only {
+            return match out.flush().await {
+                Ok(()) => Outcome::Complete,
+                Err(WriterGone) => Outcome::WriterGone,
+            };
+        }
+        loop {
+            // Take every frame that is ready now; hand the batch to the
+            // writer only when the body would wait (or the batch is big).
+            let frame = match body.frame().now_or_never() {
+                Some(f) => f,
+                None => {
+                    if out.flush().await.is_err() {
+                        return Outcome::WriterGone;
+                    }
+                    body.frame().await
+                }
+            };
+            match frame {
+                None => {
+                    // Wait for the gate here, inside the cancellable part:
+                    // a response held for its body must still yield to an
+                    // ABORT_REQUEST (finish() would send it regardless).
+                    out.wait_gate().await;
+                    return Outcome::Complete;
+                }
+                Some(Err(e)) => return Outcome::BodyFailed(e.to_string()),
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        *bytes_out += data.remaining() as u64;
+                        out.stdout(data.copy_to_bytes(data.remaining()));
+                        if out.buffered() >= FLUSH_AT && out.flush().await.is_err() {
+                            return Outcome::WriterGone;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! One request's response on its way to the writer: STDOUT records encoded
+//! in place, large body chunks passed by reference, the gate that holds the
+//! response until the request's STDIN is complete, and the END_REQUEST. Also
+//! the records of the server's own error responses.
+
+use super::events::{ConnEvents, WRITE_FAILED};
+use super::link::RequestLink;
+use super::writer::ToWriter;
+use crate::fastcgi::{record, response};
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A request task hands its output to the writer once it has this much.
+pub(super) const FLUSH_AT: usize = 64 * 1024;
+/// Body chunks at least this large are written from the service's own
+/// buffer (a vectored write) instead of being copied.
+const ZERO_COPY_MIN: usize = 8 * 1024;
+
+/// The writer's queue is closed: the connection is gone.
+pub(super) struct WriterGone;
+
+/// A request's output on its way to the writer.
+pub(super) struct Output {
+    id: u16,
+    tx: mpsc::Sender<ToWriter>,
+    pub(super) link: Arc<RequestLink>,
+    /// Set for an inline request: its output may go to
+    /// `ConnEvents::inline_out`.
+    pub(super) inline: Option<Arc<ConnEvents>>,
+    pub(super) buf: BytesMut,
+    parts: Vec<Bytes>,
+    parts_len: usize,
+    /// The gate was found open: output may go to the writer.
+    opened: bool,
+}
+
+impl Output {
+    pub(super) fn new(id: u16, tx: mpsc::Sender<ToWriter>, link: Arc<RequestLink>) -> Output {
+        Output {
+            id,
+            tx,
+            link,
+            inline: None,
+            buf: BytesMut::new(),
+            parts: Vec::new(),
+            parts_len: 0,
+            opened: false,
+        }
+    }
+
+    pub(super) fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Bytes encoded and not yet handed to the writer.
+    pub(super) fn buffered(&self) -> usize {
+        self.buf.len() + self.parts_len
+    }
+
+    /// Drops everything not yet handed to the writer.
+    pub(super) fn discard(&mut self) {
+        self.buf.clear();
+        self.parts.clear();
+        self.parts_len = 0;
+    }
+
+    /// Waits until the request's STDIN is complete (once).
+    pub(super) async fn wait_gate(&mut self) {
+        if !self.opened {
+            self.link.wait_gate().await;
+            self.opened = true;
+        }
+    }
+
+    /// Appends the CGI head as one STDOUT record, encoded in place (no
+    /// intermediate buffer): the header is written once the length is known.
+    pub(super) fn head(&mut self, parts: &http::response::Parts, exact_len: Option<u64>) {
+        // Room for the head, a small body and the closing records in one
+        // allocation, so a small response never grows its buffer.
+        let small_body = exact_len.filter(|&n| n < ZERO_COPY_MIN as u64).unwrap_or(0);
+        self.buf
+            .reserve(response::head_len_estimate(parts) + small_body as usize + 64);
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; record::HEADER_LEN]);
+        response::encode_head(&mut self.buf, parts, exact_len);
+        let len = self.buf.len() - start - record::HEADER_LEN;
+        if len <= record::MAX_CONTENT_LEN {
+            let (h, pad) = record::header_bytes(record::STDOUT, self.id, len);
+            self.buf[start..start + record::HEADER_LEN].copy_from_slice(&h);
+            self.buf.extend_from_slice(&[0u8; 8][..pad]);
+        } else {
+            // A head over 64 KiB (nginx would refuse it anyway): split it.
+            let head = self.buf.split_off(start + record::HEADER_LEN);
+            self.buf.truncate(start);
+            self.stdout_copy(&head);
+        }
+    }
+
+    fn stdout_copy(&mut self, data: &[u8]) {
+        record::put_stream(&mut self.buf, record::STDOUT, self.id, data);
+    }
+
+    /// Appends body data as STDOUT records.
+    pub(super) fn stdout(&mut self, data: Bytes) {
+        if data.len() < ZERO_COPY_MIN {
+            self.stdout_copy(&data);
+            return;
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let chunk = rest.split_to(rest.len().min(record::STREAM_CHUNK));
+            let pad = record::put_header(&mut self.buf, record::STDOUT, self.id, chunk.len());
+            let head = self.buf.split().freeze();
+            self.parts_len += head.len() + chunk.len();
+            self.parts.push(head);
+            self.parts.push(chunk);
+            self.buf.extend_from_slice(&[0u8; 8][..pad]);
+        }
+    }
+
+    /// Hands what is encoded to the writer, after waiting for the gate.
+    pub(super) async fn flush(&mut self) -> Result<(), WriterGone> {
+        self.wait_gate().await;
+        // The buffer is handed over whole, not split off: a split would
+        // allocate a shared header for it, and only a streamed body reuses
+        // the rest of its capacity (at 64 KiB a flush, one allocation is
+        // nothing next to the copy).
+        if let Some(events) = &self.inline {
+            if events.is_set(WRITE_FAILED) {
+                return Err(WriterGone);
+            }
+            // Only while nothing of ours can still be in the queue (the
+            // writer takes `inline_out` first, so order is kept).
+            if self.tx.capacity() == self.tx.max_capacity()
+                && ((self.parts.is_empty() && self.buf.is_empty())
+                    || events.push_inline_out(&mut self.parts, &mut self.buf))
+            {
+                self.parts_len = 0;
+                return Ok(());
+            }
+        }
+        let out = if self.parts.is_empty() {
+            if self.buf.is_empty() {
+                return Ok(());
+            }
+            ToWriter::One(std::mem::take(&mut self.buf).freeze())
+        } else {
+            if !self.buf.is_empty() {
+                self.parts.push(std::mem::take(&mut self.buf).freeze());
+            }
+            self.parts_len = 0;
+            ToWriter::Batch(std::mem::take(&mut self.parts))
+        };
+        queue(&self.tx, out).await
+    }
+
+    /// Ends STDOUT and the request. Waits for the gate first, then marks the
+    /// request ended, then queues END_REQUEST: in that order the reader
+    /// never frees the id while its STDIN is still wanted, and the peer
+    /// never sees END_REQUEST before the id is free.
+    /// With `farewell` (shutdown has begun on a kept-alive connection) an
+    /// empty STDERR record follows END_REQUEST: nginx then does not put the
+    /// connection back into its keepalive cache.
+    pub(super) async fn finish(&mut self, events: &ConnEvents, end: End) {
+        self.wait_gate().await;
+        if end.stdout_end {
+            record::put_stream_end(&mut self.buf, record::STDOUT, self.id);
+        }
+        record::put_end_request(
+            &mut self.buf,
+            self.id,
+            end.app_status,
+            record::REQUEST_COMPLETE,
+        );
+        if end.farewell {
+            record::put_stream_end(&mut self.buf, record::STDERR, self.id);
+        }
+        // Before `end`: a reader that sees the request ended must also
+        // see when, or it would date the connection's idleness too early.
+        events.mark_task_end();
+        self.link.end();
+        let _ = self.flush().await;
+        if end.close {
+            let _ = queue(&self.tx, ToWriter::Close).await;
+        }
+    }
+}
+
+/// How a request's output ends.
+#[derive(Clone, Copy)]
+pub(super) struct End {
+    /// END_REQUEST's appStatus: 0 served, 1 failed or aborted.
+    pub(super) app_status: u32,
+    /// Close the STDOUT stream (not for a request aborted before it wrote).
+    pub(super) stdout_end: bool,
+    /// Close the connection after (the request had no KEEP_CONN).
+    pub(super) close: bool,
+    /// Add the "do not reuse" marker (shutdown has begun).
+    pub(super) farewell: bool,
+}
+
+/// Queues `out` for the writer: at once when there is room, as there
+/// nearly always is; else it waits, in a boxed future. Awaited inline, the
+/// channel's send future is a few hundred bytes of every request task's
+/// future, which pushes it past the size glibc serves from its per-thread
+/// cache.
+pub(super) async fn queue(tx: &mpsc::Sender<ToWriter>, out: ToWriter) -> Result<(), WriterGone> {
+    match tx.try_send(out) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(WriterGone),
+        Err(mpsc::error::TrySendError::Full(out)) => {
+            Box::pin(tx.send(out)).await.map_err(|_| WriterGone)
+        }
+    }
+}
+
+/// Writes an error response's head and body as STDOUT records; returns the
+/// body length.
+pub(super) fn encode_error(b: &mut BytesMut, id: u16, status: StatusCode, reason: &str) -> u64 {
+    let text = format!("{} {}\n", status.as_u16(), reason);
+    let mut head = BytesMut::with_capacity(128);
+    let mut builder = http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        builder = builder.header(http::header::RETRY_AFTER, "1");
+    }
+    let (parts, ()) = builder.body(()).unwrap_or_default().into_parts();
+    response::encode_head(&mut head, &parts, Some(text.len() as u64));
+    head.extend_from_slice(text.as_bytes());
+    record::put_stream(b, record::STDOUT, id, &head);
+    text.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(mut b: BytesMut) -> Vec<record::Record> {
+        let mut v = Vec::new();
+        while let Ok(Some(r)) = record::decode(&mut b) {
+            v.push(r);
+        }
+        assert!(b.is_empty(), "only whole records");
+        v
+    }
+
+    fn output() -> (Output, mpsc::Receiver<ToWriter>) {
+        let (tx, rx) = mpsc::channel(4);
+        (Output::new(3, tx, Arc::new(RequestLink::default())), rx)
+    }
+
+    #[test]
+    fn encode_error_is_one_stdout_stream_with_status_and_reason() {
+        let mut b = BytesMut::new();
+        let n = encode_error(&mut b, 5, StatusCode::SERVICE_UNAVAILABLE, "busy");
+        let recs = decode_all(b);
+        assert_eq!(recs.len(), 1);
+        assert_eq!((recs[0].kind, recs[0].request_id), (record::STDOUT, 5));
+        let text = String::from_utf8_lossy(&recs[0].content);
+        assert!(text.starts_with("Status: 503"), "{text}");
+        assert!(text.contains("retry-after: 1"), "{text}");
+        assert!(text.ends_with("\r\n\r\n503 busy\n"), "{text}");
+        assert_eq!(n, "503 busy\n".len() as u64);
+    }
+
+    #[test]
+    fn large_chunks_are_passed_by_reference_small_ones_copied() {
+        let (mut out, _rx) = output();
+        out.stdout(Bytes::from_static(b"small"));
+        assert!(out.parts.is_empty());
+        let big = Bytes::from(vec![7u8; ZERO_COPY_MIN]);
+        out.stdout(big.clone());
+        assert!(out.parts.iter().any(|p| p.as_ptr() == big.as_ptr()));
+        assert_eq!(out.buffered(), out.buf.len() + out.parts_len);
+        out.discard();
+        assert_eq!(out.buffered(), 0);
+    }
+
+    #[tokio::test]
+    async fn finish_waits_for_the_gate_then_ends_the_request() {
+        let (mut out, mut rx) = output();
+        let events = ConnEvents::new(super::super::demux::tests::engine());
+        out.stdout(Bytes::from_static(b"hi"));
+        let end = End {
+            app_status: 0,
+            stdout_end: true,
+            close: false,
+            farewell: true,
+        };
+        let link = out.link.clone();
+        let mut fin = Box::pin(async move {
+            out.finish(&events, end).await;
+        });
+        assert!(futures_util::poll!(fin.as_mut()).is_pending(), "gate shut");
+        assert!(!link.ended());
+        link.open_gate();
+        fin.await;
+        assert!(link.ended());
+        let Some(ToWriter::One(b)) = rx.recv().await else {
+            panic!("one buffer queued");
+        };
+        let kinds: Vec<u8> = decode_all(BytesMut::from(&b[..]))
+            .iter()
+            .map(|r| r.kind)
+            .collect();
+        let want = [
+            record::STDOUT,
+            record::STDOUT,
+            record::END_REQUEST,
+            record::STDERR,
+        ];
+        assert_eq!(kinds, want);
+    }
+}
