@@ -243,7 +243,10 @@ impl Demux {
     }
 
     /// Handles one record. `rest` is what follows it in the read buffer,
-    /// `now` when it was read.
+    /// `now` when it was read. Inlined into the reader's loop: a call per
+    /// record, returning its `Action` through memory, costs more than the
+    /// work of most records.
+    #[inline(always)]
     pub(super) fn on_record(
         &mut self,
         rec: Record,
@@ -452,7 +455,22 @@ impl Demux {
             return self.answer(i, r, Some(&params));
         }
         // Counted in flight from here; the request task's drop ends it.
-        self.start(i, params, mapped, stdin_ends_next, now, to);
+        let (body, body_shared, bodiless) =
+            self.open_body(i, mapped.content_length, stdin_ends_next, now);
+        let inline = bodiless && to.inline_free() && self.live() == 1;
+        let entry = &self.reqs[i];
+        // Built here, from the locals, so that the params and the mapped
+        // request are moved once on their way to the dispatcher.
+        to.start(Admitted {
+            id: entry.id,
+            keep_conn: entry.keep_conn,
+            link: entry.link.clone(),
+            params,
+            mapped,
+            body,
+            body_shared,
+            inline,
+        });
         Action::Nothing
     }
 
@@ -480,22 +498,21 @@ impl Demux {
         None
     }
 
-    /// Sets entry `i` reading its body and hands the request to `to`.
+    /// Sets entry `i` reading its body; returns the handler's end of it
+    /// and whether the request is known to be bodiless.
     /// `stdin_ends_next`: the next record in the buffer is this request's
     /// empty STDIN (see `empty_stdin_next`).
-    fn start(
+    fn open_body(
         &mut self,
         i: usize,
-        params: Params,
-        mapped: request::Mapped,
+        declared: Option<u64>,
         stdin_ends_next: bool,
         now: Instant,
-        to: &mut impl Dispatch,
-    ) {
+    ) -> (Body, Option<Arc<BodyShared>>, bool) {
         // A request known to have no body gets no channel. nginx declares
         // no CONTENT_LENGTH for a GET but sends its empty STDIN in the same
         // write as the PARAMS, so it is usually in the buffer already.
-        let bodiless = match mapped.content_length {
+        let bodiless = match declared {
             Some(n) => n == 0,
             None => stdin_ends_next,
         };
@@ -504,28 +521,18 @@ impl Demux {
         } else {
             let (tx, rx) = mpsc::channel(BODY_WINDOW);
             let shared = Arc::new(BodyShared::default());
-            let body = Body::channel(rx, shared.clone(), mapped.content_length);
+            let body = Body::channel(rx, shared.clone(), declared);
             (Some(tx), Some(shared), body)
         };
-        let inline = bodiless && to.inline_free() && self.live() == 1;
         let entry = &mut self.reqs[i];
         entry.input = Input::Body {
             tx,
             body: body_shared.clone(),
             received: 0,
-            declared: mapped.content_length,
+            declared,
         };
         entry.input_since = now;
-        to.start(Admitted {
-            id: entry.id,
-            keep_conn: entry.keep_conn,
-            link: entry.link.clone(),
-            params,
-            mapped,
-            body,
-            body_shared,
-            inline,
-        });
+        (body, body_shared, bodiless)
     }
 
     /// Answers entry `i` with an error response written by the server.

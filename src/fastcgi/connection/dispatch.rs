@@ -44,6 +44,9 @@ impl Dispatch for Starter<'_> {
         self.inline.is_none()
     }
 
+    // Inlined into the demultiplexer: `Admitted` is then built in place,
+    // not copied into a call (it holds the params and the mapped request).
+    #[inline(always)]
     fn start(&mut self, a: Admitted) {
         let request_id = self.engine.stats.next_request_id();
         let (parts, ()) = a.mapped.request.into_parts();
@@ -150,7 +153,11 @@ impl RequestTask {
                     r = respond => Some(r),
                 }
             };
-            let note = task.end(result, &mut out, &mut bytes_out).await;
+            let (end, note) = task.ending(result, &mut out, &mut bytes_out);
+            // `None`: the connection is gone, no END_REQUEST can be sent.
+            if let Some(end) = end {
+                out.finish(&task.events, end).await;
+            }
             if task.events.is_set(DRAINING) {
                 task.events.raise(TASK_ENDED);
             }
@@ -163,14 +170,15 @@ impl RequestTask {
         }
     }
 
-    /// Ends the request after `respond` (`None`: cancelled); returns the
-    /// access log's note.
-    async fn end(
+    /// How the request ends after `respond` (`None`: cancelled): the
+    /// END_REQUEST to send, if any can be, and the access log's note. Not
+    /// async, so that its state is not kept in every request's future.
+    fn ending(
         &mut self,
         result: Option<std::thread::Result<Outcome>>,
         out: &mut Output,
         bytes_out: &mut u64,
-    ) -> Option<String> {
+    ) -> (Option<End>, Option<String>) {
         let mut end = End {
             app_status: 1,
             stdout_end: true,
@@ -186,7 +194,7 @@ impl RequestTask {
                 Some(format!("response body failed after the head was sent: {e}"))
             }
             Some(Ok(Outcome::WriterGone)) => {
-                return Some("connection closed while responding".into());
+                return (None, Some("connection closed while responding".into()));
             }
             Some(Err(panic)) => {
                 let msg = panic_message(&*panic);
@@ -210,8 +218,7 @@ impl RequestTask {
                 Some("request aborted".into())
             }
         };
-        out.finish(&self.events, end).await;
-        note
+        (Some(end), note)
     }
 
     /// Replaces whatever is buffered with the server's own error response.
