@@ -592,23 +592,21 @@ impl Demux {
         }
         if rec.content.is_empty() {
             tx.take();
-            link.open_gate();
+            match declared.filter(|&d| *received != d) {
+                Some(d) => refuse_bad_length(id, link, body.as_deref(), d, *received, false),
+                None => link.open_gate(),
+            }
             return Ok(Action::Nothing);
         }
         *received += rec.content.len() as u64;
-        let failure = if *received > limit {
-            Some(BodyError::TooLarge { limit })
-        } else {
-            declared
-                .filter(|&d| *received > d)
-                .map(|d| BodyError::LengthMismatch {
-                    declared: d,
-                    received: *received,
-                })
-        };
-        if let Some(e) = failure {
+        if let Some(d) = declared.filter(|&d| *received > d) {
+            tx.take();
+            refuse_bad_length(id, link, body.as_deref(), d, *received, true);
+            return Ok(Action::Nothing);
+        }
+        if *received > limit {
             if let Some(body) = body {
-                body.fail(e);
+                body.fail(BodyError::TooLarge { limit });
             }
             tx.take();
             link.open_gate();
@@ -660,6 +658,41 @@ impl Demux {
             }
         }
     }
+}
+
+/// STDIN disagrees with CONTENT_LENGTH: the request is answered 400 (by
+/// its task, which is cancelled), never served with a truncated or padded
+/// body. `more`: the data went past the declared length (`received` counts
+/// it so far); else the stream ended short.
+fn refuse_bad_length(
+    id: u16,
+    link: &RequestLink,
+    body: Option<&BodyShared>,
+    declared: u64,
+    received: u64,
+    more: bool,
+) {
+    if more {
+        warn!(
+            id,
+            declared,
+            received,
+            "STDIN carried more than the CONTENT_LENGTH of {declared} bytes ({received} so far); \
+             answering 400"
+        );
+    } else {
+        warn!(
+            id,
+            declared,
+            received,
+            "STDIN ended after {received} bytes but CONTENT_LENGTH declared {declared}; \
+             answering 400"
+        );
+    }
+    if let Some(body) = body {
+        body.fail(BodyError::LengthMismatch { declared, received });
+    }
+    link.refuse_bad_length();
 }
 
 /// Whether `buf` starts with the empty STDIN record that ends request

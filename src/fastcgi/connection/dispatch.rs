@@ -204,9 +204,25 @@ impl RequestTask {
                     "handler panicked: {msg}"
                 );
                 if self.status == 0 {
-                    self.error_response(out, bytes_out, StatusCode::INTERNAL_SERVER_ERROR);
+                    self.error_response(
+                        out,
+                        bytes_out,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal server error",
+                    );
                 }
                 Some(format!("handler panicked: {msg}"))
+            }
+            None if out.link.bad_length() => {
+                // The demultiplexer logged the figures.
+                self.error_response(
+                    out,
+                    bytes_out,
+                    StatusCode::BAD_REQUEST,
+                    "request body length does not match CONTENT_LENGTH",
+                );
+                end.app_status = 0;
+                Some("request body length does not match CONTENT_LENGTH".into())
             }
             None => {
                 // Aborted by the web server, or the connection is gone.
@@ -222,10 +238,16 @@ impl RequestTask {
     }
 
     /// Replaces whatever is buffered with the server's own error response.
-    fn error_response(&mut self, out: &mut Output, bytes_out: &mut u64, status: StatusCode) {
+    fn error_response(
+        &mut self,
+        out: &mut Output,
+        bytes_out: &mut u64,
+        status: StatusCode,
+        reason: &str,
+    ) {
         out.discard();
         let id = out.id();
-        *bytes_out = encode_error(&mut out.buf, id, status, "internal server error");
+        *bytes_out = encode_error(&mut out.buf, id, status, reason);
         self.status = status.as_u16();
     }
 

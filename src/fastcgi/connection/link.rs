@@ -19,7 +19,10 @@ pub(super) struct RequestLink {
     /// The web server aborted the request, or its connection is gone: the
     /// handler is dropped (see `RequestTask::run`).
     cancelled: AtomicBool,
-    /// The request task's waker, for both flags above: only that one task
+    /// STDIN disagreed with CONTENT_LENGTH: the request is cancelled and
+    /// answered 400 (set before `cancelled`).
+    bad_length: AtomicBool,
+    /// The request task's waker, for the flags above: only that one task
     /// ever waits on them.
     task: futures_util::task::AtomicWaker,
 }
@@ -34,10 +37,28 @@ impl RequestLink {
     /// The reader gives the request up (aborted, or the connection is
     /// gone): its handler is cancelled and its gate opened, so a task
     /// waiting to respond cannot wait forever. One wake-up for both.
+    /// `cancelled` is set before `input_done`, so a task that finds its
+    /// gate open can tell whether that is because it was cancelled (see
+    /// `wait_open`).
     pub(super) fn abandon(&self) {
-        self.input_done.store(true, Ordering::Release);
         self.cancelled.store(true, Ordering::Release);
+        self.input_done.store(true, Ordering::Release);
         self.task.wake();
+    }
+
+    /// STDIN disagreed with CONTENT_LENGTH: the handler is cancelled and
+    /// the request task answers 400 instead.
+    pub(super) fn refuse_bad_length(&self) {
+        self.bad_length.store(true, Ordering::Release);
+        self.abandon();
+    }
+
+    pub(super) fn bad_length(&self) -> bool {
+        self.bad_length.load(Ordering::Acquire)
+    }
+
+    pub(super) fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 
     /// Marks the id free (the END_REQUEST is about to be queued).
@@ -53,9 +74,32 @@ impl RequestLink {
         self.input_done.load(Ordering::Acquire)
     }
 
-    /// Resolves once the gate is open.
+    /// Resolves once the gate is open, cancelled or not.
     pub(super) fn wait_gate(&self) -> impl Future<Output = ()> + '_ {
         self.wait_for(&self.input_done)
+    }
+
+    /// Resolves once the gate is open for a response the service wrote;
+    /// never for a cancelled request, whose task answers in its own way
+    /// (an abort, a 400): the caller races it against `wait_cancelled`,
+    /// which then wins, so the service's response never goes out.
+    pub(super) fn wait_open(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.cancelled() {
+                return Poll::Pending;
+            }
+            if self.input_done() {
+                return Poll::Ready(());
+            }
+            self.task.register(cx.waker());
+            if self.cancelled() {
+                Poll::Pending
+            } else if self.input_done() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// Resolves once the request is cancelled.

@@ -66,10 +66,11 @@ impl Output {
         self.parts_len = 0;
     }
 
-    /// Waits until the request's STDIN is complete (once).
+    /// Waits until the request's STDIN is complete (once); never resolves
+    /// for a cancelled request (see `RequestLink::wait_open`).
     pub(super) async fn wait_gate(&mut self) {
         if !self.opened {
-            self.link.wait_gate().await;
+            self.link.wait_open().await;
             self.opened = true;
         }
     }
@@ -164,7 +165,12 @@ impl Output {
     /// empty STDERR record follows END_REQUEST: nginx then does not put the
     /// connection back into its keepalive cache.
     pub(super) async fn finish(&mut self, events: &ConnEvents, end: End) {
-        self.wait_gate().await;
+        // Any reason the gate opened will do here: what is buffered now is
+        // what the request task decided to send, cancelled or not.
+        if !self.opened {
+            self.link.wait_gate().await;
+            self.opened = true;
+        }
         if end.stdout_end {
             record::put_stream_end(&mut self.buf, record::STDOUT, self.id);
         }

@@ -431,23 +431,87 @@ fn caps_refuse_with_the_right_status() {
     }
 }
 
+const POST0: &[(&str, &str)] = &[
+    ("REQUEST_METHOD", "POST"),
+    ("REQUEST_URI", "/"),
+    ("CONTENT_LENGTH", "0"),
+];
+
+/// A case, its params, the records after BEGIN and PARAMS, and whether the
+/// request is refused.
+type LengthCase = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Vec<(In, Want)>,
+    bool,
+);
+
 #[test]
-fn body_over_the_declared_length_or_the_limit_fails_the_body() {
+fn stdin_that_disagrees_with_content_length_is_refused() {
     use In::*;
     use Want::*;
-    let steps = [
-        (Begin(1), Nothing),
-        (Params(1, POST5), Nothing),
-        (ParamsEnd(1), Started(1, false, Some(5))),
-        (Stdin(1, b"hello!"), Nothing),
-        (Stdin(1, b"more"), Nothing),
+    let cases: Vec<LengthCase> = vec![
+        (
+            "exactly as declared",
+            POST5,
+            vec![(Stdin(1, b"hello"), Feed(1, 5)), (StdinEnd(1), Nothing)],
+            false,
+        ),
+        (
+            "more than declared",
+            POST5,
+            vec![(Stdin(1, b"hello!"), Nothing), (Stdin(1, b"x"), Nothing)],
+            true,
+        ),
+        (
+            "more than declared, over two records",
+            POST5,
+            vec![(Stdin(1, b"hel"), Feed(1, 3)), (Stdin(1, b"lo!"), Nothing)],
+            true,
+        ),
+        (
+            "less than declared",
+            POST5,
+            vec![(Stdin(1, b"hel"), Feed(1, 3)), (StdinEnd(1), Nothing)],
+            true,
+        ),
+        (
+            "CONTENT_LENGTH 0 with data (no body channel at all)",
+            POST0,
+            vec![(Stdin(1, b"data"), Nothing), (StdinEnd(1), Nothing)],
+            true,
+        ),
+        (
+            "no CONTENT_LENGTH: any length",
+            POST_UNDECLARED,
+            vec![(Stdin(1, b"data"), Feed(1, 4)), (StdinEnd(1), Nothing)],
+            false,
+        ),
     ];
-    let (_d, rec) = run("over declared", engine(), &steps);
-    let a = &rec.started[0];
-    assert!(a.link.input_done(), "gate open");
-    let err = format!("{:?}", a.body_shared.as_ref().map(|b| b.failed_too_large()));
-    assert_eq!(err, "Some(false)");
+    for (name, params, rest, refused) in cases {
+        let mut steps = vec![(Begin(1), Nothing), (Params(1, params), Nothing)];
+        let cl = if params == POST5 {
+            Some(5)
+        } else if params == POST0 {
+            Some(0)
+        } else {
+            None
+        };
+        // A declared empty body is bodiless: it runs inline.
+        steps.push((ParamsEnd(1), Started(1, cl == Some(0), cl)));
+        steps.extend(rest);
+        let (_d, rec) = run(name, engine(), &steps);
+        let link = &rec.started[0].link;
+        assert_eq!(link.bad_length(), refused, "{name}: refused");
+        assert_eq!(link.cancelled(), refused, "{name}: handler cancelled");
+        assert!(link.input_done(), "{name}: gate open");
+    }
+}
 
+#[test]
+fn body_over_the_limit_fails_the_body() {
+    use In::*;
+    use Want::*;
     let steps = [
         (Begin(1), Nothing),
         (Params(1, POST_UNDECLARED), Nothing),
@@ -458,6 +522,11 @@ fn body_over_the_declared_length_or_the_limit_fails_the_body() {
     let (_d, rec) = run("over the limit", engine(), &steps);
     let shared = rec.started[0].body_shared.as_ref().expect("a body");
     assert!(shared.failed_too_large());
+    assert!(rec.started[0].link.input_done(), "gate open for the 413");
+    assert!(
+        !rec.started[0].link.cancelled(),
+        "the handler still answers"
+    );
 }
 
 #[test]
