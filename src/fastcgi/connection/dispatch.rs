@@ -13,10 +13,10 @@ use crate::access::AccessLog;
 use crate::body::BodyShared;
 use crate::service::{BoxError, BoxFuture, ResponseBody, panic_message};
 use crate::{RequestInfo, Transport};
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use http::StatusCode;
-use http_body::Body as _;
+use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -111,6 +111,11 @@ enum Outcome {
     BodyFailed(String),
     /// The writer's queue closed: the connection is gone.
     WriterGone,
+    /// The handler wrote `FLUSH_AT` bytes of response before its request's
+    /// STDIN was complete. Responses wait for the body, so holding more
+    /// would be unbounded memory, and a handler that streams its answer to
+    /// what it reads would wait for itself (until the stall timeout).
+    BeforeBody,
 }
 
 /// One request's handler and its output. Reaches the engine through the
@@ -185,6 +190,12 @@ impl RequestTask {
             close: !self.keep_conn,
             farewell: self.keep_conn && self.events.is_set(DRAINING),
         };
+        // A cancellation that came while the service's answer was being cut
+        // short is still a cancellation (an abort, a 400).
+        let result = match result {
+            Some(Ok(Outcome::BeforeBody)) if out.link.cancelled() => None,
+            r => r,
+        };
         let note = match result {
             Some(Ok(Outcome::Complete)) => {
                 end.app_status = 0;
@@ -195,6 +206,25 @@ impl RequestTask {
             }
             Some(Ok(Outcome::WriterGone)) => {
                 return (None, Some("connection closed while responding".into()));
+            }
+            Some(Ok(Outcome::BeforeBody)) => {
+                error!(
+                    request_id = self.log.request_id,
+                    uri = %self.log.uri,
+                    "handler wrote {FLUSH_AT} bytes of its response before reading its whole \
+                     request body; responses wait for the body (nginx stops sending it once a \
+                     response begins), so the request fails with 500: read the body first"
+                );
+                self.error_response(
+                    out,
+                    bytes_out,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal server error",
+                );
+                // Nothing of the body is wanted any more: the 500 goes out
+                // now, and the reader drops the rest of STDIN.
+                out.link.open_gate();
+                Some("response began before the request body was read".into())
             }
             Some(Err(panic)) => {
                 let msg = panic_message(&*panic);
@@ -298,16 +328,9 @@ impl RequestTask {
             };
         }
         loop {
-            // Take every frame that is ready now; hand the batch to the
-            // writer only when the body would wait (or the batch is big).
-            let frame = match body.frame().now_or_never() {
-                Some(f) => f,
-                None => {
-                    if out.flush().await.is_err() {
-                        return Outcome::WriterGone;
-                    }
-                    body.frame().await
-                }
+            let frame = match next_frame(&mut body, out).await {
+                Ok(f) => f,
+                Err(WriterGone) => return Outcome::WriterGone,
             };
             match frame {
                 None => {
@@ -322,12 +345,40 @@ impl RequestTask {
                     if let Ok(mut data) = frame.into_data() {
                         *bytes_out += data.remaining() as u64;
                         out.stdout(data.copy_to_bytes(data.remaining()));
-                        if out.buffered() >= FLUSH_AT && out.flush().await.is_err() {
-                            return Outcome::WriterGone;
+                        if out.buffered() >= FLUSH_AT {
+                            if !out.gate_open() {
+                                return Outcome::BeforeBody;
+                            }
+                            if out.flush().await.is_err() {
+                                return Outcome::WriterGone;
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The response body's next frame. Takes every frame that is ready now and
+/// hands the batch to the writer only when the body would wait. While the
+/// request's STDIN is incomplete the batch is held (responses wait for the
+/// body), but it goes out as soon as the gate opens, even if the body
+/// still waits.
+async fn next_frame(
+    body: &mut ResponseBody,
+    out: &mut Output,
+) -> Result<Option<Result<Frame<Bytes>, BoxError>>, WriterGone> {
+    if let Some(f) = body.frame().now_or_never() {
+        return Ok(f);
+    }
+    if !out.gate_open() {
+        tokio::select! {
+            biased;
+            f = body.frame() => return Ok(f),
+            () = out.wait_gate() => {}
+        }
+    }
+    out.flush().await?;
+    Ok(body.frame().await)
 }

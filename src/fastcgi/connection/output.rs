@@ -75,6 +75,14 @@ impl Output {
         }
     }
 
+    /// Whether output may go to the writer now.
+    pub(super) fn gate_open(&mut self) -> bool {
+        if !self.opened && self.link.input_done() && !self.link.cancelled() {
+            self.opened = true;
+        }
+        self.opened
+    }
+
     /// Appends the CGI head as one STDOUT record, encoded in place (no
     /// intermediate buffer): the header is written once the length is known.
     pub(super) fn head(&mut self, parts: &http::response::Parts, exact_len: Option<u64>) {
@@ -123,6 +131,9 @@ impl Output {
 
     /// Hands what is encoded to the writer, after waiting for the gate.
     pub(super) async fn flush(&mut self) -> Result<(), WriterGone> {
+        if self.buffered() == 0 {
+            return Ok(());
+        }
         self.wait_gate().await;
         // The buffer is handed over whole, not split off: a split would
         // allocate a shared header for it, and only a streamed body reuses
