@@ -208,3 +208,45 @@ async fn a_handler_streaming_its_answer_while_reading_its_body_fails_fast_with_5
     let h = within("reply after", c.reply(3)).await.http();
     assert_eq!((h.status, h.body.as_slice()), (200, &b"hello"[..]));
 }
+
+/// The BYTES_OUT of the first access-log line for `what` ("POST /echo 200").
+fn logged_bytes(log: &str, what: &str) -> Option<u64> {
+    let rest = &log[log.find(what)? + what.len()..];
+    rest.trim_start().split('B').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn bytes_out_counts_what_reached_the_socket_not_what_was_queued() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = Server::start(&[]);
+    // A whole response: every body byte is counted.
+    let mut c = Conn::connect(&srv.sock).await;
+    c.send(&post(1, Some(5), b"hello")).await;
+    let h = within("reply", c.reply(1)).await.http();
+    assert_eq!(h.status, 200);
+    let log = wait_log(&srv, "POST /echo 200");
+    assert_eq!(logged_bytes(&log, "POST /echo 200"), Some(5), "{log}");
+    c.finish().await;
+    // A 4 MiB echo to a client that reads 1 KiB of it and leaves: what
+    // the log reports is what the socket took, far less than 4 MiB.
+    let body = vec![b'x'; 4 << 20];
+    let mut s = tokio::net::UnixStream::connect(&srv.sock)
+        .await
+        .expect("connect");
+    let req = raw::request(2, true, "PUT", "/echo", &[], &body);
+    within("send", s.write_all(&req))
+        .await
+        .expect("request sent");
+    let mut some = [0u8; 1024];
+    within("read", s.read_exact(&mut some))
+        .await
+        .expect("1 KiB of answer");
+    drop(s);
+    let log = wait_log(&srv, "PUT /echo 200");
+    let n = logged_bytes(&log, "PUT /echo 200").expect("a byte count");
+    eprintln!("BYTES_OUT {n}");
+    assert!(
+        n < 1 << 20,
+        "BYTES_OUT {n} for a client that left after 1 KiB:\n{log}"
+    );
+}

@@ -6,7 +6,7 @@
 
 use super::demux::{Admitted, Dispatch};
 use super::events::{ConnEvents, DRAINING, TASK_ENDED};
-use super::output::{End, FLUSH_AT, Output, WriterGone, encode_error};
+use super::output::{End, FLUSH_AT, Output, Receipt, WriterGone, encode_error};
 use super::writer::ToWriter;
 use super::{ConnMeta, Engine};
 use crate::access::AccessLog;
@@ -76,6 +76,9 @@ impl Dispatch for Starter<'_> {
             status: 0,
         };
         let mut out = Output::new(a.id, self.out.clone(), a.link);
+        if task.log.started.is_some() {
+            out.tally();
+        }
         if a.inline {
             out.inline = Some(self.events.clone());
         }
@@ -147,32 +150,64 @@ impl RequestTask {
         let mut task = self;
         let mut out = out;
         async move {
-            let mut bytes_out = 0u64;
             let link = out.link.clone();
             let result = {
-                let respond =
-                    AssertUnwindSafe(task.respond(call, &mut out, &mut bytes_out)).catch_unwind();
+                let respond = AssertUnwindSafe(task.respond(call, &mut out)).catch_unwind();
                 tokio::select! {
                     biased;
                     () = link.wait_cancelled() => None,
                     r = respond => Some(r),
                 }
             };
-            let (end, note) = task.ending(result, &mut out, &mut bytes_out);
-            // `None`: the connection is gone, no END_REQUEST can be sent.
-            if let Some(end) = end {
-                out.finish(&task.events, end).await;
+            let (end, note) = task.ending(result, &mut out);
+            let status = if task.status == 0 { 499 } else { task.status };
+            match end {
+                // The access log is written once the response is (see
+                // `Receipt`), so that BYTES_OUT counts what reached the socket.
+                Some(end) if out.tallied() => {
+                    // (An Arc of the server's stats, not of the connection's
+                    // events: a tally waiting in `inline_out` would make a
+                    // cycle that keeps the connection's state alive.)
+                    let stats = task.events.engine.stats.clone();
+                    let receipt = Receipt {
+                        log: task.take_log(),
+                        stats,
+                        status,
+                        note,
+                    };
+                    out.finish(&task.events, end, Some(receipt)).await;
+                }
+                Some(end) => {
+                    out.finish(&task.events, end, None).await;
+                    // The access log is off: only the counters.
+                    task.log
+                        .finish(&task.events.engine.stats, status, 0, note.as_deref());
+                }
+                // The connection is gone, no END_REQUEST can be sent.
+                None => {
+                    let written = link.body_written();
+                    let stats = &task.events.engine.stats;
+                    task.log.finish(stats, status, written, note.as_deref());
+                }
             }
             if task.events.is_set(DRAINING) {
                 task.events.raise(TASK_ENDED);
             }
-            task.log.finish(
-                &task.events.engine.stats,
-                if task.status == 0 { 499 } else { task.status },
-                bytes_out,
-                note.as_deref(),
-            );
         }
+    }
+
+    /// The access log record, leaving an inert one behind (the task's
+    /// `Drop` keeps the struct whole).
+    fn take_log(&mut self) -> AccessLog {
+        let inert = AccessLog {
+            transport: self.log.transport,
+            method: String::new(),
+            uri: String::new(),
+            peer: String::new(),
+            request_id: self.log.request_id,
+            started: None,
+        };
+        std::mem::replace(&mut self.log, inert)
     }
 
     /// How the request ends after `respond` (`None`: cancelled): the
@@ -182,7 +217,6 @@ impl RequestTask {
         &mut self,
         result: Option<std::thread::Result<Outcome>>,
         out: &mut Output,
-        bytes_out: &mut u64,
     ) -> (Option<End>, Option<String>) {
         let mut end = End {
             app_status: 1,
@@ -217,7 +251,6 @@ impl RequestTask {
                 );
                 self.error_response(
                     out,
-                    bytes_out,
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal server error",
                 );
@@ -236,7 +269,6 @@ impl RequestTask {
                 if self.status == 0 {
                     self.error_response(
                         out,
-                        bytes_out,
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal server error",
                     );
@@ -247,7 +279,6 @@ impl RequestTask {
                 // The demultiplexer logged the figures.
                 self.error_response(
                     out,
-                    bytes_out,
                     StatusCode::BAD_REQUEST,
                     "request body length does not match CONTENT_LENGTH",
                 );
@@ -258,7 +289,9 @@ impl RequestTask {
                 // Aborted by the web server, or the connection is gone.
                 out.discard();
                 end.stdout_end = false;
-                if self.status == 0 {
+                // The service's status only if some of its answer may
+                // have gone out; a head still held at the gate never did.
+                if self.status == 0 || !out.opened() {
                     self.status = 499;
                 }
                 Some("request aborted".into())
@@ -268,16 +301,11 @@ impl RequestTask {
     }
 
     /// Replaces whatever is buffered with the server's own error response.
-    fn error_response(
-        &mut self,
-        out: &mut Output,
-        bytes_out: &mut u64,
-        status: StatusCode,
-        reason: &str,
-    ) {
+    fn error_response(&mut self, out: &mut Output, status: StatusCode, reason: &str) {
         out.discard();
         let id = out.id();
-        *bytes_out = encode_error(&mut out.buf, id, status, reason);
+        let body = encode_error(&mut out.buf, id, status, reason);
+        out.add_body(body);
         self.status = status.as_u16();
     }
 
@@ -316,7 +344,7 @@ impl RequestTask {
         body
     }
 
-    async fn respond(&mut self, call: BoxFuture, out: &mut Output, bytes_out: &mut u64) -> Outcome {
+    async fn respond(&mut self, call: BoxFuture, out: &mut Output) -> Outcome {
         // The head is written in a plain function: as locals here, the
         // response head (a HeaderMap and more) would be kept in the task's
         // future across the awaits below.
@@ -343,7 +371,6 @@ impl RequestTask {
                 Some(Err(e)) => return Outcome::BodyFailed(e.to_string()),
                 Some(Ok(frame)) => {
                     if let Ok(mut data) = frame.into_data() {
-                        *bytes_out += data.remaining() as u64;
                         out.stdout(data.copy_to_bytes(data.remaining()));
                         if out.buffered() >= FLUSH_AT {
                             if !out.gate_open() {

@@ -8,7 +8,8 @@
 //! server's shutdown token's is shared by every connection).
 
 use super::Engine;
-use super::writer::WRITE_BATCH;
+use super::output::Tally;
+use super::writer::{Pending, WRITE_BATCH};
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ pub(super) struct ConnEvents {
     /// writer finds it in the same pass. Through the writer's channel the
     /// task would wake itself, which tokio's scheduler answers by waking
     /// another worker thread to steal (a futex call a request).
-    inline_out: std::sync::Mutex<Vec<Bytes>>,
+    inline_out: std::sync::Mutex<Pending>,
     pub(super) engine: Arc<Engine>,
 }
 
@@ -63,35 +64,50 @@ impl ConnEvents {
         }
     }
 
-    /// Queues `parts`, then `buf`, for the writer (emptying both) unless
-    /// too much is queued already. `buf` is taken separately so that a
-    /// small response, which is only `buf`, needs no Vec of its own.
-    pub(super) fn push_inline_out(&self, parts: &mut Vec<Bytes>, buf: &mut BytesMut) -> bool {
+    /// Queues `parts`, then `buf`, then `tally`, for the writer (emptying
+    /// all three) unless too much is queued already. `buf` is taken
+    /// separately so that a small response, which is only `buf`, needs no
+    /// Vec of its own.
+    pub(super) fn push_inline_out(
+        &self,
+        parts: &mut Vec<Bytes>,
+        buf: &mut BytesMut,
+        tally: &mut Option<Tally>,
+    ) -> bool {
         let Ok(mut q) = self.inline_out.lock() else {
             return false;
         };
-        let queued: usize = q.iter().map(Bytes::len).sum();
+        let queued: usize = q.bufs.iter().map(Bytes::len).sum();
         if queued >= WRITE_BATCH {
             return false;
         }
-        q.append(parts);
+        q.bufs.append(parts);
         if !buf.is_empty() {
-            q.push(std::mem::take(buf).freeze());
+            q.bufs.push(std::mem::take(buf).freeze());
+        }
+        if let Some(mut t) = tally.take() {
+            t.at = queued + t.len;
+            q.tallies.push(t);
         }
         true
     }
 
     /// Moves what `push_inline_out` queued into the writer's batch.
-    pub(super) fn take_inline_out(&self, batch: &mut Vec<Bytes>, size: &mut usize) -> bool {
+    pub(super) fn take_inline_out(&self, batch: &mut Pending, size: &mut usize) -> bool {
         let Ok(mut q) = self.inline_out.lock() else {
             return false;
         };
-        if q.is_empty() {
+        if q.bufs.is_empty() && q.tallies.is_empty() {
             return false;
         }
-        for b in q.drain(..) {
+        let before = *size;
+        for b in q.bufs.drain(..) {
             *size += b.len();
-            batch.push(b);
+            batch.bufs.push(b);
+        }
+        for mut t in q.tallies.drain(..) {
+            t.at += before;
+            batch.tallies.push(t);
         }
         true
     }
@@ -191,18 +207,19 @@ mod tests {
         let ev = events();
         let mut parts = vec![Bytes::from_static(b"ab")];
         let mut buf = BytesMut::from(&b"cd"[..]);
-        assert!(ev.push_inline_out(&mut parts, &mut buf));
+        let mut none = None;
+        assert!(ev.push_inline_out(&mut parts, &mut buf, &mut none));
         assert!(parts.is_empty() && buf.is_empty());
         let mut big = vec![Bytes::from(vec![0u8; WRITE_BATCH])];
-        assert!(ev.push_inline_out(&mut big, &mut BytesMut::new()));
+        assert!(ev.push_inline_out(&mut big, &mut BytesMut::new(), &mut none));
         let mut more = vec![Bytes::from_static(b"x")];
-        assert!(!ev.push_inline_out(&mut more, &mut BytesMut::new()));
+        assert!(!ev.push_inline_out(&mut more, &mut BytesMut::new(), &mut none));
         assert_eq!(more.len(), 1, "a refused push keeps its parts");
-        let (mut batch, mut size) = (Vec::new(), 0);
+        let (mut batch, mut size) = (Pending::default(), 0);
         assert!(ev.take_inline_out(&mut batch, &mut size));
         assert_eq!(size, 4 + WRITE_BATCH);
-        assert_eq!(&batch[0][..], b"ab");
-        assert_eq!(&batch[1][..], b"cd");
+        assert_eq!(&batch.bufs[0][..], b"ab");
+        assert_eq!(&batch.bufs[1][..], b"cd");
         assert!(!ev.take_inline_out(&mut batch, &mut size), "emptied");
     }
 

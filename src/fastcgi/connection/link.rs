@@ -5,7 +5,7 @@
 //! lock per use).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 
 /// The flags a request task and the reader share.
@@ -22,6 +22,9 @@ pub(super) struct RequestLink {
     /// STDIN disagreed with CONTENT_LENGTH: the request is cancelled and
     /// answered 400 (set before `cancelled`).
     bad_length: AtomicBool,
+    /// Body bytes of the response the writer has written to the socket
+    /// (counted only while the access log is on, see `output::Tally`).
+    body_written: AtomicU64,
     /// The request task's waker, for the flags above: only that one task
     /// ever waits on them.
     task: futures_util::task::AtomicWaker,
@@ -55,6 +58,15 @@ impl RequestLink {
 
     pub(super) fn bad_length(&self) -> bool {
         self.bad_length.load(Ordering::Acquire)
+    }
+
+    /// The writer wrote `n` more body bytes of this request.
+    pub(super) fn credit(&self, n: u64) {
+        self.body_written.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(super) fn body_written(&self) -> u64 {
+        self.body_written.load(Ordering::Acquire)
     }
 
     pub(super) fn cancelled(&self) -> bool {

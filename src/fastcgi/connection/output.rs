@@ -6,7 +6,9 @@
 use super::events::{ConnEvents, WRITE_FAILED};
 use super::link::RequestLink;
 use super::writer::ToWriter;
+use crate::access::AccessLog;
 use crate::fastcgi::{record, response};
+use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use std::sync::Arc;
@@ -34,6 +36,10 @@ pub(super) struct Output {
     parts_len: usize,
     /// The gate was found open: output may go to the writer.
     opened: bool,
+    /// Count what the writer writes of this response (see `Tally`).
+    tallied: bool,
+    /// Body bytes encoded since the last hand-over.
+    body_pending: u64,
 }
 
 impl Output {
@@ -47,7 +53,23 @@ impl Output {
             parts: Vec::new(),
             parts_len: 0,
             opened: false,
+            tallied: false,
+            body_pending: 0,
         }
+    }
+
+    /// Counts what the writer writes of this response, for the access log.
+    pub(super) fn tally(&mut self) {
+        self.tallied = true;
+    }
+
+    pub(super) fn tallied(&self) -> bool {
+        self.tallied
+    }
+
+    /// `n` bytes just encoded were response body (not head or framing).
+    pub(super) fn add_body(&mut self, n: u64) {
+        self.body_pending += n;
     }
 
     pub(super) fn id(&self) -> u16 {
@@ -64,6 +86,7 @@ impl Output {
         self.buf.clear();
         self.parts.clear();
         self.parts_len = 0;
+        self.body_pending = 0;
     }
 
     /// Waits until the request's STDIN is complete (once); never resolves
@@ -73,6 +96,11 @@ impl Output {
             self.link.wait_open().await;
             self.opened = true;
         }
+    }
+
+    /// Whether the gate was found open (output may have gone out).
+    pub(super) fn opened(&self) -> bool {
+        self.opened
     }
 
     /// Whether output may go to the writer now.
@@ -113,6 +141,7 @@ impl Output {
 
     /// Appends body data as STDOUT records.
     pub(super) fn stdout(&mut self, data: Bytes) {
+        self.body_pending += data.len() as u64;
         if data.len() < ZERO_COPY_MIN {
             self.stdout_copy(&data);
             return;
@@ -131,10 +160,22 @@ impl Output {
 
     /// Hands what is encoded to the writer, after waiting for the gate.
     pub(super) async fn flush(&mut self) -> Result<(), WriterGone> {
-        if self.buffered() == 0 {
+        self.hand_over(None).await
+    }
+
+    /// `flush`, with the request's receipt after its last bytes.
+    async fn hand_over(&mut self, receipt: Option<Receipt>) -> Result<(), WriterGone> {
+        if self.buffered() == 0 && receipt.is_none() {
             return Ok(());
         }
         self.wait_gate().await;
+        let mut tally = self.tallied.then(|| Tally {
+            link: self.link.clone(),
+            body: std::mem::take(&mut self.body_pending),
+            len: self.buffered(),
+            at: 0,
+            receipt,
+        });
         // The buffer is handed over whole, not split off: a split would
         // allocate a shared header for it, and only a streamed body reuses
         // the rest of its capacity (at 64 KiB a flush, one allocation is
@@ -146,26 +187,26 @@ impl Output {
             // Only while nothing of ours can still be in the queue (the
             // writer takes `inline_out` first, so order is kept).
             if self.tx.capacity() == self.tx.max_capacity()
-                && ((self.parts.is_empty() && self.buf.is_empty())
-                    || events.push_inline_out(&mut self.parts, &mut self.buf))
+                && events.push_inline_out(&mut self.parts, &mut self.buf, &mut tally)
             {
                 self.parts_len = 0;
                 return Ok(());
             }
         }
-        let out = if self.parts.is_empty() {
-            if self.buf.is_empty() {
-                return Ok(());
+        if !self.buf.is_empty() {
+            let buf = std::mem::take(&mut self.buf).freeze();
+            if self.parts.is_empty() && tally.is_none() {
+                return queue(&self.tx, ToWriter::One(buf)).await;
             }
-            ToWriter::One(std::mem::take(&mut self.buf).freeze())
-        } else {
-            if !self.buf.is_empty() {
-                self.parts.push(std::mem::take(&mut self.buf).freeze());
-            }
-            self.parts_len = 0;
-            ToWriter::Batch(std::mem::take(&mut self.parts))
-        };
-        queue(&self.tx, out).await
+            self.parts.push(buf);
+        }
+        self.parts_len = 0;
+        let parts = std::mem::take(&mut self.parts);
+        match tally {
+            Some(t) => queue(&self.tx, ToWriter::Tallied(parts, Box::new(t))).await,
+            None if parts.is_empty() => Ok(()),
+            None => queue(&self.tx, ToWriter::Batch(parts)).await,
+        }
     }
 
     /// Ends STDOUT and the request. Waits for the gate first, then marks the
@@ -175,7 +216,8 @@ impl Output {
     /// With `farewell` (shutdown has begun on a kept-alive connection) an
     /// empty STDERR record follows END_REQUEST: nginx then does not put the
     /// connection back into its keepalive cache.
-    pub(super) async fn finish(&mut self, events: &ConnEvents, end: End) {
+    /// With a `receipt`, the access log is written once all of it is.
+    pub(super) async fn finish(&mut self, events: &ConnEvents, end: End, receipt: Option<Receipt>) {
         // Any reason the gate opened will do here: what is buffered now is
         // what the request task decided to send, cancelled or not.
         if !self.opened {
@@ -198,7 +240,7 @@ impl Output {
         // see when, or it would date the connection's idleness too early.
         events.mark_task_end();
         self.link.end();
-        let _ = self.flush().await;
+        let _ = self.hand_over(receipt).await;
         if end.close {
             let _ = queue(&self.tx, ToWriter::Close).await;
         }
@@ -216,6 +258,47 @@ pub(super) struct End {
     pub(super) close: bool,
     /// Add the "do not reuse" marker (shutdown has begun).
     pub(super) farewell: bool,
+}
+
+/// The access-log record of a finished request, written when its last
+/// bytes have reached the socket (or can no longer), so that BYTES_OUT
+/// counts body bytes written, not queued.
+pub(super) struct Receipt {
+    pub(super) log: AccessLog,
+    pub(super) stats: Arc<Stats>,
+    pub(super) status: u16,
+    pub(super) note: Option<String>,
+}
+
+/// Body bytes of one request handed to the writer in one go. The writer
+/// credits them to the request once everything before the tally is
+/// written, and drops the tally uncredited when a write fails. The
+/// request's last tally carries its receipt: the access log is written
+/// when that tally is dropped, with what was credited by then.
+pub(super) struct Tally {
+    link: Arc<RequestLink>,
+    /// Body bytes in its output.
+    pub(super) body: u64,
+    /// Bytes of its output (records: head, body, framing).
+    pub(super) len: usize,
+    /// Where its output ends in the writer's batch (set by the writer).
+    pub(super) at: usize,
+    receipt: Option<Receipt>,
+}
+
+impl Tally {
+    pub(super) fn credit(&self, body: u64) {
+        self.link.credit(body);
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if let Some(r) = self.receipt.take() {
+            let written = self.link.body_written();
+            r.log.finish(&r.stats, r.status, written, r.note.as_deref());
+        }
+    }
 }
 
 /// Queues `out` for the writer: at once when there is room, as there
@@ -252,8 +335,24 @@ pub(super) fn encode_error(b: &mut BytesMut, id: u16, status: StatusCode, reason
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A tally without a receipt, for the writer's tests.
+    pub(in crate::fastcgi::connection) fn tally(
+        link: &Arc<RequestLink>,
+        body: u64,
+        len: usize,
+        at: usize,
+    ) -> Tally {
+        Tally {
+            link: link.clone(),
+            body,
+            len,
+            at,
+            receipt: None,
+        }
+    }
 
     fn decode_all(mut b: BytesMut) -> Vec<record::Record> {
         let mut v = Vec::new();
@@ -309,7 +408,7 @@ mod tests {
         };
         let link = out.link.clone();
         let mut fin = Box::pin(async move {
-            out.finish(&events, end).await;
+            out.finish(&events, end, None).await;
         });
         assert!(futures_util::poll!(fin.as_mut()).is_pending(), "gate shut");
         assert!(!link.ended());

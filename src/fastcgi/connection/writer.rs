@@ -5,6 +5,7 @@
 
 use super::Engine;
 use super::events::{ConnEvents, WRITE_FAILED, WRITER_CLOSED};
+use super::output::Tally;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use std::io::{self, IoSlice};
@@ -30,8 +31,19 @@ pub(super) enum ToWriter {
     /// One buffer: a whole small response (no Vec to allocate).
     One(Bytes),
     Batch(Vec<Bytes>),
+    /// A request's output with its tally (see `Tally`).
+    Tallied(Vec<Bytes>, Box<Tally>),
     /// Write what is queued, shut down writing, linger, close.
     Close,
+}
+
+/// Output on its way to the socket, and the tallies of what it carries:
+/// they are credited once all of it is written, and dropped uncredited if
+/// a write fails.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) bufs: Vec<Bytes>,
+    pub(super) tallies: Vec<Tally>,
 }
 
 /// Writes what the connection queues until the queue closes, a write fails,
@@ -44,35 +56,41 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
 ) {
     let stall = engine.config.stall_timeout;
     // Allocated on first use: an idle connection holds no batch.
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch = Pending::default();
     loop {
         let Some((size, close)) = collect(&mut rx, &events, &mut batch).await else {
             return;
         };
-        if size > 0 {
+        let mut written = 0;
+        // Err(None): the stall timeout.
+        let failure: Result<(), Option<io::Error>> = if size > 0 {
             // The timer only when the socket does not take it all at once
             // (setting one up reads the clock and touches the timer wheel).
-            let write = write_all_vectored(&mut w, &mut batch);
+            let write = write_all_vectored(&mut w, &mut batch.bufs, &mut written);
             tokio::pin!(write);
-            let written = match (&mut write).now_or_never() {
+            let result = match (&mut write).now_or_never() {
                 Some(r) => Ok(r),
                 None => tokio::time::timeout(stall, write).await,
             };
-            match written {
-                Ok(Ok(())) => engine.stats.add_bytes_out(size as u64),
-                Ok(Err(e)) => {
-                    debug!("write failed, closing connection: {e}");
-                    events.raise(WRITE_FAILED);
-                    return;
-                }
-                Err(_) => {
-                    warn!("peer left our output unread for {stall:?}; closing connection");
-                    events.raise(WRITE_FAILED);
-                    return;
-                }
+            match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Some(e)),
+                Err(_) => Err(None),
             }
+        } else {
+            Ok(())
+        };
+        engine.stats.add_bytes_out(written as u64);
+        settle(&mut batch.tallies, written);
+        if let Err(e) = failure {
+            match e {
+                Some(e) => debug!("write failed, closing connection: {e}"),
+                None => warn!("peer left our output unread for {stall:?}; closing connection"),
+            }
+            events.raise(WRITE_FAILED);
+            return;
         }
-        batch.clear();
+        batch.bufs.clear();
         if close {
             let _ = tokio::time::timeout(LINGER, w.shutdown()).await;
             events.raise(WRITER_CLOSED);
@@ -86,7 +104,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
 async fn collect(
     rx: &mut mpsc::Receiver<ToWriter>,
     events: &ConnEvents,
-    batch: &mut Vec<Bytes>,
+    batch: &mut Pending,
 ) -> Option<(usize, bool)> {
     let mut close = false;
     let mut size = 0usize;
@@ -111,26 +129,50 @@ async fn collect(
     Some((size, close))
 }
 
-fn take(m: ToWriter, batch: &mut Vec<Bytes>, size: &mut usize, close: &mut bool) {
+fn take(m: ToWriter, batch: &mut Pending, size: &mut usize, close: &mut bool) {
     match m {
         ToWriter::One(b) => {
             *size += b.len();
-            batch.push(b);
+            batch.bufs.push(b);
         }
         ToWriter::Batch(v) => {
             for b in v {
                 *size += b.len();
-                batch.push(b);
+                batch.bufs.push(b);
             }
+        }
+        ToWriter::Tallied(v, mut t) => {
+            for b in v {
+                *size += b.len();
+                batch.bufs.push(b);
+            }
+            t.at = *size;
+            batch.tallies.push(*t);
         }
         ToWriter::Close => *close = true,
     }
 }
 
-/// Writes every buffer with as few syscalls as the socket allows.
+/// Credits each tally with the body bytes of its output among the first
+/// `written` bytes of the batch (all of them once the batch is written),
+/// then drops it, which writes the access log of a request's last one. The
+/// framing (the head, record headers) is taken off first, so a partly
+/// written output is never credited more body than reached the socket.
+fn settle(tallies: &mut Vec<Tally>, written: usize) {
+    for t in tallies.drain(..) {
+        let start = t.at.saturating_sub(t.len);
+        let data = written.saturating_sub(start).min(t.len) as u64;
+        let framing = (t.len as u64).saturating_sub(t.body);
+        t.credit(data.saturating_sub(framing));
+    }
+}
+
+/// Writes every buffer with as few syscalls as the socket allows, counting
+/// in `written` what the socket took (also when it then fails).
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
     bufs: &mut [Bytes],
+    written: &mut usize,
 ) -> io::Result<()> {
     let mut i = 0;
     while i < bufs.len() {
@@ -150,6 +192,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        *written += n;
         let mut n = n;
         while n > 0 && i < bufs.len() {
             let len = bufs[i].len();
@@ -182,12 +225,44 @@ mod tests {
             let mut s = String::new();
             b.read_to_string(&mut s).await.map(|_| s)
         });
-        write_all_vectored(&mut a, &mut bufs)
+        let mut n = 0;
+        write_all_vectored(&mut a, &mut bufs, &mut n)
             .await
             .expect("written");
+        assert_eq!(n, 21, "every byte counted");
         drop(a);
         let got = reader.await.expect("joined").expect("read");
         assert_eq!(got, "abcdefghijklmnopqrstu");
+    }
+
+    #[test]
+    fn settle_credits_only_body_bytes_that_were_written() {
+        use super::super::link::RequestLink;
+        use super::super::output::tests::tally;
+        // Two outputs in one batch: 100 bytes (80 of them body) ending at
+        // 100, then 50 bytes (all body) ending at 150.
+        let cases = [
+            (0, 0, 0),
+            (30, 10, 0),
+            (100, 80, 0),
+            (120, 80, 20),
+            (150, 80, 50),
+            (175, 80, 50),
+        ];
+        for (written, first, second) in cases {
+            let (a, b) = (
+                Arc::new(RequestLink::default()),
+                Arc::new(RequestLink::default()),
+            );
+            let mut tallies = vec![tally(&a, 80, 100, 100), tally(&b, 50, 50, 150)];
+            settle(&mut tallies, written);
+            assert!(tallies.is_empty());
+            assert_eq!(
+                (a.body_written(), b.body_written()),
+                (first, second),
+                "{written}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -196,7 +271,11 @@ mod tests {
         let events = Arc::new(ConnEvents::new(engine.clone()));
         let (tx, rx) = mpsc::channel(QUEUE);
         let (a, mut b) = tokio::io::duplex(1024);
-        events.push_inline_out(&mut vec![Bytes::from_static(b"1")], &mut Default::default());
+        events.push_inline_out(
+            &mut vec![Bytes::from_static(b"1")],
+            &mut Default::default(),
+            &mut None,
+        );
         tx.send(ToWriter::One(Bytes::from_static(b"2"))).await.ok();
         let batch = vec![Bytes::from_static(b"3"), Bytes::from_static(b"4")];
         tx.send(ToWriter::Batch(batch)).await.ok();
