@@ -309,6 +309,7 @@ impl Demux {
         Action::send(b, false)
     }
 
+    #[inline]
     fn on_begin(&mut self, rec: Record, now: Instant) -> Result<Action, CloseReason> {
         let id = rec.request_id;
         if id == 0 {
@@ -375,6 +376,7 @@ impl Demux {
         }))
     }
 
+    #[inline]
     fn on_params(
         &mut self,
         rec: Record,
@@ -567,6 +569,7 @@ impl Demux {
         Action::send(b, !keep_conn)
     }
 
+    #[inline]
     fn on_stdin(&mut self, rec: Record, now: Instant) -> Result<Action, CloseReason> {
         let id = rec.request_id;
         let Some(i) = self.find(id) else {

@@ -105,9 +105,11 @@ impl ConnEvents {
             *size += b.len();
             batch.bufs.push(b);
         }
-        for mut t in q.tallies.drain(..) {
-            t.at += before;
-            batch.tallies.push(t);
+        if !q.tallies.is_empty() {
+            for mut t in q.tallies.drain(..) {
+                t.at += before;
+                batch.tallies.push(t);
+            }
         }
         true
     }

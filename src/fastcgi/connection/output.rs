@@ -164,7 +164,7 @@ impl Output {
     }
 
     /// `flush`, with the request's receipt after its last bytes.
-    async fn hand_over(&mut self, receipt: Option<Receipt>) -> Result<(), WriterGone> {
+    async fn hand_over(&mut self, receipt: Option<Box<Receipt>>) -> Result<(), WriterGone> {
         if self.buffered() == 0 && receipt.is_none() {
             return Ok(());
         }
@@ -217,7 +217,12 @@ impl Output {
     /// empty STDERR record follows END_REQUEST: nginx then does not put the
     /// connection back into its keepalive cache.
     /// With a `receipt`, the access log is written once all of it is.
-    pub(super) async fn finish(&mut self, events: &ConnEvents, end: End, receipt: Option<Receipt>) {
+    pub(super) async fn finish(
+        &mut self,
+        events: &ConnEvents,
+        end: End,
+        receipt: Option<Box<Receipt>>,
+    ) {
         // Any reason the gate opened will do here: what is buffered now is
         // what the request task decided to send, cancelled or not.
         if !self.opened {
@@ -283,7 +288,8 @@ pub(super) struct Tally {
     pub(super) len: usize,
     /// Where its output ends in the writer's batch (set by the writer).
     pub(super) at: usize,
-    receipt: Option<Receipt>,
+    /// Boxed: a pointer, not the record, in every request's future.
+    receipt: Option<Box<Receipt>>,
 }
 
 impl Tally {

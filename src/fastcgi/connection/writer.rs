@@ -81,7 +81,9 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
             Ok(())
         };
         engine.stats.add_bytes_out(written as u64);
-        settle(&mut batch.tallies, written);
+        if !batch.tallies.is_empty() {
+            settle(&mut batch.tallies, written);
+        }
         if let Err(e) = failure {
             match e {
                 Some(e) => debug!("write failed, closing connection: {e}"),
