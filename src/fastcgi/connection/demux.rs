@@ -76,8 +76,6 @@ pub(super) struct Admitted {
     pub(super) id: u16,
     pub(super) keep_conn: bool,
     pub(super) link: Arc<RequestLink>,
-    pub(super) params: Params,
-    pub(super) mapped: request::Mapped,
     pub(super) body: Body,
     /// `None` for a request known to have no body.
     pub(super) body_shared: Option<Arc<BodyShared>>,
@@ -90,7 +88,9 @@ pub(super) trait Dispatch {
     /// Whether the connection's task is free to run a request itself.
     fn inline_free(&self) -> bool;
     /// Starts the handler of an admitted request (counted in flight).
-    fn start(&mut self, req: Admitted);
+    /// The params and the mapped request come as arguments of their own,
+    /// not in `Admitted`: gathering them into a struct copies them.
+    fn start(&mut self, req: Admitted, params: Params, mapped: request::Mapped);
 }
 
 /// Why a request is answered by the server itself.
@@ -461,18 +461,15 @@ impl Demux {
             self.open_body(i, mapped.content_length, stdin_ends_next, now);
         let inline = bodiless && to.inline_free() && self.live() == 1;
         let entry = &self.reqs[i];
-        // Built here, from the locals, so that the params and the mapped
-        // request are moved once on their way to the dispatcher.
-        to.start(Admitted {
+        let admitted = Admitted {
             id: entry.id,
             keep_conn: entry.keep_conn,
             link: entry.link.clone(),
-            params,
-            mapped,
             body,
             body_shared,
             inline,
-        });
+        };
+        to.start(admitted, params, mapped);
         Action::Nothing
     }
 

@@ -11,6 +11,8 @@ use super::writer::ToWriter;
 use super::{ConnMeta, Engine};
 use crate::access::AccessLog;
 use crate::body::BodyShared;
+use crate::fastcgi::params::Params;
+use crate::fastcgi::request;
 use crate::service::{BoxError, BoxFuture, ResponseBody, panic_message};
 use crate::{RequestInfo, Transport};
 use bytes::{Buf, Bytes};
@@ -44,18 +46,18 @@ impl Dispatch for Starter<'_> {
         self.inline.is_none()
     }
 
-    // Inlined into the demultiplexer: `Admitted` is then built in place,
-    // not copied into a call (it holds the params and the mapped request).
+    // Inlined into the demultiplexer, so that the params and the mapped
+    // request are not copied into a call.
     #[inline(always)]
-    fn start(&mut self, a: Admitted) {
+    fn start(&mut self, a: Admitted, params: Params, mapped: request::Mapped) {
         let request_id = self.engine.stats.next_request_id();
-        let (parts, ()) = a.mapped.request.into_parts();
+        let (parts, ()) = mapped.request.into_parts();
         let mut req = http::Request::from_parts(parts, a.body);
         let log = AccessLog::new(
             "fastcgi",
             req.method(),
             req.uri(),
-            a.mapped.peer.as_deref(),
+            mapped.peer.as_deref(),
             request_id,
         );
         req.extensions_mut().insert(RequestInfo {
@@ -63,9 +65,9 @@ impl Dispatch for Starter<'_> {
             listener: self.meta.listener.clone(),
             inherited: self.meta.inherited,
             request_id,
-            peer: a.mapped.peer,
-            scheme: a.mapped.scheme,
-            params: Some(a.params),
+            peer: mapped.peer,
+            scheme: mapped.scheme,
+            params: Some(params),
         });
         let task = RequestTask {
             keep_conn: a.keep_conn,
@@ -356,9 +358,14 @@ impl RequestTask {
             };
         }
         loop {
-            let frame = match next_frame(&mut body, out).await {
-                Ok(f) => f,
-                Err(WriterGone) => return Outcome::WriterGone,
+            // Take every frame that is ready now; only a body that would
+            // wait goes through `wait_frame` (a future of its own).
+            let frame = match body.frame().now_or_never() {
+                Some(f) => f,
+                None => match wait_frame(&mut body, out).await {
+                    Ok(f) => f,
+                    Err(WriterGone) => return Outcome::WriterGone,
+                },
             };
             match frame {
                 None => {
@@ -387,18 +394,14 @@ impl RequestTask {
     }
 }
 
-/// The response body's next frame. Takes every frame that is ready now and
-/// hands the batch to the writer only when the body would wait. While the
-/// request's STDIN is incomplete the batch is held (responses wait for the
-/// body), but it goes out as soon as the gate opens, even if the body
-/// still waits.
-async fn next_frame(
+/// Waits for the response body's next frame, handing what is batched to
+/// the writer first. While the request's STDIN is incomplete the batch is
+/// held (responses wait for the body), but it goes out as soon as the gate
+/// opens, even if the body still waits.
+async fn wait_frame(
     body: &mut ResponseBody,
     out: &mut Output,
 ) -> Result<Option<Result<Frame<Bytes>, BoxError>>, WriterGone> {
-    if let Some(f) = body.frame().now_or_never() {
-        return Ok(f);
-    }
     if !out.gate_open() {
         // Boxed: this wait is rare (a response begun before its request's
         // body is complete), and inline it would add its futures to every

@@ -116,7 +116,7 @@ fn encode(rec: &In, b: &mut BytesMut) {
 #[derive(Default)]
 struct Recorder {
     busy: bool,
-    started: Vec<Admitted>,
+    started: Vec<(Admitted, Option<u64>)>,
 }
 
 impl Dispatch for Recorder {
@@ -124,8 +124,8 @@ impl Dispatch for Recorder {
         !self.busy
     }
 
-    fn start(&mut self, req: Admitted) {
-        self.started.push(req);
+    fn start(&mut self, req: Admitted, _params: Params, mapped: request::Mapped) {
+        self.started.push((req, mapped.content_length));
     }
 }
 
@@ -138,8 +138,8 @@ fn describe(action: Result<Action, CloseReason>, rec: &mut Recorder, before: usi
     };
     match action {
         Action::Nothing if rec.started.len() > before => {
-            let a = rec.started.last().expect("started");
-            Want::Started(a.id, a.inline, a.mapped.content_length)
+            let (a, declared) = rec.started.last().expect("started");
+            Want::Started(a.id, a.inline, *declared)
         }
         Action::Nothing => Want::Nothing,
         Action::Feed(c) => Want::Feed(c.id, c.data.len()),
@@ -501,7 +501,7 @@ fn stdin_that_disagrees_with_content_length_is_refused() {
         steps.push((ParamsEnd(1), Started(1, cl == Some(0), cl)));
         steps.extend(rest);
         let (_d, rec) = run(name, engine(), &steps);
-        let link = &rec.started[0].link;
+        let link = &rec.started[0].0.link;
         assert_eq!(link.bad_length(), refused, "{name}: refused");
         assert_eq!(link.cancelled(), refused, "{name}: handler cancelled");
         assert!(link.input_done(), "{name}: gate open");
@@ -520,11 +520,11 @@ fn body_over_the_limit_fails_the_body() {
         (Stdin(1, &[0u8; 100]), Nothing),
     ];
     let (_d, rec) = run("over the limit", engine(), &steps);
-    let shared = rec.started[0].body_shared.as_ref().expect("a body");
+    let shared = rec.started[0].0.body_shared.as_ref().expect("a body");
     assert!(shared.failed_too_large());
-    assert!(rec.started[0].link.input_done(), "gate open for the 413");
+    assert!(rec.started[0].0.link.input_done(), "gate open for the 413");
     assert!(
-        !rec.started[0].link.cancelled(),
+        !rec.started[0].0.link.cancelled(),
         "the handler still answers"
     );
 }
@@ -541,7 +541,7 @@ fn ended_requests_are_reaped_and_their_ids_reusable() {
     ];
     let (mut demux, rec) = run("one GET", engine(), &steps);
     assert_eq!(demux.live(), 1);
-    rec.started[0].link.end();
+    rec.started[0].0.link.end();
     assert_eq!(demux.live(), 0);
     demux.reap();
     assert!(demux.reqs.is_empty());
@@ -557,7 +557,7 @@ fn dropping_the_table_cancels_live_requests() {
         (ParamsEnd(1), Started(1, false, Some(5))),
     ];
     let (mut demux, rec) = run("one POST", engine(), &steps);
-    let link = rec.started[0].link.clone();
+    let link = rec.started[0].0.link.clone();
     assert!(!link.input_done());
     demux.clear();
     assert!(link.input_done(), "gate opened so the task cannot hang");
@@ -607,7 +607,7 @@ fn a_busy_inline_slot_means_a_task() {
     while let Some(r) = record::decode(&mut b).expect("valid") {
         let _ = demux.on_record(r, &b, Instant::now(), &mut rec);
     }
-    assert!(!rec.started[0].inline);
+    assert!(!rec.started[0].0.inline);
 }
 
 #[test]
