@@ -429,8 +429,7 @@ mod tests {
 
     /// The request task's future is boxed once per request; glibc serves
     /// blocks up to 1,032 bytes from its per-thread cache, and a larger
-    /// one costs a trip through the allocator's arenas (callgrind: +126
-    /// instructions a request in _int_malloc at 1,280 bytes).
+    /// one costs a trip through the allocator's arenas on every request.
     #[test]
     fn the_request_task_future_fits_the_allocator_thread_cache() {
         let engine = super::super::demux::tests::engine();
