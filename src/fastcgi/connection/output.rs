@@ -11,6 +11,7 @@ use crate::fastcgi::{record, response};
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -159,8 +160,10 @@ impl Output {
     }
 
     /// Hands what is encoded to the writer, after waiting for the gate.
-    pub(super) async fn flush(&mut self) -> Result<(), WriterGone> {
-        self.hand_over(None).await
+    /// (Not an `async fn`: it returns `hand_over`'s future itself, with
+    /// no state machine of its own around it.)
+    pub(super) fn flush(&mut self) -> impl Future<Output = Result<(), WriterGone>> + Send + '_ {
+        self.hand_over(None)
     }
 
     /// `flush`, with the request's receipt after its last bytes.

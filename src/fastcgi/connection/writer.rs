@@ -8,6 +8,7 @@ use super::events::{ConnEvents, WRITE_FAILED, WRITER_CLOSED};
 use super::output::Tally;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,32 +104,30 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
 
 /// Waits for output, then takes all that is ready into `batch`; returns its
 /// size and whether a `Close` came, or `None` once the queue is closed.
-async fn collect(
-    rx: &mut mpsc::Receiver<ToWriter>,
-    events: &ConnEvents,
-    batch: &mut Pending,
-) -> Option<(usize, bool)> {
-    let mut close = false;
-    let mut size = 0usize;
-    // The inline output first: see `ConnEvents::inline_out`.
-    let first = std::future::poll_fn(|cx| {
-        if events.take_inline_out(batch, &mut size) {
-            return std::task::Poll::Ready(Some(None));
+/// (A `poll_fn`, not an `async fn`: no state machine of its own per batch.)
+fn collect<'a>(
+    rx: &'a mut mpsc::Receiver<ToWriter>,
+    events: &'a ConnEvents,
+    batch: &'a mut Pending,
+) -> impl Future<Output = Option<(usize, bool)>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let (mut size, mut close) = (0usize, false);
+        // The inline output first: see `ConnEvents::inline_out`.
+        if !events.take_inline_out(batch, &mut size) {
+            match std::task::ready!(rx.poll_recv(cx)) {
+                Some(m) => take(m, batch, &mut size, &mut close),
+                None => return std::task::Poll::Ready(None),
+            }
         }
-        rx.poll_recv(cx).map(|m| m.map(Some))
+        while !close && size < WRITE_BATCH {
+            events.take_inline_out(batch, &mut size);
+            match rx.try_recv() {
+                Ok(m) => take(m, batch, &mut size, &mut close),
+                Err(_) => break,
+            }
+        }
+        std::task::Poll::Ready(Some((size, close)))
     })
-    .await?;
-    if let Some(m) = first {
-        take(m, batch, &mut size, &mut close);
-    }
-    while !close && size < WRITE_BATCH {
-        events.take_inline_out(batch, &mut size);
-        match rx.try_recv() {
-            Ok(m) => take(m, batch, &mut size, &mut close),
-            Err(_) => break,
-        }
-    }
-    Some((size, close))
 }
 
 fn take(m: ToWriter, batch: &mut Pending, size: &mut usize, close: &mut bool) {
