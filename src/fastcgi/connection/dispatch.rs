@@ -243,49 +243,14 @@ impl RequestTask {
             Some(Ok(Outcome::WriterGone)) => {
                 return (None, Some("connection closed while responding".into()));
             }
-            Some(Ok(Outcome::BeforeBody)) => {
-                error!(
-                    request_id = self.log.request_id,
-                    uri = %self.log.uri,
-                    "handler wrote {FLUSH_AT} bytes of its response before reading its whole \
-                     request body; responses wait for the body (nginx stops sending it once a \
-                     response begins), so the request fails with 500: read the body first"
-                );
-                self.error_response(
-                    out,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal server error",
-                );
-                // Nothing of the body is wanted any more: the 500 goes out
-                // now, and the reader drops the rest of STDIN.
-                out.link.open_gate();
-                Some("response began before the request body was read".into())
-            }
-            Some(Err(panic)) => {
-                let msg = panic_message(&*panic);
-                error!(
-                    request_id = self.log.request_id,
-                    uri = %self.log.uri,
-                    "handler panicked: {msg}"
-                );
-                if self.status == 0 {
-                    self.error_response(
-                        out,
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal server error",
-                    );
-                }
-                Some(format!("handler panicked: {msg}"))
-            }
+            Some(Ok(Outcome::BeforeBody)) => Some(self.began_before_body(out)),
+            Some(Err(panic)) => Some(self.panicked(&*panic, out)),
             None if out.link.bad_length() => {
                 // The demultiplexer logged the figures.
-                self.error_response(
-                    out,
-                    StatusCode::BAD_REQUEST,
-                    "request body length does not match CONTENT_LENGTH",
-                );
+                let why = "request body length does not match CONTENT_LENGTH";
+                self.error_response(out, StatusCode::BAD_REQUEST, why);
                 end.app_status = 0;
-                Some("request body length does not match CONTENT_LENGTH".into())
+                Some(why.into())
             }
             None => {
                 // Aborted by the web server, or the connection is gone.
@@ -300,6 +265,46 @@ impl RequestTask {
             }
         };
         (Some(end), note)
+    }
+
+    /// The service wrote `FLUSH_AT` bytes before its request's body was
+    /// complete: a 500 instead, sent at once; returns the access log's note.
+    fn began_before_body(&mut self, out: &mut Output) -> String {
+        error!(
+            request_id = self.log.request_id,
+            uri = %self.log.uri,
+            "handler wrote {FLUSH_AT} bytes of its response before reading its whole \
+             request body; responses wait for the body (nginx stops sending it once a \
+             response begins), so the request fails with 500: read the body first"
+        );
+        self.error_response(
+            out,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal server error",
+        );
+        // Nothing of the body is wanted any more: the 500 goes out now, and
+        // the reader drops the rest of STDIN.
+        out.link.open_gate();
+        "response began before the request body was read".into()
+    }
+
+    /// The service panicked: a 500 unless its head is written already;
+    /// returns the access log's note.
+    fn panicked(&mut self, panic: &(dyn std::any::Any + Send), out: &mut Output) -> String {
+        let msg = panic_message(panic);
+        error!(
+            request_id = self.log.request_id,
+            uri = %self.log.uri,
+            "handler panicked: {msg}"
+        );
+        if self.status == 0 {
+            self.error_response(
+                out,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error",
+            );
+        }
+        format!("handler panicked: {msg}")
     }
 
     /// Replaces whatever is buffered with the server's own error response.
