@@ -171,13 +171,9 @@ impl Kill {
     /// dropped (cancelled); the client gets a 504.
     pub(crate) fn before_head(&self) -> http::Response<crate::ResponseBody> {
         self.report(crate::inflight::Phase::InHandler, "answered 504");
-        let mut r = crate::app::text_response(
-            http::StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "504 the request took longer than its deadline of {:?}\n",
-                self.limit
-            ),
-        );
+        let mut r = crate::service::error_response_boxed(&crate::service::ServerError::Timeout {
+            after: self.limit,
+        });
         r.headers_mut().insert(
             http::header::CACHE_CONTROL,
             http::HeaderValue::from_static("no-store"),

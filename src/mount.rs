@@ -25,9 +25,9 @@
 
 use crate::RequestInfo;
 use crate::body::Body;
-use crate::service::{App, BoxError, BoxFuture, ResponseBody};
+use crate::service::{App, BoxError, BoxFuture, ResponseBody, ServerError, error_response_boxed};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use std::sync::Arc;
 
 /// A validated mount prefix such as `/hello`; empty for the root.
@@ -150,18 +150,13 @@ impl hyper::service::Service<Request<Body>> for Mounted {
 
     fn call(&self, mut req: Request<Body>) -> BoxFuture {
         let Some(path) = strip(self.prefix.as_str(), req.uri().path()) else {
-            let body = format!(
-                "404 not found: this server serves paths under {}/\n",
-                self.prefix
-            );
-            return answer(StatusCode::NOT_FOUND, body);
+            let why = format!("this server serves paths under {}/", self.prefix);
+            return answer(ServerError::NotFound(why));
         };
         let Some(uri) = with_path(req.uri(), &path) else {
             // A sub-path of a valid URI is valid: kept as a 400, not a panic.
-            return answer(
-                StatusCode::BAD_REQUEST,
-                "400 path cannot be mapped below the mount prefix\n".into(),
-            );
+            let why = "path cannot be mapped below the mount prefix";
+            return answer(ServerError::BadRequest(why.into()));
         };
         *req.uri_mut() = uri;
         if let Some(info) = req.extensions_mut().get_mut::<RequestInfo>() {
@@ -171,8 +166,9 @@ impl hyper::service::Service<Request<Body>> for Mounted {
     }
 }
 
-fn answer(status: StatusCode, body: String) -> BoxFuture {
-    let r = crate::app::text_response(status, body);
+/// The server's own answer (one error path with the transports').
+fn answer(err: ServerError) -> BoxFuture {
+    let r = error_response_boxed(&err);
     Box::pin(std::future::ready(Ok(r)))
 }
 

@@ -262,6 +262,9 @@ fn rethrow(panic: Box<dyn std::any::Any + Send>) -> BoxFuture {
 pub enum ServerError {
     /// 400: the request could not be understood (the reason says why).
     BadRequest(String),
+    /// 404: the path is outside what this server serves (the reason says
+    /// what it does serve).
+    NotFound(String),
     /// 413: the request body is larger than `--max-body-bytes`.
     BodyTooLarge { limit: u64 },
     /// 431: the request head (FastCGI params) is larger than
@@ -275,7 +278,8 @@ pub enum ServerError {
     /// 503: the FastCGI connection already carries
     /// `--max-requests-per-conn` requests.
     ConnectionBusy { limit: usize },
-    /// 504: the application gave no response within `after`.
+    /// 504: the request's deadline (`--request-timeout`) of `after` passed
+    /// before the application answered.
     Timeout { after: Duration },
 }
 
@@ -284,6 +288,7 @@ impl ServerError {
     pub fn status(&self) -> StatusCode {
         match self {
             ServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServerError::NotFound(_) => StatusCode::NOT_FOUND,
             ServerError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServerError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ServerError::AppFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -301,6 +306,7 @@ impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServerError::BadRequest(why) => f.write_str(why),
+            ServerError::NotFound(why) => write!(f, "not found: {why}"),
             ServerError::BodyTooLarge { limit } => {
                 write!(f, "request body exceeds the limit of {limit} bytes")
             }
@@ -317,7 +323,7 @@ impl std::fmt::Display for ServerError {
                 "too many concurrent requests on this connection (limit {limit})"
             ),
             ServerError::Timeout { after } => {
-                write!(f, "the application gave no response within {after:?}")
+                write!(f, "the request took longer than its deadline of {after:?}")
             }
         }
     }
@@ -396,7 +402,11 @@ mod tests {
                 ServerError::Timeout {
                     after: Duration::from_secs(5),
                 },
-                "504 the application gave no response within 5s\n",
+                "504 the request took longer than its deadline of 5s\n",
+            ),
+            (
+                ServerError::NotFound("this server serves paths under /app/".into()),
+                "404 not found: this server serves paths under /app/\n",
             ),
         ];
         for (err, body) in cases {
