@@ -16,14 +16,13 @@
 
 mod common;
 
-use common::{BIN, Proc, clean_cmd, require_tool};
+use common::{BIN, Lan, Nginx, Proc, clean_cmd, enter, in_netns, require_tool};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,102 +32,6 @@ const BACKENDS: [&str; 3] = ["10.0.0.2", "10.0.0.3", "10.0.0.4"];
 const OUTSIDER_IP: &str = "10.0.0.99";
 /// `fail_timeout` of the shipped example.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------
-// Network namespaces.
-
-/// Runs `ip ARGS`; panics with its stderr when it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Moves the calling thread into network namespace `ns` (for good).
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}"))
-        .unwrap_or_else(|e| panic!("opening netns {ns}: {e}"));
-    // SAFETY: setns on an fd we own; it changes only this thread.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
-/// Runs `f` on a thread inside `ns`: sockets it creates and processes it
-/// starts belong to that namespace.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter(ns);
-            f()
-        })
-        .join()
-        .expect("thread in netns")
-    })
-}
-
-/// The namespaces of one run; deleted on drop, also when a check fails.
-struct Lan {
-    lan: String,
-    hosts: Vec<String>,
-}
-
-impl Lan {
-    /// A bridge in its own namespace, and one namespace per (name, address)
-    /// plugged into it with a veth pair.
-    fn build(members: &[(&str, &str)]) -> Lan {
-        let tag = std::process::id();
-        let lan = Lan {
-            lan: format!("mfh{tag}-lan"),
-            hosts: members
-                .iter()
-                .map(|(n, _)| format!("mfh{tag}-{n}"))
-                .collect(),
-        };
-        ip(&["netns", "add", &lan.lan]);
-        ip(&["-n", &lan.lan, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &lan.lan, "link", "set", "br0", "up"]);
-        for (ns, (short, addr)) in lan.hosts.iter().zip(members) {
-            let port = format!("v-{short}");
-            ip(&["netns", "add", ns]);
-            ip(&[
-                "-n", &lan.lan, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            ip(&["-n", &lan.lan, "link", "set", &port, "master", "br0", "up"]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        lan
-    }
-
-    fn ns(&self, short: &str) -> String {
-        format!("mfh{}-{short}", std::process::id())
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in self.hosts.iter().chain([&self.lan]) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // A backend host: the socket held by this process, myflask started on it.
@@ -271,85 +174,30 @@ fn pass_as_fd3(fd: i32) -> std::io::Result<()> {
 // ---------------------------------------------------------------------------
 // nginx on 10.0.0.1 with the shipped site.
 
-struct Nginx {
-    proc: Proc,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    /// nginx in `ns` with the shipped site file and location snippet,
-    /// unchanged; only the process settings around them are the test's.
-    fn start(ns: &str, dir: &Path) -> Nginx {
-        let nginx = require_tool("nginx");
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        std::fs::create_dir_all(dir.join("snippets")).unwrap();
-        for sub in ["logs", "client_body", "fastcgi", "proxy", "scgi", "uwsgi"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        // The templates rendered as `cargo myflask deb` renders them for
-        // the myflask package (they hold no other placeholder).
-        let render = |from: &str, to: PathBuf| {
-            let text = std::fs::read_to_string(repo.join(from)).unwrap();
-            std::fs::write(to, text.replace("{{name}}", "myflask")).unwrap();
-        };
-        render(
-            "packaging/debian/nginx/app.conf",
-            dir.join("snippets/myflask.conf"),
-        );
-        render(
-            "packaging/debian/examples/app-several-hosts.conf",
-            dir.join("site.conf"),
-        );
-        let d = dir.display();
-        let conf = format!(
-            "user root;\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/logs/error.log info;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  log_format up '$request_method $status [$upstream_addr] [$upstream_status]';\n\
-             access_log {d}/logs/access.log up;\n  keepalive_requests 1000000;\n\
-             client_body_temp_path {d}/client_body;\n  fastcgi_temp_path {d}/fastcgi;\n\
-             proxy_temp_path {d}/proxy;\n  scgi_temp_path {d}/scgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-             # Which host served each response (the last address on retries).\n\
-             add_header X-Upstream $upstream_addr always;\n  include site.conf;\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let proc = in_netns(ns, || {
-            let mut cmd = clean_cmd(&nginx);
-            cmd.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf"));
-            cmd.arg("-e").arg(dir.join("logs/error.log"));
-            Proc::spawn(&mut cmd, &dir.join("nginx.stderr"))
-        });
-        let n = Nginx {
-            proc,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while in_netns(ns, || TcpStream::connect((NGINX_IP, 80))).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen:\n{}",
-                n.proc.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        n
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        if self.proc.running() {
-            self.proc.signal(libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.proc.running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
+/// nginx in `ns` with the shipped site file and location snippet,
+/// unchanged; only the process settings around them are the test's.
+fn start_nginx(ns: &str, dir: &Path) -> Nginx {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.join("snippets")).unwrap();
+    // The templates rendered as `cargo myflask deb` renders them for
+    // the myflask package (they hold no other placeholder).
+    let render = |from: &str, to: PathBuf| {
+        let text = std::fs::read_to_string(repo.join(from)).unwrap();
+        std::fs::write(to, text.replace("{{name}}", "myflask")).unwrap();
+    };
+    render(
+        "packaging/debian/nginx/app.conf",
+        dir.join("snippets/myflask.conf"),
+    );
+    render(
+        "packaging/debian/examples/app-several-hosts.conf",
+        dir.join("site.conf"),
+    );
+    let http = "    keepalive_requests 1000000;\n\
+                # Which host served each response (the last address on retries).\n\
+                add_header X-Upstream $upstream_addr always;\n    include site.conf;\n";
+    let listen = SocketAddr::from(([10, 0, 0, 1], 80));
+    Nginx::start(dir, http, listen, Some(ns))
 }
 
 // ---------------------------------------------------------------------------
@@ -638,7 +486,7 @@ impl Bed {
             .collect();
         let front = lan.ns("nginx");
         Bed {
-            nginx: Nginx::start(&front, &dir.join("nginx")),
+            nginx: start_nginx(&front, &dir.join("nginx")),
             hosts,
             outsider: lan.ns("x"),
             front,
@@ -834,9 +682,7 @@ type Check = (&'static str, fn(&mut Bed));
 
 #[test]
 fn several_hosts_behind_one_nginx() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("multihost: skipped, network namespaces need root (CI runs as root)");
+    if !common::can_build_lans("multihost") {
         return;
     }
     require_tool("ip");
