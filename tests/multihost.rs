@@ -11,18 +11,22 @@
 //! the socket outlives each process and a restart loses no connection.
 //!
 //! Named checks, each under GET and POST load through nginx: `spread`,
-//! `rolling_upgrade`, `sigkill`, `allow_list`. Needs root (CI runs as
+//! `rolling_upgrade` (restarts), `rolling_reload` (reloads), `sigkill`,
+//! `allow_list`. Needs root (CI runs as
 //! root); skipped with a message otherwise. Every wait is bounded.
 
 mod common;
 
-use common::{BIN, Lan, Nginx, Proc, clean_cmd, enter, in_netns, require_tool};
+use common::{
+    Adopted, BIN, Lan, Nginx, Proc, become_subreaper, clean_cmd, enter, in_netns, require_tool,
+};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,11 +34,45 @@ use std::time::{Duration, Instant};
 const NGINX_IP: &str = "10.0.0.1";
 const BACKENDS: [&str; 3] = ["10.0.0.2", "10.0.0.3", "10.0.0.4"];
 const OUTSIDER_IP: &str = "10.0.0.99";
+/// In a rolling upgrade, load before the first host and between hosts:
+/// each new process serves thousands of requests before the next host goes.
+const ROLL_PAUSE: Duration = Duration::from_millis(500);
 /// `fail_timeout` of the shipped example.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // A backend host: the socket held by this process, myflask started on it.
+
+/// The process serving a host: one the test started, or the successor a
+/// reload started (double-forked by the old process; this test adopts it
+/// as subreaper, as systemd does as PID 1).
+enum Serving {
+    Started(Proc),
+    Adopted(Adopted),
+}
+
+impl Serving {
+    fn pid(&self) -> i32 {
+        match self {
+            Serving::Started(p) => p.pid(),
+            Serving::Adopted(a) => a.pid(),
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        match self {
+            Serving::Started(p) => p.signal(sig),
+            Serving::Adopted(a) => a.signal(sig),
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        match self {
+            Serving::Started(p) => p.wait_exit(limit),
+            Serving::Adopted(a) => a.wait_exit(limit),
+        }
+    }
+}
 
 /// One application host: its listening socket (held here, as systemd holds
 /// it) and the myflask process currently serving it.
@@ -43,7 +81,7 @@ struct Host {
     ns: String,
     addr: SocketAddr,
     sock: std::net::TcpListener,
-    proc: Option<Proc>,
+    proc: Option<Serving>,
     dir: PathBuf,
     generation: u32,
 }
@@ -99,11 +137,59 @@ impl Host {
             Proc::spawn(&mut cmd, &log)
         });
         proc.wait_log(" ready", Duration::from_secs(20));
-        self.proc = Some(proc);
+        self.proc = Some(Serving::Started(proc));
     }
 
     fn pid(&self) -> i32 {
-        self.proc.as_ref().map(Proc::pid).expect("host running")
+        self.proc.as_ref().map(Serving::pid).expect("host running")
+    }
+
+    /// What `systemctl reload` does through the unit's `ExecReload=`:
+    /// `myflask reload --pid MAINPID`, which returns once the successor
+    /// serves. Returns the old process (draining) and how long the command
+    /// took.
+    fn reload(&mut self) -> (Serving, Duration) {
+        let old = self.proc.take().expect("host running");
+        let t = Instant::now();
+        let out = clean_cmd(BIN)
+            .args(["reload", "--pid", &old.pid().to_string()])
+            .args(["--timeout", "30"])
+            .stdout(Stdio::piped())
+            .output()
+            .expect("running myflask reload");
+        let took = t.elapsed();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "reload of {} (PID {}): {}; {said}{}\n{}",
+            self.name,
+            old.pid(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.all_logs()
+        );
+        // "myflask reload: PID <new> serves now; PID <old> drains and exits"
+        let new = said
+            .split("PID ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no new PID in {said:?}"));
+        self.proc = Some(Serving::Adopted(Adopted::new(new)));
+        (old, took)
+    }
+
+    /// The socket behind fd `fd` of process `pid`, as `socket:[INODE]`.
+    fn fd_target(pid: u32, fd: i32) -> String {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|e| format!("({e})"))
+    }
+
+    /// Whether the running process's fd 3 is the socket this test holds.
+    fn serves_held_socket(&self) -> bool {
+        let held = Self::fd_target(std::process::id(), self.sock.as_raw_fd());
+        Self::fd_target(self.pid() as u32, 3) == held
     }
 
     /// What `systemctl restart` does: SIGTERM (drain), wait, start again.
@@ -126,6 +212,19 @@ impl Host {
         p.wait_exit(Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(500));
         self.start();
+    }
+
+    /// Waits (at most 3 s) until a request other than the /status that
+    /// asks is in flight here; whether one was.
+    fn wait_busy(&self, front: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.status(front)["active_requests"].as_u64() < Some(2) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Every log line of every process this host ran.
@@ -542,13 +641,13 @@ fn spread(bed: &mut Bed) {
 /// new process on the same held socket; nothing fails, POSTs included.
 fn rolling_upgrade(bed: &mut Bed) {
     let load = Load::start(&bed.front);
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(ROLL_PAUSE);
     let mut drains = Vec::new();
     for h in bed.hosts.iter_mut() {
         let old = h.pid();
         drains.push(h.restart());
         assert_ne!(old, h.pid());
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(ROLL_PAUSE);
     }
     let s = load.finish();
     assert_no_failures("rolling_upgrade", &s);
@@ -570,6 +669,57 @@ fn rolling_upgrade(bed: &mut Bed) {
     );
 }
 
+/// Rolling upgrade by reload: each host in turn reloaded as the unit's
+/// `ExecReload=` does, while requests are in flight there; nothing fails,
+/// POSTs included. Each host is then served by a new PID on the very socket
+/// this test holds, and each old process drains and exits 0.
+fn rolling_reload(bed: &mut Bed) {
+    let load = Load::start(&bed.front);
+    std::thread::sleep(ROLL_PAUSE);
+    let (mut olds, mut done) = (Vec::new(), Vec::new());
+    for h in bed.hosts.iter_mut() {
+        let busy = h.wait_busy(&bed.front);
+        let (old, took) = h.reload();
+        assert_ne!(old.pid(), h.pid(), "rolling_reload: {}", h.name);
+        assert!(
+            h.serves_held_socket(),
+            "rolling_reload: PID {} of {} does not serve the held socket",
+            h.pid(),
+            h.name
+        );
+        let what = if busy { "" } else { ", nothing in flight" };
+        done.push(format!(
+            "{} PID {} -> {} in {took:?}{what}",
+            h.name,
+            old.pid(),
+            h.pid()
+        ));
+        olds.push((h.name.clone(), old));
+        std::thread::sleep(ROLL_PAUSE);
+    }
+    let s = load.finish();
+    assert_no_failures("rolling_reload", &s);
+    for (name, mut old) in olds {
+        let st = old.wait_exit(Duration::from_secs(40));
+        assert!(st.success(), "rolling_reload: old {name} exited with {st}");
+    }
+    for h in &bed.hosts {
+        let st = h.status(&bed.front);
+        assert_eq!(
+            st["pid"],
+            h.pid(),
+            "rolling_reload: {} answered by {st}",
+            h.name
+        );
+        assert!(
+            st["total_requests"].as_u64() > Some(10),
+            "rolling_reload: new {} served nothing",
+            h.name
+        );
+    }
+    eprintln!("check rolling_reload: {}; {}", s.line(), done.join(", "));
+}
+
 /// One host SIGKILLed and restarted as systemd would (RestartSec=500ms):
 /// GETs never fail (nginx retries them on another host); POSTs already
 /// sent to the dead process fail with 502 (nginx does not run a
@@ -583,13 +733,8 @@ fn sigkill(bed: &mut Bed) {
     std::thread::sleep(Duration::from_secs(1));
     let victim = &mut bed.hosts[0];
     let vaddr = victim.addr.to_string();
-    // Kill while requests are in flight there (its /status request is one).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while victim.status(&bed.front)["active_requests"].as_u64() < Some(2)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Kill while requests are in flight there.
+    victim.wait_busy(&bed.front);
     let killed_at = Instant::now();
     victim.crash_and_restart();
     let ready_at = Instant::now();
@@ -686,13 +831,16 @@ fn several_hosts_behind_one_nginx() {
         return;
     }
     require_tool("ip");
+    // Reloads' successors (double-forked) become our children to reap.
+    become_subreaper();
     let t0 = Instant::now();
     let dir = common::target_tmpdir();
     let mut bed = Bed::new(dir.path());
     eprintln!("multihost: 3 hosts and nginx up in {:?}", t0.elapsed());
-    let checks: [Check; 4] = [
+    let checks: [Check; 5] = [
         ("spread", spread),
         ("rolling_upgrade", rolling_upgrade),
+        ("rolling_reload", rolling_reload),
         ("sigkill", sigkill),
         ("allow_list", allow_list),
     ];

@@ -2,8 +2,9 @@
 //!
 //! - `server`: `myflask serve` on a temporary socket, `myflask <args>` run
 //!   to completion;
-//! - `process`: other children (nginx, systemd tools), a clean environment,
-//!   bounded waits, finding programs;
+//! - `process`: other children (nginx, systemd tools) and adopted ones (a
+//!   reload's successor), a clean environment, bounded waits, finding
+//!   programs;
 //! - `sockets`: socket directories, free ports, RLIMIT_NOFILE;
 //! - `client`: whole requests through the project's FastCGI client, raw
 //!   HTTP over a unix socket and one-shot HTTP/1.0 over TCP, and the
@@ -47,7 +48,7 @@ pub use netns::{Lan, can_build_lans, enter, in_netns};
 #[allow(unused_imports)]
 pub use nginx::Nginx;
 #[allow(unused_imports)]
-pub use process::{Proc, clean_cmd, require_tool, wait_child};
+pub use process::{Adopted, Proc, become_subreaper, clean_cmd, require_tool, wait_child};
 #[allow(unused_imports)]
 pub use server::{BIN, Server, run, serve_cmd};
 #[allow(unused_imports)]
