@@ -12,7 +12,8 @@
 //!
 //! Named checks, each under GET and POST load through nginx: `spread`,
 //! `rolling_upgrade` (restarts), `rolling_reload` (reloads), `sigkill`,
-//! `allow_list`. Needs root (CI runs as
+//! `allow_list`; and `management_local`: the site keeps /status, /metrics
+//! and /healthz to the nginx host's own clients. Needs root (CI runs as
 //! root); skipped with a message otherwise. Every wait is bounded.
 
 mod common;
@@ -304,7 +305,8 @@ fn start_nginx(ns: &str, dir: &Path) -> Nginx {
 
 type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 
-/// One keep-alive connection to nginx, reopened after an error.
+/// One keep-alive connection to nginx from its own host (its loopback: the
+/// shipped site keeps /healthz to local clients), reopened after an error.
 #[derive(Default)]
 struct Client {
     conn: Option<BufReader<TcpStream>>,
@@ -321,7 +323,7 @@ impl Client {
 
     fn try_exchange(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Reply, String> {
         if self.conn.is_none() {
-            let s = TcpStream::connect((NGINX_IP, 80)).map_err(|e| format!("connect: {e}"))?;
+            let s = TcpStream::connect(("127.0.0.1", 80)).map_err(|e| format!("connect: {e}"))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))
                 .map_err(|e| e.to_string())?;
             self.conn = Some(BufReader::new(s));
@@ -822,6 +824,48 @@ fn allow_list(bed: &mut Bed) {
     );
 }
 
+/// The shipped site keeps the management endpoints to local clients: from
+/// the outsider's address nginx refuses them (403) and serves `/`; from the
+/// nginx host's loopback they answer.
+fn management_local(bed: &mut Bed) {
+    let nginx = SocketAddr::from(([10, 0, 0, 1], 80));
+    let from_outside = |target: &str| {
+        in_netns(&bed.outsider, || {
+            common::http_once(nginx, "GET", target, b"")
+        })
+    };
+    for target in [
+        "/status",
+        "/status?full",
+        "/metrics",
+        "/healthz",
+        "//status",
+    ] {
+        let (status, _, body) = from_outside(target);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(
+            status, 403,
+            "management_local: {target} from outside: {body}"
+        );
+    }
+    let (status, _, body) = from_outside("/");
+    assert_eq!(status, 200, "management_local: / from outside");
+    let index = String::from_utf8_lossy(&body).into_owned();
+    let local = SocketAddr::from(([127, 0, 0, 1], 80));
+    let (status, _, body) = in_netns(&bed.front, || {
+        common::http_once(local, "GET", "/status", b"")
+    });
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("/status JSON");
+    assert_eq!(status, 200, "management_local: local /status: {json}");
+    assert!(json["pid"].is_number(), "management_local: {json}");
+    eprintln!(
+        "check management_local: /status, /metrics, /healthz from {OUTSIDER_IP}: 403; \
+         / from there: 200 ({} bytes); /status from the nginx host: 200 (PID {})",
+        index.len(),
+        json["pid"]
+    );
+}
+
 /// A named check.
 type Check = (&'static str, fn(&mut Bed));
 
@@ -837,12 +881,13 @@ fn several_hosts_behind_one_nginx() {
     let dir = common::target_tmpdir();
     let mut bed = Bed::new(dir.path());
     eprintln!("multihost: 3 hosts and nginx up in {:?}", t0.elapsed());
-    let checks: [Check; 5] = [
+    let checks: [Check; 6] = [
         ("spread", spread),
         ("rolling_upgrade", rolling_upgrade),
         ("rolling_reload", rolling_reload),
         ("sigkill", sigkill),
         ("allow_list", allow_list),
+        ("management_local", management_local),
     ];
     for (name, check) in checks {
         eprintln!("== check {name}");
