@@ -48,7 +48,9 @@ pub use netns::{Lan, can_build_lans, enter, in_netns};
 #[allow(unused_imports)]
 pub use nginx::Nginx;
 #[allow(unused_imports)]
-pub use process::{Adopted, Proc, become_subreaper, clean_cmd, require_tool, wait_child};
+pub use process::{
+    Adopted, Proc, become_subreaper, clean_cmd, pipe_through, require_tool, wait_child,
+};
 #[allow(unused_imports)]
 pub use server::{BIN, Server, run, serve_cmd};
 #[allow(unused_imports)]

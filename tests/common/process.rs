@@ -216,3 +216,23 @@ impl Drop for Adopted {
         }
     }
 }
+
+/// Runs `cmd` to completion with `input` on its stdin; (exit code, -1 for
+/// a signal; what it wrote to stdout, then stderr).
+pub fn pipe_through(cmd: &mut Command, input: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A program that exits without reading all of it is its own answer.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().expect("its output");
+    let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
+    said.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), said)
+}
