@@ -3,8 +3,10 @@
 //! template code as `cargo myflask deb` renders it, in front of `myflask
 //! serve` through a real nginx: the management endpoints answer the nginx
 //! host's local clients (127.0.0.1 and ::1) and nobody else (403, path
-//! variants included), while the app's pages stay public. nginx runs in a
-//! network namespace this test makes, a second one is the remote client.
+//! variants included), while the app's pages stay public; with the
+//! endpoints off (a hosted app's default) the same paths reach the app from
+//! local clients only. nginx runs in a network namespace this test makes, a
+//! second one is the remote client.
 //! Needs root (CI runs as root); skipped with a message otherwise.
 //!
 //! The template module comes in by path, so this binary also runs its
@@ -76,7 +78,7 @@ fn get(lan: &Lan, from: &str, target: &str) -> (u16, String) {
 }
 
 /// What each endpoint answers when it is the server's: a piece of it.
-fn endpoint_mark(path: &str) -> &'static str {
+fn mark(path: &str) -> &'static str {
     match path.rsplit('/').next() {
         Some("status") => "\"accepted_connections\"",
         Some("metrics") => "myflask_requests_total",
@@ -84,9 +86,17 @@ fn endpoint_mark(path: &str) -> &'static str {
     }
 }
 
-/// Checks the site in front of a server answering the endpoints at
-/// `prefix`/status, /metrics and /healthz.
-fn check_site(prefix: &str, server: &Server) {
+/// Whether the server answers the endpoints itself (a hosted app's are
+/// off until set: the app gets those paths like any other).
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoints {
+    On,
+    Off,
+}
+
+/// Checks the site in front of `server`, its endpoints at `prefix`/status,
+/// /metrics and /healthz when `on`.
+fn check_site(prefix: &str, server: &Server, on: Endpoints) {
     if !common::can_build_lans("nginx_site") {
         return;
     }
@@ -98,14 +108,34 @@ fn check_site(prefix: &str, server: &Server) {
     for path in &endpoints {
         for from in ["127.0.0.1", "::1"] {
             let (status, body) = get(&lan, from, path);
-            assert_eq!(status, 200, "{path} from {from}: {body}");
-            assert!(
-                body.contains(endpoint_mark(path)),
-                "{path} from {from}: {body}"
-            );
+            let what = format!("{path} from {from}: {status} {body}");
+            match on {
+                Endpoints::On => assert!(status == 200 && body.contains(mark(path)), "{what}"),
+                // Passed on to the app, which has no metrics of its own.
+                Endpoints::Off => {
+                    assert!(status != 403 && !body.contains(mark("/metrics")), "{what}")
+                }
+            }
         }
     }
-    // nginx compares its normalized path: every spelling is refused.
+    let refused = check_remote(&lan, prefix, &endpoints);
+    // nginx logs each refusal with the client's address, and nothing else.
+    let refusal = format!("access forbidden by rule, client: {REMOTE_IP},");
+    let errors = nginx.errors();
+    let (refusals, other): (Vec<_>, Vec<_>) = errors.iter().partition(|l| l.contains(&refusal));
+    assert_eq!(refusals.len(), refused.len(), "{errors:#?}");
+    assert!(other.is_empty(), "{other:#?}");
+    eprintln!(
+        "nginx_site{prefix} (endpoints {}): {endpoints:?} passed from 127.0.0.1 and ::1; \
+         403 from {REMOTE_IP} for {refused:?}; {prefix}/ 200 from there",
+        if on == Endpoints::On { "on" } else { "off" }
+    );
+}
+
+/// From the remote address: the endpoints and every spelling of them
+/// refused (nginx compares its normalized path), the app's pages served.
+/// Returns the refused targets.
+fn check_remote(lan: &Lan, prefix: &str, endpoints: &[String]) -> Vec<String> {
     let variants = [
         "/status?full",
         "//status",
@@ -114,35 +144,23 @@ fn check_site(prefix: &str, server: &Server) {
         "/x/../status",
     ]
     .map(|v| format!("{prefix}{v}"));
-    for target in endpoints.iter().chain(&variants) {
-        let (status, body) = get(&lan, REMOTE_IP, target);
+    let refused: Vec<String> = endpoints.iter().chain(&variants).cloned().collect();
+    for target in &refused {
+        let (status, body) = get(lan, REMOTE_IP, target);
         assert_eq!(status, 403, "{target} from {REMOTE_IP}: {body}");
     }
     // A path nginx does not match stays with the app, never the status page.
-    let (_, body) = get(&lan, REMOTE_IP, &format!("{prefix}/status/"));
-    assert!(!body.contains("\"accepted_connections\""), "{body}");
-    let (status, body) = get(&lan, REMOTE_IP, &format!("{prefix}/"));
+    let (_, body) = get(lan, REMOTE_IP, &format!("{prefix}/status/"));
+    assert!(!body.contains(mark("/status")), "{body}");
+    let (status, body) = get(lan, REMOTE_IP, &format!("{prefix}/"));
     assert_eq!(status, 200, "{prefix}/ from {REMOTE_IP}: {body}");
-    // nginx logs each refusal with the client's address, and nothing else.
-    let refusal = format!("access forbidden by rule, client: {REMOTE_IP},");
-    let errors = nginx.errors();
-    let (refusals, other): (Vec<_>, Vec<_>) = errors.iter().partition(|l| l.contains(&refusal));
-    assert_eq!(
-        refusals.len(),
-        endpoints.len() + variants.len(),
-        "{errors:#?}"
-    );
-    assert!(other.is_empty(), "{other:#?}");
-    eprintln!(
-        "nginx_site{prefix}: {endpoints:?} 200 from 127.0.0.1 and ::1, 403 from {REMOTE_IP} \
-         (also {variants:?}); {prefix}/ 200 from {REMOTE_IP}"
-    );
+    refused
 }
 
 #[test]
 fn the_site_keeps_the_builtin_apps_endpoints_local() {
     // myflask's built-in app: /status, /metrics and /healthz by default.
-    check_site("", &Server::start(&[]));
+    check_site("", &Server::start(&[]), Endpoints::On);
 }
 
 #[test]
@@ -158,5 +176,12 @@ fn the_site_keeps_a_mounted_apps_endpoints_local() {
         "--ping-path",
         "/hello/healthz",
     ]);
-    check_site("/hello", &server);
+    check_site("/hello", &server, Endpoints::On);
+}
+
+#[test]
+fn the_site_refuses_the_paths_when_the_endpoints_are_off() {
+    // A hosted app's default: the app gets the paths, from local clients only.
+    let server = Server::start(&["--status-path", "", "--metrics-path", "", "--ping-path", ""]);
+    check_site("", &server, Endpoints::Off);
 }
