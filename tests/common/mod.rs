@@ -3,8 +3,8 @@
 //! - `server`: `myflask serve` on a temporary socket, `myflask <args>` run
 //!   to completion;
 //! - `process`: other children (nginx, systemd tools) and adopted ones (a
-//!   reload's successor), a clean environment, bounded waits, finding
-//!   programs;
+//!   reload's successor), a clean environment, bounded waits, programs fed
+//!   on stdin, finding programs;
 //! - `sockets`: socket directories, free ports, RLIMIT_NOFILE;
 //! - `client`: whole requests through the project's FastCGI client, raw
 //!   HTTP over a unix socket and one-shot HTTP/1.0 over TCP, and the

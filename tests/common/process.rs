@@ -1,6 +1,7 @@
 //! Child processes a test starts (myflask, nginx, systemd tools): a clean
-//! environment, stderr to a file, bounded waits, killed on drop; and
-//! finding the programs themselves.
+//! environment, stderr to a file, bounded waits, killed on drop; programs
+//! run to completion on a given stdin; descendants adopted as subreaper (a
+//! reload's successor); and finding the programs themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
