@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::fcgi_request;
+use common::{current_thread_runtime, fcgi_get, fcgi_request};
 use http::{Request, Response};
 use http_body_util::Full;
 use myflask::Transport;
@@ -119,6 +119,20 @@ fn operator_paths() -> Endpoints {
     }
 }
 
+/// The operator's paths and `deadlines`; the server and its socket's path
+/// (for the record-level client).
+fn serve_with_deadlines(deadlines: Deadlines) -> (Running, std::path::PathBuf) {
+    let r = serve(Settings {
+        endpoints: operator_paths(),
+        deadlines,
+        slow_threshold: None,
+    });
+    let ListenAddr::Unix(path) = r.addr.clone() else {
+        unreachable!("a unix socket")
+    };
+    (r, path)
+}
+
 #[test]
 fn a_hosted_app_gets_no_endpoints_unless_asked() {
     let r = serve(Endpoints::default());
@@ -155,14 +169,7 @@ fn endpoints_answer_at_the_operators_paths_before_the_app() {
 fn status_full_lists_a_slow_request_with_its_age_and_phase() {
     let r = serve(operator_paths());
     let addr = r.addr.clone();
-    let slow = std::thread::spawn(move || {
-        let req = client::Request {
-            method: "GET".into(),
-            uri: "/slow?n=1".into(),
-            ..Default::default()
-        };
-        fcgi_request(&addr, &req, Duration::from_secs(20)).expect("slow request")
-    });
+    let slow = std::thread::spawn(move || fcgi_get(&addr, "/slow?n=1"));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = None;
     while Instant::now() < deadline && seen.is_none() {
@@ -202,21 +209,12 @@ fn a_valid_traceparent_reaches_the_app_a_malformed_one_is_ignored() {
 
 #[test]
 fn a_deadline_answers_504_and_spares_the_other_request_on_the_connection() {
-    let settings = Settings {
-        endpoints: operator_paths(),
-        deadlines: Deadlines::new(None, &[("/slow".into(), Duration::from_millis(300))]),
-        slow_threshold: None,
-    };
-    let r = serve(settings);
-    let ListenAddr::Unix(path) = r.addr.clone() else {
-        unreachable!("a unix socket")
-    };
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (r, path) = serve_with_deadlines(Deadlines::new(
+        None,
+        &[("/slow".into(), Duration::from_millis(300))],
+    ));
     let t0 = Instant::now();
-    let (killed, spared) = client.block_on(async {
+    let (killed, spared) = current_thread_runtime().block_on(async {
         let mut c = common::raw::Conn::connect(&path).await;
         c.send(&common::raw::request(1, true, "GET", "/slow", &[], b""))
             .await;
@@ -240,20 +238,8 @@ fn a_deadline_answers_504_and_spares_the_other_request_on_the_connection() {
 
 #[test]
 fn a_deadline_after_the_head_aborts_the_response() {
-    let settings = Settings {
-        endpoints: operator_paths(),
-        deadlines: Deadlines::new(Some(Duration::from_millis(500)), &[]),
-        slow_threshold: None,
-    };
-    let r = serve(settings);
-    let ListenAddr::Unix(path) = r.addr.clone() else {
-        unreachable!("a unix socket")
-    };
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let reply = client.block_on(async {
+    let (r, path) = serve_with_deadlines(Deadlines::new(Some(Duration::from_millis(500)), &[]));
+    let reply = current_thread_runtime().block_on(async {
         let mut c = common::raw::Conn::connect(&path).await;
         c.send(&common::raw::request(1, true, "GET", "/drip", &[], b""))
             .await;

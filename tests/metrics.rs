@@ -6,16 +6,11 @@
 
 mod common;
 
-use common::{Proc, Server, clean_cmd, fcgi_get, require_tool};
+use common::{Proc, Server, clean_cmd, fcgi_get, free_tcp_port, pipe_through, require_tool};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 /// `GET path` over HTTP/1.1 on loopback; returns (head, body).
 fn http_get(port: u16, path: &str, accept: Option<&str>) -> (String, String) {
@@ -35,7 +30,7 @@ fn http_get(port: u16, path: &str, accept: Option<&str>) -> (String, String) {
 }
 
 fn serve_with_http() -> (Server, u16) {
-    let port = free_port();
+    let port = free_tcp_port();
     let s = Server::start(&["--http", &format!("127.0.0.1:{port}")]);
     (s, port)
 }
@@ -48,24 +43,8 @@ fn openmetrics_parse(text: &str) -> (i32, String) {
         for f in p(sys.stdin.read()):\n\
         \x20   for s in f.samples:\n\
         \x20       print(s.name, sorted(s.labels.items()), s.value)\n";
-    let mut child = Command::new(require_tool("python3"))
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python3 output");
-    let mut printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    printed.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), printed)
+    let mut python = Command::new(require_tool("python3"));
+    pipe_through(python.arg("-c").arg(script), text)
 }
 
 #[test]
@@ -109,27 +88,10 @@ fn openmetrics_passes_the_strict_parser_and_the_text_format_promtool() {
     let (head, text) = http_get(port, "/metrics", None);
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     assert!(!text.contains("# EOF"));
-    let mut promtool = Command::new(require_tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = promtool.wait_with_output().expect("promtool output");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut promtool = Command::new(require_tool("promtool"));
+    let (code, said) = pipe_through(promtool.args(["check", "metrics"]), &text);
     assert!(
-        out.status.success() && said.trim().is_empty(),
+        code == 0 && said.trim().is_empty(),
         "promtool: {said}\n{text}"
     );
     eprintln!("openmetrics + promtool checks took {:?}", started.elapsed());
@@ -170,7 +132,7 @@ fn prometheus_scrapes_and_promql_returns_the_requests_sent() {
         ),
     )
     .expect("config");
-    let prom_port = free_port();
+    let prom_port = free_tcp_port();
     let mut cmd = clean_cmd(prometheus);
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!(

@@ -8,88 +8,36 @@
 
 mod common;
 
-use common::{BIN, Proc, Server, clean_cmd, require_tool, target_tmpdir};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use common::{BIN, Proc, Server, clean_cmd, free_tcp_port, http_once, target_tmpdir};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// A running nginx, stopped on drop (Proc kills it).
+/// nginx on a free loopback port: `location /` answers itself, the
+/// test's locations go to the app.
 struct Nginx {
-    proc: Proc,
-    port: u16,
+    _inner: common::Nginx,
+    addr: SocketAddr,
 }
 
 impl Nginx {
     /// Starts nginx with `locations` inside its one `server { }`.
     fn start(dir: &Path, locations: &str) -> Nginx {
-        let nginx = require_tool("nginx");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        for sub in ["logs", "client_body", "fastcgi", "proxy", "scgi", "uwsgi"] {
-            std::fs::create_dir_all(dir.join(sub)).expect("nginx dirs");
-        }
-        let d = dir.display();
-        // As root, workers run as root so they reach the 0660 sockets.
-        let user = if unsafe { libc::geteuid() } == 0 {
-            "user root;"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "{user}\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/logs/error.log info;\nevents {{ worker_connections 64; }}\n\
-             http {{\n access_log {d}/logs/access.log;\n client_body_temp_path {d}/client_body;\n\
-             fastcgi_temp_path {d}/fastcgi;\n proxy_temp_path {d}/proxy;\n\
-             scgi_temp_path {d}/scgi;\n uwsgi_temp_path {d}/uwsgi;\n\
-             server {{\n listen 127.0.0.1:{port};\n server_name localhost;\n\
-             location / {{ return 200 \"nginx itself\\n\"; }}\n{locations}\n }}\n}}\n"
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let http = format!(
+            "server {{\n listen {addr};\n server_name localhost;\n\
+             location / {{ return 200 \"nginx itself\\n\"; }}\n{locations}\n }}\n"
         );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("nginx.conf");
-        let mut cmd = clean_cmd(nginx);
-        cmd.arg("-p").arg(dir).arg("-c").arg(&conf_path);
-        cmd.arg("-e").arg(dir.join("logs/error.log"));
-        let mut proc = Proc::spawn(&mut cmd, &dir.join("nginx.stderr"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                proc.running() && Instant::now() < deadline,
-                "nginx did not start: {}\n{}",
-                proc.log(),
-                std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let inner = common::Nginx::start(dir, &http, addr, None);
+        Nginx {
+            _inner: inner,
+            addr,
         }
-        Nginx { proc, port }
     }
 
     /// One HTTP/1.0 request; (status, headers as text, body).
     fn send(&self, method: &str, target: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to nginx");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let head = format!(
-            "{method} {target} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).expect("send head");
-        s.write_all(body).expect("send body");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("read the answer");
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&raw)));
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {head:?}"));
-        (status, head, raw[split + 4..].to_vec())
+        http_once(self.addr, method, target, body)
     }
 
     fn get(&self, target: &str) -> (u16, String, String) {
@@ -101,20 +49,6 @@ impl Nginx {
         let (st, _, body) = self.get(target);
         assert_eq!(st, 200, "{target}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{target}: {e}: {body}"))
-    }
-}
-
-impl Drop for Nginx {
-    /// SIGTERM, and a bounded wait for the master, which takes its worker
-    /// with it (a SIGKILL alone would orphan the worker).
-    fn drop(&mut self) {
-        if self.proc.running() {
-            self.proc.signal(libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.proc.running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
     }
 }
 

@@ -11,19 +11,23 @@
 //! the socket outlives each process and a restart loses no connection.
 //!
 //! Named checks, each under GET and POST load through nginx: `spread`,
-//! `rolling_upgrade`, `sigkill`, `allow_list`. Needs root (CI runs as
+//! `rolling_upgrade` (restarts), `rolling_reload` (reloads), `sigkill`,
+//! `allow_list`; and `management_local`: the site keeps /status, /metrics
+//! and /healthz to the nginx host's own clients. Needs root (CI runs as
 //! root); skipped with a message otherwise. Every wait is bounded.
 
 mod common;
 
-use common::{BIN, Proc, clean_cmd, require_tool};
+use common::{
+    Adopted, BIN, Lan, Nginx, Proc, become_subreaper, clean_cmd, enter, in_netns, require_tool,
+};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,107 +35,45 @@ use std::time::{Duration, Instant};
 const NGINX_IP: &str = "10.0.0.1";
 const BACKENDS: [&str; 3] = ["10.0.0.2", "10.0.0.3", "10.0.0.4"];
 const OUTSIDER_IP: &str = "10.0.0.99";
+/// In a rolling upgrade, load before the first host and between hosts:
+/// each new process serves thousands of requests before the next host goes.
+const ROLL_PAUSE: Duration = Duration::from_millis(500);
 /// `fail_timeout` of the shipped example.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
-// Network namespaces.
-
-/// Runs `ip ARGS`; panics with its stderr when it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Moves the calling thread into network namespace `ns` (for good).
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}"))
-        .unwrap_or_else(|e| panic!("opening netns {ns}: {e}"));
-    // SAFETY: setns on an fd we own; it changes only this thread.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
-/// Runs `f` on a thread inside `ns`: sockets it creates and processes it
-/// starts belong to that namespace.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter(ns);
-            f()
-        })
-        .join()
-        .expect("thread in netns")
-    })
-}
-
-/// The namespaces of one run; deleted on drop, also when a check fails.
-struct Lan {
-    lan: String,
-    hosts: Vec<String>,
-}
-
-impl Lan {
-    /// A bridge in its own namespace, and one namespace per (name, address)
-    /// plugged into it with a veth pair.
-    fn build(members: &[(&str, &str)]) -> Lan {
-        let tag = std::process::id();
-        let lan = Lan {
-            lan: format!("mfh{tag}-lan"),
-            hosts: members
-                .iter()
-                .map(|(n, _)| format!("mfh{tag}-{n}"))
-                .collect(),
-        };
-        ip(&["netns", "add", &lan.lan]);
-        ip(&["-n", &lan.lan, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &lan.lan, "link", "set", "br0", "up"]);
-        for (ns, (short, addr)) in lan.hosts.iter().zip(members) {
-            let port = format!("v-{short}");
-            ip(&["netns", "add", ns]);
-            ip(&[
-                "-n", &lan.lan, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            ip(&["-n", &lan.lan, "link", "set", &port, "master", "br0", "up"]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        lan
-    }
-
-    fn ns(&self, short: &str) -> String {
-        format!("mfh{}-{short}", std::process::id())
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in self.hosts.iter().chain([&self.lan]) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // A backend host: the socket held by this process, myflask started on it.
+
+/// The process serving a host: one the test started, or the successor a
+/// reload started (double-forked by the old process; this test adopts it
+/// as subreaper, as systemd does as PID 1).
+enum Serving {
+    Started(Proc),
+    Adopted(Adopted),
+}
+
+impl Serving {
+    fn pid(&self) -> i32 {
+        match self {
+            Serving::Started(p) => p.pid(),
+            Serving::Adopted(a) => a.pid(),
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        match self {
+            Serving::Started(p) => p.signal(sig),
+            Serving::Adopted(a) => a.signal(sig),
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        match self {
+            Serving::Started(p) => p.wait_exit(limit),
+            Serving::Adopted(a) => a.wait_exit(limit),
+        }
+    }
+}
 
 /// One application host: its listening socket (held here, as systemd holds
 /// it) and the myflask process currently serving it.
@@ -140,7 +82,7 @@ struct Host {
     ns: String,
     addr: SocketAddr,
     sock: std::net::TcpListener,
-    proc: Option<Proc>,
+    proc: Option<Serving>,
     dir: PathBuf,
     generation: u32,
 }
@@ -196,11 +138,59 @@ impl Host {
             Proc::spawn(&mut cmd, &log)
         });
         proc.wait_log(" ready", Duration::from_secs(20));
-        self.proc = Some(proc);
+        self.proc = Some(Serving::Started(proc));
     }
 
     fn pid(&self) -> i32 {
-        self.proc.as_ref().map(Proc::pid).expect("host running")
+        self.proc.as_ref().map(Serving::pid).expect("host running")
+    }
+
+    /// What `systemctl reload` does through the unit's `ExecReload=`:
+    /// `myflask reload --pid MAINPID`, which returns once the successor
+    /// serves. Returns the old process (draining) and how long the command
+    /// took.
+    fn reload(&mut self) -> (Serving, Duration) {
+        let old = self.proc.take().expect("host running");
+        let t = Instant::now();
+        let out = clean_cmd(BIN)
+            .args(["reload", "--pid", &old.pid().to_string()])
+            .args(["--timeout", "30"])
+            .stdout(Stdio::piped())
+            .output()
+            .expect("running myflask reload");
+        let took = t.elapsed();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "reload of {} (PID {}): {}; {said}{}\n{}",
+            self.name,
+            old.pid(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.all_logs()
+        );
+        // "myflask reload: PID <new> serves now; PID <old> drains and exits"
+        let new = said
+            .split("PID ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no new PID in {said:?}"));
+        self.proc = Some(Serving::Adopted(Adopted::new(new)));
+        (old, took)
+    }
+
+    /// The socket behind fd `fd` of process `pid`, as `socket:[INODE]`.
+    fn fd_target(pid: u32, fd: i32) -> String {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|e| format!("({e})"))
+    }
+
+    /// Whether the running process's fd 3 is the socket this test holds.
+    fn serves_held_socket(&self) -> bool {
+        let held = Self::fd_target(std::process::id(), self.sock.as_raw_fd());
+        Self::fd_target(self.pid() as u32, 3) == held
     }
 
     /// What `systemctl restart` does: SIGTERM (drain), wait, start again.
@@ -223,6 +213,19 @@ impl Host {
         p.wait_exit(Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(500));
         self.start();
+    }
+
+    /// Waits (at most 3 s) until a request other than the /status that
+    /// asks is in flight here; whether one was.
+    fn wait_busy(&self, front: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.status(front)["active_requests"].as_u64() < Some(2) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Every log line of every process this host ran.
@@ -271,85 +274,30 @@ fn pass_as_fd3(fd: i32) -> std::io::Result<()> {
 // ---------------------------------------------------------------------------
 // nginx on 10.0.0.1 with the shipped site.
 
-struct Nginx {
-    proc: Proc,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    /// nginx in `ns` with the shipped site file and location snippet,
-    /// unchanged; only the process settings around them are the test's.
-    fn start(ns: &str, dir: &Path) -> Nginx {
-        let nginx = require_tool("nginx");
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        std::fs::create_dir_all(dir.join("snippets")).unwrap();
-        for sub in ["logs", "client_body", "fastcgi", "proxy", "scgi", "uwsgi"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        // The templates rendered as `cargo myflask deb` renders them for
-        // the myflask package (they hold no other placeholder).
-        let render = |from: &str, to: PathBuf| {
-            let text = std::fs::read_to_string(repo.join(from)).unwrap();
-            std::fs::write(to, text.replace("{{name}}", "myflask")).unwrap();
-        };
-        render(
-            "packaging/debian/nginx/app.conf",
-            dir.join("snippets/myflask.conf"),
-        );
-        render(
-            "packaging/debian/examples/app-several-hosts.conf",
-            dir.join("site.conf"),
-        );
-        let d = dir.display();
-        let conf = format!(
-            "user root;\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/logs/error.log info;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  log_format up '$request_method $status [$upstream_addr] [$upstream_status]';\n\
-             access_log {d}/logs/access.log up;\n  keepalive_requests 1000000;\n\
-             client_body_temp_path {d}/client_body;\n  fastcgi_temp_path {d}/fastcgi;\n\
-             proxy_temp_path {d}/proxy;\n  scgi_temp_path {d}/scgi;\n  uwsgi_temp_path {d}/uwsgi;\n\
-             # Which host served each response (the last address on retries).\n\
-             add_header X-Upstream $upstream_addr always;\n  include site.conf;\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let proc = in_netns(ns, || {
-            let mut cmd = clean_cmd(&nginx);
-            cmd.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf"));
-            cmd.arg("-e").arg(dir.join("logs/error.log"));
-            Proc::spawn(&mut cmd, &dir.join("nginx.stderr"))
-        });
-        let n = Nginx {
-            proc,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while in_netns(ns, || TcpStream::connect((NGINX_IP, 80))).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not listen:\n{}",
-                n.proc.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        n
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
-        if self.proc.running() {
-            self.proc.signal(libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.proc.running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
+/// nginx in `ns` with the shipped site file and location snippet,
+/// unchanged; only the process settings around them are the test's.
+fn start_nginx(ns: &str, dir: &Path) -> Nginx {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.join("snippets")).unwrap();
+    // The templates rendered as `cargo myflask deb` renders them for
+    // the myflask package (they hold no other placeholder).
+    let render = |from: &str, to: PathBuf| {
+        let text = std::fs::read_to_string(repo.join(from)).unwrap();
+        std::fs::write(to, text.replace("{{name}}", "myflask")).unwrap();
+    };
+    render(
+        "packaging/debian/nginx/app.conf",
+        dir.join("snippets/myflask.conf"),
+    );
+    render(
+        "packaging/debian/examples/app-several-hosts.conf",
+        dir.join("site.conf"),
+    );
+    let http = "    keepalive_requests 1000000;\n\
+                # Which host served each response (the last address on retries).\n\
+                add_header X-Upstream $upstream_addr always;\n    include site.conf;\n";
+    let listen = SocketAddr::from(([10, 0, 0, 1], 80));
+    Nginx::start(dir, http, listen, Some(ns))
 }
 
 // ---------------------------------------------------------------------------
@@ -357,7 +305,8 @@ impl Drop for Nginx {
 
 type Reply = (u16, Vec<(String, String)>, Vec<u8>);
 
-/// One keep-alive connection to nginx, reopened after an error.
+/// One keep-alive connection to nginx from its own host (its loopback: the
+/// shipped site keeps /healthz to local clients), reopened after an error.
 #[derive(Default)]
 struct Client {
     conn: Option<BufReader<TcpStream>>,
@@ -374,7 +323,7 @@ impl Client {
 
     fn try_exchange(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Reply, String> {
         if self.conn.is_none() {
-            let s = TcpStream::connect((NGINX_IP, 80)).map_err(|e| format!("connect: {e}"))?;
+            let s = TcpStream::connect(("127.0.0.1", 80)).map_err(|e| format!("connect: {e}"))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))
                 .map_err(|e| e.to_string())?;
             self.conn = Some(BufReader::new(s));
@@ -638,7 +587,7 @@ impl Bed {
             .collect();
         let front = lan.ns("nginx");
         Bed {
-            nginx: Nginx::start(&front, &dir.join("nginx")),
+            nginx: start_nginx(&front, &dir.join("nginx")),
             hosts,
             outsider: lan.ns("x"),
             front,
@@ -694,13 +643,13 @@ fn spread(bed: &mut Bed) {
 /// new process on the same held socket; nothing fails, POSTs included.
 fn rolling_upgrade(bed: &mut Bed) {
     let load = Load::start(&bed.front);
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(ROLL_PAUSE);
     let mut drains = Vec::new();
     for h in bed.hosts.iter_mut() {
         let old = h.pid();
         drains.push(h.restart());
         assert_ne!(old, h.pid());
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(ROLL_PAUSE);
     }
     let s = load.finish();
     assert_no_failures("rolling_upgrade", &s);
@@ -722,6 +671,57 @@ fn rolling_upgrade(bed: &mut Bed) {
     );
 }
 
+/// Rolling upgrade by reload: each host in turn reloaded as the unit's
+/// `ExecReload=` does, while requests are in flight there; nothing fails,
+/// POSTs included. Each host is then served by a new PID on the very socket
+/// this test holds, and each old process drains and exits 0.
+fn rolling_reload(bed: &mut Bed) {
+    let load = Load::start(&bed.front);
+    std::thread::sleep(ROLL_PAUSE);
+    let (mut olds, mut done) = (Vec::new(), Vec::new());
+    for h in bed.hosts.iter_mut() {
+        let busy = h.wait_busy(&bed.front);
+        let (old, took) = h.reload();
+        assert_ne!(old.pid(), h.pid(), "rolling_reload: {}", h.name);
+        assert!(
+            h.serves_held_socket(),
+            "rolling_reload: PID {} of {} does not serve the held socket",
+            h.pid(),
+            h.name
+        );
+        let what = if busy { "" } else { ", nothing in flight" };
+        done.push(format!(
+            "{} PID {} -> {} in {took:?}{what}",
+            h.name,
+            old.pid(),
+            h.pid()
+        ));
+        olds.push((h.name.clone(), old));
+        std::thread::sleep(ROLL_PAUSE);
+    }
+    let s = load.finish();
+    assert_no_failures("rolling_reload", &s);
+    for (name, mut old) in olds {
+        let st = old.wait_exit(Duration::from_secs(40));
+        assert!(st.success(), "rolling_reload: old {name} exited with {st}");
+    }
+    for h in &bed.hosts {
+        let st = h.status(&bed.front);
+        assert_eq!(
+            st["pid"],
+            h.pid(),
+            "rolling_reload: {} answered by {st}",
+            h.name
+        );
+        assert!(
+            st["total_requests"].as_u64() > Some(10),
+            "rolling_reload: new {} served nothing",
+            h.name
+        );
+    }
+    eprintln!("check rolling_reload: {}; {}", s.line(), done.join(", "));
+}
+
 /// One host SIGKILLed and restarted as systemd would (RestartSec=500ms):
 /// GETs never fail (nginx retries them on another host); POSTs already
 /// sent to the dead process fail with 502 (nginx does not run a
@@ -735,13 +735,8 @@ fn sigkill(bed: &mut Bed) {
     std::thread::sleep(Duration::from_secs(1));
     let victim = &mut bed.hosts[0];
     let vaddr = victim.addr.to_string();
-    // Kill while requests are in flight there (its /status request is one).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while victim.status(&bed.front)["active_requests"].as_u64() < Some(2)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Kill while requests are in flight there.
+    victim.wait_busy(&bed.front);
     let killed_at = Instant::now();
     victim.crash_and_restart();
     let ready_at = Instant::now();
@@ -829,26 +824,70 @@ fn allow_list(bed: &mut Bed) {
     );
 }
 
+/// The shipped site keeps the management endpoints to local clients: from
+/// the outsider's address nginx refuses them (403) and serves `/`; from the
+/// nginx host's loopback they answer.
+fn management_local(bed: &mut Bed) {
+    let nginx = SocketAddr::from(([10, 0, 0, 1], 80));
+    let from_outside = |target: &str| {
+        in_netns(&bed.outsider, || {
+            common::http_once(nginx, "GET", target, b"")
+        })
+    };
+    for target in [
+        "/status",
+        "/status?full",
+        "/metrics",
+        "/healthz",
+        "//status",
+    ] {
+        let (status, _, body) = from_outside(target);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(
+            status, 403,
+            "management_local: {target} from outside: {body}"
+        );
+    }
+    let (status, _, body) = from_outside("/");
+    assert_eq!(status, 200, "management_local: / from outside");
+    let index = String::from_utf8_lossy(&body).into_owned();
+    let local = SocketAddr::from(([127, 0, 0, 1], 80));
+    let (status, _, body) = in_netns(&bed.front, || {
+        common::http_once(local, "GET", "/status", b"")
+    });
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("/status JSON");
+    assert_eq!(status, 200, "management_local: local /status: {json}");
+    assert!(json["pid"].is_number(), "management_local: {json}");
+    eprintln!(
+        "check management_local: /status, /metrics, /healthz from {OUTSIDER_IP}: 403; \
+         / from there: 200 ({} bytes); /status from the nginx host: 200 (PID {})",
+        index.len(),
+        json["pid"]
+    );
+}
+
 /// A named check.
 type Check = (&'static str, fn(&mut Bed));
 
 #[test]
 fn several_hosts_behind_one_nginx() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("multihost: skipped, network namespaces need root (CI runs as root)");
+    if !common::can_build_lans("multihost") {
         return;
     }
     require_tool("ip");
+    // Reloads' successors (double-forked) become our children to reap.
+    become_subreaper();
     let t0 = Instant::now();
     let dir = common::target_tmpdir();
     let mut bed = Bed::new(dir.path());
     eprintln!("multihost: 3 hosts and nginx up in {:?}", t0.elapsed());
-    let checks: [Check; 4] = [
+    let checks: [Check; 6] = [
         ("spread", spread),
         ("rolling_upgrade", rolling_upgrade),
+        ("rolling_reload", rolling_reload),
         ("sigkill", sigkill),
         ("allow_list", allow_list),
+        ("management_local", management_local),
     ];
     for (name, check) in checks {
         eprintln!("== check {name}");

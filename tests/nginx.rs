@@ -4,54 +4,28 @@
 
 mod common;
 
-use common::{Proc, Server, clean_cmd, free_tcp_port, json_pairs, noise, require_tool};
+use common::{Server, free_tcp_port, json_pairs, noise};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A running nginx; stopped (SIGTERM, then SIGKILL) on drop so that no
-/// worker outlives the test.
+/// nginx listening on a free loopback port, its one `server { }` the
+/// test's.
 struct Nginx {
-    proc: Proc,
+    inner: common::Nginx,
     port: u16,
-    dir: PathBuf,
 }
 
 impl Nginx {
     /// Starts nginx with `server_body` (the inside of `server { }`) and
     /// `http_extra` (more `http { }` directives, e.g. upstreams).
     fn start(dir: &Path, http_extra: &str, server_body: &str) -> Nginx {
-        let nginx = require_tool("nginx");
         let port = free_tcp_port();
-        let d = dir.display();
-        for sub in ["logs", "client_body", "fastcgi", "proxy", "scgi", "uwsgi"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        let user = if unsafe { libc::geteuid() } == 0 {
-            // Workers must reach myflask's root-owned 0660 socket.
-            "user root;"
-        } else {
-            ""
-        };
-        let conf = format!(
+        let http = format!(
             r#"
-{user}
-daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/logs/error.log info;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {d}/logs/access.log;
     # One client connection carries all of the keep-alive loop (default 1000).
     keepalive_requests 10000;
-    client_body_temp_path {d}/client_body;
-    fastcgi_temp_path {d}/fastcgi;
-    proxy_temp_path {d}/proxy;
-    scgi_temp_path {d}/scgi;
-    uwsgi_temp_path {d}/uwsgi;
     {http_extra}
     server {{
         listen 127.0.0.1:{port};
@@ -59,70 +33,21 @@ http {{
         client_max_body_size 16m;
         {server_body}
     }}
-}}
 "#
         );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let mut cmd = clean_cmd(&nginx);
-        cmd.arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.join("logs/error.log"));
-        let mut proc = Proc::spawn(&mut cmd, &dir.join("nginx.stderr"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if !proc.running() || Instant::now() > deadline {
-                panic!(
-                    "nginx did not start; stderr:\n{}\nerror.log:\n{}",
-                    proc.log(),
-                    std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nginx {
-            proc,
-            port,
-            dir: dir.to_path_buf(),
-        }
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let inner = common::Nginx::start(dir, &http, listen, None);
+        Nginx { inner, port }
     }
 
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
-    }
-
-    /// Lines at level error or worse.
     fn errors(&self) -> Vec<String> {
-        self.error_log()
-            .lines()
-            .filter(|l| {
-                ["[error]", "[crit]", "[alert]", "[emerg]"]
-                    .iter()
-                    .any(|lvl| l.contains(lvl))
-            })
-            .map(str::to_string)
-            .collect()
+        self.inner.errors()
     }
 
     fn connect(&self) -> Http {
         let mut h = Http::connect(self.port);
-        h.error_log = Some(self.dir.join("logs/error.log"));
+        h.error_log = Some(self.inner.dir.join("logs/error.log"));
         h
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if self.proc.running() {
-            self.proc.signal(libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.proc.running() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
     }
 }
 

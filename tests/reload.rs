@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{BIN, Proc, clean_cmd, require_tool, target_tmpdir};
+use common::{BIN, Proc, become_subreaper, clean_cmd, free_tcp_port, require_tool, target_tmpdir};
 use myflask::addr::ListenAddr;
 use myflask::fastcgi::client;
 use std::io::{Read, Write};
@@ -193,14 +193,6 @@ impl Drop for Manager {
     }
 }
 
-/// Orphans (the successor, double-forked) become our children, so the
-/// test can reap them and read their exit status.
-fn become_subreaper() {
-    // SAFETY: prctl with integer arguments.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
-}
-
 /// Waits (bounded) for an adopted process to exit; its exit code.
 fn reap(pid: i32, limit: Duration) -> i32 {
     let st = reap_status(pid, limit);
@@ -224,14 +216,6 @@ fn reap_status(pid: i32, limit: Duration) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A server under `systemd-socket-activate`: FastCGI on a unix socket

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{BIN, Proc, clean_cmd, require_tool, target_tmpdir};
+use common::{BIN, Proc, clean_cmd, free_tcp_port, require_tool, target_tmpdir};
 use myflask::systemd::listen::private_tmp_hint;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -34,10 +34,15 @@ fn request_as(user: Option<(&str, &str)>, addr: &str) -> (i32, String) {
     )
 }
 
-fn assert_says(err: &str, parts: &[&str]) {
+/// Runs [`request_as`], which must fail (exit status 1) and say each of
+/// `parts` on stderr; returns what it said.
+fn refused(user: Option<(&str, &str)>, addr: &str, parts: &[&str]) -> String {
+    let (code, err) = request_as(user, addr);
+    assert_eq!(code, 1, "{err}");
     for p in parts {
         assert!(err.contains(p), "no {p:?} in:\n{err}");
     }
+    err
 }
 
 #[test]
@@ -47,11 +52,10 @@ fn missing_socket_under_tmp_gets_the_private_tmp_explanation() {
             "{base}/myflask-diag-{}-absent/fcgi.sock",
             std::process::id()
         );
-        let (code, err) = request_as(None, &format!("unix:{path}"));
-        assert_eq!(code, 1, "{err}");
         let hint = private_tmp_hint(Path::new(&path)).expect("a /tmp path has a hint");
-        assert_says(
-            &err,
+        refused(
+            None,
+            &format!("unix:{path}"),
             &[
                 &format!("myflask: cannot connect to unix:{path}: No such file or directory"),
                 &format!("{path} does not exist (nor its directory) in this /tmp; "),
@@ -67,10 +71,9 @@ fn missing_socket_under_tmp_gets_the_private_tmp_explanation() {
 fn missing_socket_elsewhere_says_so() {
     let dir = target_tmpdir();
     let path = dir.path().join("absent.sock");
-    let (code, err) = request_as(None, &format!("unix:{}", path.display()));
-    assert_eq!(code, 1, "{err}");
-    assert_says(
-        &err,
+    let err = refused(
+        None,
+        &format!("unix:{}", path.display()),
         &[&format!(
             "{} does not exist: is the server running, and is this the path",
             path.display()
@@ -85,30 +88,27 @@ fn socket_file_with_nothing_listening_says_so() {
     let path = dir.path().join("dead.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
-    let (code, err) = request_as(None, &format!("unix:{}", path.display()));
-    assert_eq!(code, 1, "{err}");
-    assert_says(
-        &err,
+    refused(
+        None,
+        &format!("unix:{}", path.display()),
         &[
             "Connection refused",
             "nothing is listening on it: the socket file exists but no process accepts on it",
         ],
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let (code, err) = request_as(None, &format!("127.0.0.1:{port}"));
-    assert_eq!(code, 1, "{err}");
-    assert_says(&err, &["nothing is listening on that address and port"]);
+    let port = free_tcp_port();
+    refused(
+        None,
+        &format!("127.0.0.1:{port}"),
+        &["nothing is listening on that address and port"],
+    );
 
     let file = dir.path().join("plain");
     std::fs::write(&file, b"").expect("file");
-    let (code, err) = request_as(None, &format!("unix:{}", file.display()));
-    assert_eq!(code, 1, "{err}");
-    assert_says(
-        &err,
+    refused(
+        None,
+        &format!("unix:{}", file.display()),
         &[&format!(
             "{} is not a socket: it is owned by root:root",
             file.display()
@@ -134,10 +134,9 @@ fn permission_denied_names_owner_group_mode_and_the_caller() {
 
     // A 0700 directory: the directory is what refuses.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    let (code, err) = request_as(Some(("nobody", "nogroup")), &addr);
-    assert_eq!(code, 1, "{err}");
-    assert_says(
-        &err,
+    refused(
+        Some(("nobody", "nogroup")),
+        &addr,
         &[
             "Permission denied",
             &format!("the directory {d} is owned by root:root with mode 0700 (drwx------)"),
@@ -148,10 +147,9 @@ fn permission_denied_names_owner_group_mode_and_the_caller() {
 
     // Searchable directory, socket root:root 0660: the socket refuses.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let (code, err) = request_as(Some(("nobody", "nogroup")), &addr);
-    assert_eq!(code, 1, "{err}");
-    assert_says(
-        &err,
+    refused(
+        Some(("nobody", "nogroup")),
+        &addr,
         &[
             "the socket is owned by root:root with mode 0660 (srw-rw----)",
             "you are nobody, uid 65534, in groups nogroup (65534)",
@@ -168,10 +166,9 @@ fn permission_denied_names_owner_group_mode_and_the_caller() {
         .status()
         .expect("chgrp");
     assert!(chgrp.success());
-    let (code, err) = request_as(Some(("nobody", "nogroup")), &addr);
-    assert_eq!(code, 1, "{err}");
-    assert_says(
-        &err,
+    refused(
+        Some(("nobody", "nogroup")),
+        &addr,
         &[
             "owned by root:www-data with mode 0660",
             "nginx's workers (www-data) can connect",

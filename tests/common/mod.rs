@@ -2,11 +2,15 @@
 //!
 //! - `server`: `myflask serve` on a temporary socket, `myflask <args>` run
 //!   to completion;
-//! - `process`: other children (nginx, systemd tools), a clean environment,
-//!   bounded waits, finding programs;
+//! - `process`: other children (nginx, systemd tools) and adopted ones (a
+//!   reload's successor), a clean environment, bounded waits, programs fed
+//!   on stdin, finding programs;
 //! - `sockets`: socket directories, free ports, RLIMIT_NOFILE;
-//! - `client`: whole requests through the project's FastCGI client and raw
-//!   HTTP over a unix socket, and the runtime for them;
+//! - `client`: whole requests through the project's FastCGI client, raw
+//!   HTTP over a unix socket and one-shot HTTP/1.0 over TCP, and the
+//!   runtime for them;
+//! - `nginx`: a real nginx with the test's `http { }`, in a namespace or not;
+//! - `netns`: private networks of network namespaces (root only);
 //! - `app`: reading back the built-in app's answers;
 //! - `measure`: process memory, deterministic bodies, hashes;
 //! - [`raw`]: a record-level FastCGI client that checks the protocol.
@@ -24,6 +28,8 @@
 mod app;
 mod client;
 mod measure;
+mod netns;
+mod nginx;
 mod process;
 pub mod raw;
 mod server;
@@ -32,11 +38,19 @@ mod sockets;
 #[allow(unused_imports)]
 pub use app::json_pairs;
 #[allow(unused_imports)]
-pub use client::{current_thread_runtime, fcgi_get, fcgi_request, http_over_unix, read_all};
+pub use client::{
+    current_thread_runtime, fcgi_get, fcgi_request, http_once, http_over_unix, read_all,
+};
 #[allow(unused_imports)]
 pub use measure::{FNV_BASIS, assert_same, fnv, fnv_continue, noise, proc_kib, rss_kib};
 #[allow(unused_imports)]
-pub use process::{Proc, clean_cmd, require_tool, wait_child};
+pub use netns::{Lan, can_build_lans, enter, in_netns};
+#[allow(unused_imports)]
+pub use nginx::Nginx;
+#[allow(unused_imports)]
+pub use process::{
+    Adopted, Proc, become_subreaper, clean_cmd, pipe_through, require_tool, wait_child,
+};
 #[allow(unused_imports)]
 pub use server::{BIN, Server, run, serve_cmd};
 #[allow(unused_imports)]

@@ -1,6 +1,7 @@
 //! Child processes a test starts (myflask, nginx, systemd tools): a clean
-//! environment, stderr to a file, bounded waits, killed on drop; and
-//! finding the programs themselves.
+//! environment, stderr to a file, bounded waits, killed on drop; programs
+//! run to completion on a given stdin; descendants adopted as subreaper (a
+//! reload's successor); and finding the programs themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -148,4 +149,91 @@ impl Drop for Proc {
             let _ = c.wait();
         }
     }
+}
+
+/// Makes this process the subreaper of its descendants: one whose parent
+/// exits (a reload's successor, which the old server double-forks) becomes
+/// our child, so the test can signal it, reap it and read its exit status.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+}
+
+/// A descendant adopted through [`become_subreaper`], known by its pid
+/// only; killed and reaped on drop if still running.
+pub struct Adopted {
+    pid: i32,
+    reaped: bool,
+}
+
+impl Adopted {
+    pub fn new(pid: i32) -> Adopted {
+        Adopted { pid, reaped: false }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: a signal to a process not yet reaped, so its pid is not
+        // reused.
+        unsafe { libc::kill(self.pid, sig) };
+    }
+
+    /// Waits (bounded) for the exit status; kills and panics past `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid on our (adopted) child, without blocking.
+            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG) };
+            assert!(r >= 0, "waitpid {}: not our child", self.pid);
+            if r == self.pid {
+                self.reaped = true;
+                return ExitStatus::from_raw(st);
+            }
+            if Instant::now() > deadline {
+                self.signal(libc::SIGKILL);
+                panic!("PID {} did not exit within {limit:?}", self.pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        let mut st = 0;
+        // SAFETY: kill only a child of ours that still runs (0 from
+        // WNOHANG), then reap it.
+        unsafe {
+            if !self.reaped && libc::waitpid(self.pid, &mut st, libc::WNOHANG) == 0 {
+                libc::kill(self.pid, libc::SIGKILL);
+                libc::waitpid(self.pid, &mut st, 0);
+            }
+        }
+    }
+}
+
+/// Runs `cmd` to completion with `input` on its stdin; (exit code, -1 for
+/// a signal; what it wrote to stdout, then stderr).
+pub fn pipe_through(cmd: &mut Command, input: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A program that exits without reading all of it is its own answer.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().expect("its output");
+    let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
+    said.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), said)
 }
