@@ -49,7 +49,7 @@ pub use netns::{Lan, can_build_lans, enter, in_netns};
 pub use nginx::Nginx;
 #[allow(unused_imports)]
 pub use process::{
-    Adopted, Proc, become_subreaper, clean_cmd, pipe_through, require_tool, wait_child,
+    Adopted, Proc, become_subreaper, clean_cmd, eventually, pipe_through, require_tool, wait_child,
 };
 #[allow(unused_imports)]
 pub use server::{BIN, Server, run, serve_cmd};

@@ -7,6 +7,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Calls `f` every 20 ms until it returns `Some`, for at most `limit`;
+/// then panics naming `what`. For figures the server settles after the
+/// client has its answer (a request is counted once its last byte is
+/// written, which races with the client's next request).
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits (bounded) for `child` to exit; past `limit` kills it and panics
 /// with what it logged.
 pub fn wait_child(mut child: Child, limit: Duration, log: impl Fn() -> String) -> ExitStatus {
