@@ -567,10 +567,18 @@ impl Demux {
             return Ok(Action::Nothing); // after the end of the stream, or after a failure
         }
         if rec.content.is_empty() {
-            tx.take();
             match declared.filter(|&d| *received != d) {
-                Some(d) => refuse_bad_length(id, link, body.as_deref(), d, *received, false),
-                None => link.open_gate(),
+                Some(d) => {
+                    tx.take();
+                    refuse_bad_length(id, link, body.as_deref(), d, *received, false);
+                }
+                None => {
+                    // The gate opens before the body ends: a handler that
+                    // sees its body end may answer at once, and must find
+                    // the gate open (else a large answer is a 500).
+                    link.open_gate();
+                    tx.take();
+                }
             }
             return Ok(Action::Nothing);
         }
