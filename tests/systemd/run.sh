@@ -354,10 +354,11 @@ check_watchdog() {
 
 upstream_errors() { local n; n=$(bedsh "grep -c upstream /var/log/nginx/error.log || true" 2>/dev/null); echo "${n:-0}"; }
 # Start the load generator in the bed in the background; sets LOAD_PID.
-start_load() { # secs out
+# Further arguments go to load.py (a later --concurrency overrides the 4).
+start_load() { # secs out [load.py args]
     NGINX_ERRS0=$(upstream_errors)
     timeout $(($1 + 60)) nsenter -t "$LEADER" -a env -i PATH=$BED_PATH python3 /mnt/share/load.py \
-        --duration "$1" --concurrency 4 --out "$2" >"$LOGS/$(basename "$2" .json).txt" 2>&1 &
+        --duration "$1" --concurrency 4 --out "$2" "${@:3}" >"$LOGS/$(basename "$2" .json).txt" 2>&1 &
     LOAD_PID=$!
 }
 load_result() { # out-in-bed -> sets LOAD_TOTAL LOAD_FAILED LOAD_RATE
@@ -604,6 +605,10 @@ check_remove_purge() {
     ok "systemd knows no myflask unit files" eq "$(bed systemctl list-unit-files --no-legend 'myflask*' | wc -l)" 0
 }
 
+# Reload against restart with slow requests in flight.
+# shellcheck source=tests/systemd/reload.sh
+. "$here/reload.sh"
+
 # Checks of the second package (an app built by cargo myflask deb).
 # shellcheck source=tests/systemd/apps.sh
 . "$here/apps.sh"
@@ -766,6 +771,7 @@ check 5-restart-under-load check_restart_under_load
 check 6-crash check_crash
 check 7-upgrade-under-load check_upgrade_under_load
 check reload-fails check_reload_fails
+check reload-vs-restart check_reload_vs_restart
 check app-install check_app_install
 check app-nginx check_app_nginx
 check app-upgrade-under-load check_app_upgrade_under_load
