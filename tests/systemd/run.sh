@@ -780,6 +780,7 @@ check two-instances check_two_instances
 check tcp-listen check_tcp_listen
 check ip-allow check_ip_allow
 check http-socket check_http_socket
+check reload-http-socket check_reload_http_socket
 check 9-hardening check_hardening
 check 8-remove-purge check_remove_purge
 
