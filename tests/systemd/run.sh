@@ -13,6 +13,9 @@
 #   SDTEST_WORK     work dir (default: <repo>/target/sdtest). Holds cache/ (the
 #                   pristine rootfs, ~260 MB), run/ (this run's copy) and logs/.
 #   SDTEST_DEB      use this .deb instead of building one with packaging/debian/build.sh
+#   SDTEST_NEW_DEB  the newer myflask .deb check 7 upgrades to (default: the
+#                   binary in target/release packaged again with
+#                   `build.sh --no-build --revision <rev>+sdtest1`)
 #   SDTEST_APP_DEB  use this .deb of examples/hello-app instead of building it
 #                   with `cargo myflask deb` (its release build: ~3.5 min on 2 cores)
 #   SDTEST_MIRROR   Debian mirror (default: from the host's apt sources)
@@ -414,24 +417,39 @@ check_crash() {
     ok "socket still active" eq "$(bed systemctl is-active myflask.socket)" active
 }
 
+# dpkg -i of a newer version under load, with slow requests in flight
+# (tests/systemd/reload.sh has start_slow, check_slow, load_window).
 check_upgrade_under_load() {
-    local sock_ts0 sock_ts1 pid0 pid1 rc n0 reloads0
-    # make sure the service runs, so that the upgrade has something to restart
+    local sock_ts0 sock_ts1 pid0 pid1 rc n0 reloads0 old t0 t1
+    # make sure the service runs, so that the upgrade has something to reload
     http_code http://127.0.0.1/healthz >/dev/null
     sock_ts0=$(prop myflask.socket ActiveEnterTimestampMonotonic); pid0=$(prop myflask.service MainPID)
     n0=$(prop myflask.service NRestarts)
+    old=$(bed dpkg-query -W -f='${Version}' myflask)
+    ok "/status before: package_version $old" contains "$(bed curl -sS --max-time 10 http://127.0.0.1/status)" "\"package_version\": \"$old\""
     reloads0=$(bedsh "journalctl -b -u myflask.service --no-pager | grep -c 'Reloaded myflask.service'")
-    start_load 10 /tmp/load-upgrade.json
-    sleep 3
-    bed dpkg -i /mnt/share/myflask.deb >"$LOGS/dpkg-upgrade.log" 2>&1; rc=$?
-    ok "dpkg -i (same version again, upgrade path) exits 0" [ $rc = 0 ]
+    start_load 10 /tmp/load-upgrade.json --timeout 30
+    sleep 2
+    start_slow upgrade
+    sleep 1
+    t0=$(date +%s.%N)
+    bed dpkg -i /mnt/share/myflask-new.deb >"$LOGS/dpkg-upgrade.log" 2>&1; rc=$?
+    t1=$(date +%s.%N)
+    ok "dpkg -i $old -> $NEW_VERSION exits 0 (took $(python3 -c "print('%.2f' % ($t1 - $t0))") s)" [ $rc = 0 ]
     wait "$LOAD_PID"
     load_result /tmp/load-upgrade.json
     note "$(cat "$LOGS/load-upgrade.txt" 2>/dev/null) during the upgrade"
+    check_slow upgrade
+    load_window "$t0" "$t1" "$LOGS/load-upgrade.json"
+    note "upgrade: $WIN_N requests around dpkg -i, longest wait ${WIN_MAX} s"
+    ok "no stall: longest wait ${WIN_MAX} s < ${RELOAD_MAX_WAIT_S} s" le "$WIN_MAX" "$RELOAD_MAX_WAIT_S"
     sock_ts1=$(prop myflask.socket ActiveEnterTimestampMonotonic); pid1=$(prop myflask.service MainPID)
     note "MainPID $pid0 -> $pid1; socket active since ${sock_ts0}us -> ${sock_ts1}us"
     ok "0 failed requests" eq "$LOAD_FAILED" 0
     ok "requests were served (>= 50)" [ "$LOAD_TOTAL" -ge 50 ]
+    ok "installed version is $NEW_VERSION" eq "$(bed dpkg-query -W -f='${Version}' myflask)" "$NEW_VERSION"
+    ok "/status: package_version $NEW_VERSION" \
+        contains "$(bed curl -sS --max-time 10 http://127.0.0.1/status)" "\"package_version\": \"$NEW_VERSION\""
     ok "service was replaced (new MainPID)" [ "$pid1" != "$pid0" -a "$pid1" != 0 ]
     # Units and /etc/default/myflask unchanged: the reload path, not a restart.
     ok "reload path: NRestarts unchanged ($n0)" eq "$(prop myflask.service NRestarts)" "$n0"
@@ -443,8 +461,8 @@ check_upgrade_under_load() {
     ok "socket still enabled" eq "$(bed systemctl is-enabled myflask.socket)" enabled
     # An upgrade must not start an idle (socket-activated, not running) service.
     bed systemctl stop myflask.service
-    bed dpkg -i /mnt/share/myflask.deb >>"$LOGS/dpkg-upgrade.log" 2>&1
-    ok "upgrade with the service stopped: dpkg -i exits 0" [ $? = 0 ]
+    bed dpkg -i /mnt/share/myflask-new.deb >>"$LOGS/dpkg-upgrade.log" 2>&1
+    ok "same version again with the service stopped: dpkg -i exits 0" [ $? = 0 ]
     ok "... service stays inactive" eq "$(bed systemctl is-active myflask.service)" inactive
     ok "... socket listening" eq "$(listening /run/myflask/fcgi.sock)" 1
 }
@@ -694,6 +712,17 @@ else
 fi
 [ -f "$DEB" ] || die "no .deb at '$DEB'"
 say "package: $DEB ($(elapsed "$t") s)"
+# The upgrade: a newer revision of the same build (check 7).
+t=$(date +%s.%N)
+NEW_VERSION=$(dpkg-deb -f "$DEB" Version)+sdtest1
+if [ -n "${SDTEST_NEW_DEB:-}" ]; then
+    NEW_DEB=$SDTEST_NEW_DEB NEW_VERSION=$(dpkg-deb -f "$SDTEST_NEW_DEB" Version)
+else
+    NEW_DEB=$("$root/packaging/debian/build.sh" --no-build --revision "${NEW_VERSION##*-}" 2>"$LOGS/build-new.log" | tail -n1) ||
+        { tail -n 20 "$LOGS/build-new.log"; die "packaging/debian/build.sh --no-build --revision failed, see $LOGS/build-new.log"; }
+fi
+[ -f "$NEW_DEB" ] || die "no .deb at '$NEW_DEB'"
+say "package: $NEW_DEB ($(elapsed "$t") s)"
 t=$(date +%s.%N)
 if [ -n "${SDTEST_APP_DEB:-}" ]; then
     APP_DEB=$SDTEST_APP_DEB
@@ -711,6 +740,7 @@ rm -rf "$RUN"; mkdir -p "$SHARE"
 cp -a "$CACHED" "$ROOTFS"
 python3 -c 'import uuid; print(uuid.uuid4().hex)' >"$ROOTFS/etc/machine-id"
 cp "$DEB" "$SHARE/myflask.deb"
+cp "$NEW_DEB" "$SHARE/myflask-new.deb"
 cp "$APP_DEB" "$SHARE/app.deb"
 # The upgrade: the same package with a higher version.
 APP_NEW_VERSION=$(dpkg-deb -f "$APP_DEB" Version)+sdtest1
