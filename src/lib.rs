@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod mount;
 #[cfg(all(feature = "libm-free", target_os = "linux"))]
 mod nolibm;
+pub mod package_version;
 pub mod reload;
 pub mod server;
 pub mod service;

@@ -298,7 +298,9 @@ async fn run(
 }
 
 /// The status page's JSON: the server's figures with php-fpm status-page
-/// parity, `version` and `pid`; with `requests`, each request in flight.
+/// parity, `version`, `package_version` (the Debian package's, null for a
+/// binary `cargo myflask deb` did not package) and `pid`; with `requests`,
+/// each request in flight.
 pub fn status_json(
     stats: &Stats,
     requests: Option<Vec<crate::inflight::InFlightRequest>>,
@@ -307,6 +309,10 @@ pub fn status_json(
     if let Value::Object(m) = &mut v {
         m.insert("name".into(), json!(crate::appname::get()));
         m.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        m.insert(
+            "package_version".into(),
+            json!(crate::package_version::get()),
+        );
         m.insert("pid".into(), json!(std::process::id()));
         if let Some(list) = requests {
             let list: Vec<Value> = list

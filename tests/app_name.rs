@@ -150,7 +150,7 @@ fn serve(prog: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Proc,
 
 /// The fields `/status` had before it named the app, which stay as they
 /// were.
-const STATUS_FIELDS: [&str; 18] = [
+const STATUS_FIELDS: [&str; 19] = [
     "start_time",
     "start_time_rfc3339",
     "uptime_seconds",
@@ -168,6 +168,7 @@ const STATUS_FIELDS: [&str; 18] = [
     "bytes_in",
     "bytes_out",
     "version",
+    "package_version",
     "pid",
 ];
 
@@ -194,6 +195,8 @@ fn status_json_names_the_app_and_keeps_its_fields() {
         expected.sort_unstable();
         assert_eq!(keys, expected);
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+        // Not packaged by cargo myflask deb: no package version.
+        assert_eq!(v["package_version"], serde_json::Value::Null);
         assert_eq!(v["pid"], p.pid());
         p.signal(libc::SIGTERM);
         assert_eq!(p.wait_exit(START).code(), Some(0), "{}", p.log());

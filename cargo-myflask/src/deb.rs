@@ -115,6 +115,7 @@ fn stage_files(
             .arg(bin),
         "strip",
     )?;
+    crate::stamp::package_version(&sbin, &s.version())?;
     fs::set_permissions(&sbin, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     let units = format!("usr/lib/systemd/system/{n}");
     write(root, &format!("{units}.socket"), t.socket.as_bytes(), 0o644)?;

@@ -70,6 +70,7 @@ fn changelog(s: &Settings) -> Result<(String, usize), String> {
     let want = format!("{} ({}) ", s.name, s.version());
     match heads.first() {
         Some(h) if h.starts_with(&want) => Ok((text.clone(), heads.len())),
+        Some(_) if s.revision_overridden => Ok((rebuild_entry(s) + "\n" + &text, heads.len() + 1)),
         Some(h) => Err(format!(
             "the changelog {} starts with '{h}', not with an entry for {} {}: add one (dch -v {})",
             path.display(),
@@ -79,6 +80,20 @@ fn changelog(s: &Settings) -> Result<(String, usize), String> {
         )),
         None => Err(format!("the changelog {} has no entry", path.display())),
     }
+}
+
+/// The entry on top of the crate's changelog for a `--revision` it has no
+/// entry for.
+fn rebuild_entry(s: &Settings) -> String {
+    format!(
+        "{n} ({v}) unstable; urgency=medium\n\n  * Rebuild of {n} {u} as revision {r} (cargo myflask deb --revision).\n\n -- {m}  {d}\n",
+        n = s.name,
+        v = s.version(),
+        u = s.upstream_version,
+        r = s.revision,
+        m = s.maintainer,
+        d = rfc2822(build_time())
+    )
 }
 
 /// DEP-5 copyright. The crate's licence expression (SPDX, e.g.

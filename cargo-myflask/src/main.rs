@@ -10,6 +10,7 @@ mod crate_info;
 mod deb;
 mod docs;
 mod settings;
+mod stamp;
 mod template;
 mod units;
 
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-Usage: cargo myflask deb [--no-build] [--locked] [--manifest-path PATH]
+Usage: cargo myflask deb [--no-build] [--locked] [--revision REV] [--manifest-path PATH]
 
 Builds the release binary of the crate in the current directory (or PATH)
 and packages it as target/debian/<name>_<version>-<rev>_<arch>.deb, whose
@@ -25,6 +26,10 @@ path is the last line printed on stdout.
 
   --no-build            package the binary already in target/release
   --locked              pass --locked to cargo build
+  --revision REV        the Debian revision instead of Cargo.toml's (default
+                        1), e.g. for a rebuild; a changelog named in
+                        Cargo.toml without an entry for that version gets
+                        one (\"Rebuild\") on top, in the package only
   --manifest-path PATH  the crate's Cargo.toml (default: found from the
                         current directory, as cargo does)
 
@@ -36,6 +41,7 @@ pub struct Options {
     pub build: bool,
     pub locked: bool,
     pub manifest_path: Option<PathBuf>,
+    pub revision: Option<String>,
 }
 
 fn parse_args(mut args: Vec<String>) -> Result<Option<Options>, String> {
@@ -57,6 +63,7 @@ fn parse_args(mut args: Vec<String>) -> Result<Option<Options>, String> {
         build: true,
         locked: false,
         manifest_path: None,
+        revision: None,
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -67,6 +74,12 @@ fn parse_args(mut args: Vec<String>) -> Result<Option<Options>, String> {
                     .next()
                     .ok_or("--manifest-path needs a path to a Cargo.toml")?;
                 opts.manifest_path = Some(PathBuf::from(p));
+            }
+            "--revision" => {
+                let r = it
+                    .next()
+                    .ok_or("--revision needs a Debian revision, e.g. 2")?;
+                opts.revision = Some(r);
             }
             "-h" | "--help" => return Ok(None),
             other => {
@@ -82,7 +95,10 @@ fn parse_args(mut args: Vec<String>) -> Result<Option<Options>, String> {
 fn run(opts: &Options) -> Result<PathBuf, String> {
     deb::check_tools()?;
     let krate = crate_info::load(opts.manifest_path.as_deref())?;
-    let settings = settings::Settings::from_crate(&krate)?;
+    let mut settings = settings::Settings::from_crate(&krate)?;
+    if let Some(r) = &opts.revision {
+        settings.set_revision(r)?;
+    }
     let texts = units::render_all(&settings)?;
     let docs = docs::Docs::generate(&settings, &krate)?;
     let bin = binary::build(&krate, &settings, opts)?;

@@ -37,6 +37,8 @@ pub struct Settings {
     /// Debian version: upstream (crate version) and revision.
     pub upstream_version: String,
     pub revision: String,
+    /// The revision came from `--revision`, not from Cargo.toml.
+    pub revision_overridden: bool,
     pub summary: String,
     pub extended_description: Option<String>,
     pub maintainer: String,
@@ -60,6 +62,13 @@ pub struct Settings {
 impl Settings {
     pub fn version(&self) -> String {
         format!("{}-{}", self.upstream_version, self.revision)
+    }
+
+    /// `--revision`: this revision instead of Cargo.toml's.
+    pub fn set_revision(&mut self, r: &str) -> Result<(), String> {
+        self.revision = revision(r)?;
+        self.revision_overridden = true;
+        Ok(())
     }
 
     pub fn from_crate(c: &Crate) -> Result<Settings, String> {
@@ -89,7 +98,8 @@ impl Settings {
         check_name(&name)?;
         Ok(Settings {
             upstream_version: debian_version(&c.version)?,
-            revision: text(meta, "revision")?.unwrap_or_else(|| "1".into()),
+            revision: revision(text(meta, "revision")?.as_deref().unwrap_or("1"))?,
+            revision_overridden: false,
             summary: summary(c)?,
             extended_description: text(meta, "extended-description")?,
             maintainer: maintainer(c, meta)?,
@@ -241,6 +251,20 @@ fn debian_version(v: &str) -> Result<String, String> {
     Ok(v.replacen('-', "~", 1))
 }
 
+/// A Debian revision: starts with a digit, then alphanumerics and + . ~
+/// (Debian Policy 5.6.12; no hyphen, it would end the upstream version).
+fn revision(r: &str) -> Result<String, String> {
+    let ok = r.starts_with(|c: char| c.is_ascii_digit())
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+.~".contains(c));
+    match ok {
+        true => Ok(r.to_owned()),
+        false => Err(format!(
+            "revision '{r}' is not a Debian revision: a digit, then letters, digits, + . or ~ (e.g. 2 or 1+local1)"
+        )),
+    }
+}
+
 fn maintainer(c: &Crate, meta: &Map<String, Value>) -> Result<String, String> {
     let m = match text(meta, "maintainer")? {
         Some(m) => m,
@@ -305,5 +329,9 @@ mod tests {
         assert_eq!(debian_version("1.2.3").unwrap(), "1.2.3");
         assert_eq!(debian_version("1.0.0-rc.1").unwrap(), "1.0.0~rc.1");
         assert!(debian_version("0.0.0").is_err());
+        assert_eq!(revision("1+sdtest2").unwrap(), "1+sdtest2");
+        for bad in ["", "a1", "1-2", "1 2", "1/2"] {
+            assert!(revision(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -167,6 +167,7 @@ pub mod tests {
             bin: name.into(),
             upstream_version: "1.0.0".into(),
             revision: "1".into(),
+            revision_overridden: false,
             summary: "Test app".into(),
             extended_description: None,
             maintainer: "T <t@example.org>".into(),

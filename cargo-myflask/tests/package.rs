@@ -1,7 +1,9 @@
 //! The whole pipeline on a throw-away crate: `cargo myflask deb --no-build`
 //! with a real myflask binary (the workspace's debug build, copied in as
 //! the crate's release binary) must print the .deb's path last and produce
-//! a package with the name-parametric files, Debian fields and conffiles.
+//! a package with the name-parametric files, Debian fields and conffiles,
+//! and a binary whose `/status` reports the package's version, `--revision`
+//! included.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -55,12 +57,12 @@ fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn packages_a_crate_built_on_myflask() {
+/// A throw-away crate on myflask with the real binary as its release build.
+fn guest_book(extra_manifest: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let manifest = format!(
-        "{MANIFEST}\n[dependencies]\nmyflask = {{ path = {:?} }}\n",
+        "{MANIFEST}{extra_manifest}\n[dependencies]\nmyflask = {{ path = {:?} }}\n",
         root.display().to_string()
     );
     std::fs::create_dir_all(dir.path().join("src")).unwrap();
@@ -74,21 +76,32 @@ fn packages_a_crate_built_on_myflask() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
+    dir
+}
 
+/// `cargo myflask deb --no-build ARGS` in DIR; the .deb's path.
+fn package(dir: &Path, args: &[&str]) -> String {
     let out = stdout(
         Command::new(env!("CARGO_BIN_EXE_cargo-myflask"))
             .args(["myflask", "deb", "--no-build"])
-            .current_dir(dir.path())
+            .args(args)
+            .current_dir(dir)
             .env_remove("CARGO_TARGET_DIR"),
     );
+    out.lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn packages_a_crate_built_on_myflask() {
+    let dir = guest_book("");
+    let deb = &package(dir.path(), &[]);
     let arch = stdout(Command::new("dpkg").arg("--print-architecture"));
-    let deb = out.lines().last().unwrap();
     assert!(
         deb.ends_with(&format!(
             "target/debian/guest-book_1.2.0~rc.1-1_{}.deb",
             arch.trim()
         )),
-        "{out}"
+        "{deb}"
     );
     assert!(Path::new(deb).is_file());
     let work: Vec<_> = std::fs::read_dir(dir.path().join("target/debian"))
@@ -164,5 +177,79 @@ fn packages_a_crate_built_on_myflask() {
     assert!(
         sums.contains("  usr/sbin/guest-book\n") && !sums.contains("DEBIAN"),
         "{sums}"
+    );
+}
+
+/// The packaged binary's `/status` field `package_version`, asked over
+/// FastCGI from the binary itself serving on a unix socket in DIR.
+fn served_package_version(bin: &Path, dir: &Path) -> serde_json::Value {
+    let sock = dir.join("s.sock");
+    let addr = format!("unix:{}", sock.display());
+    let mut server = Command::new(bin)
+        .args(["serve", "--listen", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let out = loop {
+        let out = Command::new(bin)
+            .args(["request", &addr, "/status"])
+            .output()
+            .unwrap();
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    v["package_version"].clone()
+}
+
+#[test]
+fn the_binary_reports_the_package_version_and_revision_needs_no_rebuild() {
+    // A changelog of the crate's own, without an entry for revision 2.
+    let dir = guest_book("changelog = \"debian.changelog\"\n");
+    std::fs::write(
+        dir.path().join("debian.changelog"),
+        "guest-book (1.2.0~rc.1-1) unstable; urgency=medium\n\n  * First.\n\n -- Jane Doe <jane@example.org>  Wed, 25 Nov 2026 15:00:00 +0000\n",
+    )
+    .unwrap();
+    let built = dir.path().join("target/release/guest-book");
+    let before = std::fs::read(&built).unwrap();
+    let deb = package(dir.path(), &["--revision", "2+local1"]);
+    assert!(deb.contains("guest-book_1.2.0~rc.1-2+local1_"), "{deb}");
+    let field = stdout(Command::new("dpkg-deb").args(["-f", &deb, "Version"]));
+    assert_eq!(field.trim(), "1.2.0~rc.1-2+local1");
+    assert_eq!(
+        std::fs::read(&built).unwrap(),
+        before,
+        "the build is left as it was"
+    );
+
+    let x = dir.path().join("x");
+    stdout(Command::new("dpkg-deb").args(["-x", &deb]).arg(&x));
+    let changelog = stdout(
+        Command::new("sh")
+            .arg("-c")
+            .arg("zcat \"$0\"")
+            .arg(x.join("usr/share/doc/guest-book/changelog.Debian.gz")),
+    );
+    assert!(
+        changelog.starts_with("guest-book (1.2.0~rc.1-2+local1) unstable;")
+            && changelog.contains("\nguest-book (1.2.0~rc.1-1) unstable;"),
+        "{changelog}"
+    );
+    let bin = x.join("usr/sbin/guest-book");
+    assert_eq!(
+        served_package_version(&bin, dir.path()),
+        "1.2.0~rc.1-2+local1"
+    );
+    // The unpackaged build reports none.
+    assert_eq!(
+        served_package_version(&built, dir.path()),
+        serde_json::Value::Null
     );
 }

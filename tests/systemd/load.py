@@ -11,17 +11,58 @@ With --app PREFIX the requests go to the example app (examples/hello-app)
 mounted at PREFIX instead: GET PREFIX/healthz ("ok"), GET PREFIX/hello/wN
 ("Hello, wN!"), POST PREFIX/words with a 64 KiB text body (its word and byte
 count must come back).
-Writes a JSON summary to --out and prints one summary line.
+Writes a JSON summary to --out and prints one summary line. The summary keeps
+every request as [start (wall clock, s), latency (s), ok (1/0)] in "records"
+and the longest latency in "max_latency_s", so that a reload or a restart
+driven from outside can be measured against its own time window:
+
+    load.py window OUT.json... --start T0 --end T1
+
+prints, as JSON, the requests that started in [T0, T1] (wall clock, e.g.
+`date +%s.%N` before and after `systemctl reload`) or were in flight at T0:
+their count, failures, longest latency, and the longest time in [T0, T1]
+in which no request of any of the files completed.
 """
 import argparse
 import http.client
 import json
 import os
+import sys
 import threading
 import time
 
 
+def window(argv):
+    """The `window` command: the requests of OUT files around [start, end]."""
+    ap = argparse.ArgumentParser(prog="load.py window")
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--start", type=float, required=True)
+    ap.add_argument("--end", type=float, required=True)
+    a = ap.parse_args(argv)
+    recs = []
+    for f in a.files:
+        with open(f) as fh:
+            recs.extend(json.load(fh)["records"])
+    hit = [r for r in recs
+           if a.start <= r[0] <= a.end or (r[0] < a.start < r[0] + r[1])]
+    # Completions inside the window, with its ends, bound the quiet times.
+    ends = sorted([a.start, a.end] + [r[0] + r[1] for r in recs
+                                      if a.start < r[0] + r[1] < a.end])
+    gap = max(b - e for e, b in zip(ends, ends[1:])) if len(ends) > 1 else 0.0
+    worst = max(hit, key=lambda r: r[1]) if hit else None
+    print(json.dumps({
+        "requests": len(hit),
+        "failed": sum(1 for r in hit if not r[2]),
+        "max_latency_s": round(worst[1], 3) if worst else 0.0,
+        "max_latency_started_at": round(worst[0] - a.start, 3) if worst else None,
+        "longest_gap_s": round(gap, 3),
+        "window_s": round(a.end - a.start, 3),
+    }))
+
+
 def main():
+    if sys.argv[1:2] == ["window"]:
+        return window(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=80)
@@ -34,7 +75,7 @@ def main():
 
     echo_body = os.urandom(64 * 1024)
     lock = threading.Lock()
-    stats = {"total": 0, "ok": 0, "by_path": {}, "failures": []}
+    stats = {"total": 0, "ok": 0, "by_path": {}, "failures": [], "records": []}
     t0 = time.monotonic()
     deadline = t0 + a.duration
 
@@ -81,9 +122,12 @@ def main():
     def worker(w):
         i = w
         while time.monotonic() < deadline:
+            started, m0 = time.time(), time.monotonic()
             path, err = one(i)
+            latency = time.monotonic() - m0
             key = path.split("?")[0]
             with lock:
+                stats["records"].append([round(started, 4), round(latency, 4), int(err is None)])
                 stats["total"] += 1
                 stats["by_path"][key] = stats["by_path"].get(key, 0) + 1
                 if err is None:
@@ -103,10 +147,12 @@ def main():
     stats["failed"] = len(stats["failures"])
     stats["rate_per_s"] = round(stats["total"] / elapsed, 1) if elapsed else 0
     stats["concurrency"] = a.concurrency
+    stats["max_latency_s"] = max((r[1] for r in stats["records"]), default=0.0)
     with open(a.out, "w") as f:
         json.dump(stats, f, indent=1)
-    print("load: %d requests in %.1f s (%.1f req/s, concurrency %d), %d failed"
-          % (stats["total"], elapsed, stats["rate_per_s"], a.concurrency, stats["failed"]))
+    print("load: %d requests in %.1f s (%.1f req/s, concurrency %d), %d failed, longest %.3f s"
+          % (stats["total"], elapsed, stats["rate_per_s"], a.concurrency, stats["failed"],
+             stats["max_latency_s"]))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@
 #   SDTEST_WORK     work dir (default: <repo>/target/sdtest). Holds cache/ (the
 #                   pristine rootfs, ~260 MB), run/ (this run's copy) and logs/.
 #   SDTEST_DEB      use this .deb instead of building one with packaging/debian/build.sh
+#   SDTEST_NEW_DEB  the newer myflask .deb check 7 upgrades to (default: the
+#                   binary in target/release packaged again with
+#                   `build.sh --no-build --revision <rev>+sdtest1`)
 #   SDTEST_APP_DEB  use this .deb of examples/hello-app instead of building it
 #                   with `cargo myflask deb` (its release build: ~3.5 min on 2 cores)
 #   SDTEST_MIRROR   Debian mirror (default: from the host's apt sources)
@@ -354,10 +357,11 @@ check_watchdog() {
 
 upstream_errors() { local n; n=$(bedsh "grep -c upstream /var/log/nginx/error.log || true" 2>/dev/null); echo "${n:-0}"; }
 # Start the load generator in the bed in the background; sets LOAD_PID.
-start_load() { # secs out
+# Further arguments go to load.py (a later --concurrency overrides the 4).
+start_load() { # secs out [load.py args]
     NGINX_ERRS0=$(upstream_errors)
     timeout $(($1 + 60)) nsenter -t "$LEADER" -a env -i PATH=$BED_PATH python3 /mnt/share/load.py \
-        --duration "$1" --concurrency 4 --out "$2" >"$LOGS/$(basename "$2" .json).txt" 2>&1 &
+        --duration "$1" --concurrency 4 --out "$2" "${@:3}" >"$LOGS/$(basename "$2" .json).txt" 2>&1 &
     LOAD_PID=$!
 }
 load_result() { # out-in-bed -> sets LOAD_TOTAL LOAD_FAILED LOAD_RATE
@@ -413,24 +417,39 @@ check_crash() {
     ok "socket still active" eq "$(bed systemctl is-active myflask.socket)" active
 }
 
+# dpkg -i of a newer version under load, with slow requests in flight
+# (tests/systemd/reload.sh has start_slow, check_slow, load_window).
 check_upgrade_under_load() {
-    local sock_ts0 sock_ts1 pid0 pid1 rc n0 reloads0
-    # make sure the service runs, so that the upgrade has something to restart
+    local sock_ts0 sock_ts1 pid0 pid1 rc n0 reloads0 old t0 t1
+    # make sure the service runs, so that the upgrade has something to reload
     http_code http://127.0.0.1/healthz >/dev/null
     sock_ts0=$(prop myflask.socket ActiveEnterTimestampMonotonic); pid0=$(prop myflask.service MainPID)
     n0=$(prop myflask.service NRestarts)
+    old=$(bed dpkg-query -W -f='${Version}' myflask)
+    ok "/status before: package_version $old" contains "$(bed curl -sS --max-time 10 http://127.0.0.1/status)" "\"package_version\": \"$old\""
     reloads0=$(bedsh "journalctl -b -u myflask.service --no-pager | grep -c 'Reloaded myflask.service'")
-    start_load 10 /tmp/load-upgrade.json
-    sleep 3
-    bed dpkg -i /mnt/share/myflask.deb >"$LOGS/dpkg-upgrade.log" 2>&1; rc=$?
-    ok "dpkg -i (same version again, upgrade path) exits 0" [ $rc = 0 ]
+    start_load 10 /tmp/load-upgrade.json --timeout 30
+    sleep 2
+    start_slow upgrade
+    sleep 1
+    t0=$(date +%s.%N)
+    bed dpkg -i /mnt/share/myflask-new.deb >"$LOGS/dpkg-upgrade.log" 2>&1; rc=$?
+    t1=$(date +%s.%N)
+    ok "dpkg -i $old -> $NEW_VERSION exits 0 (took $(python3 -c "print('%.2f' % ($t1 - $t0))") s)" [ $rc = 0 ]
     wait "$LOAD_PID"
     load_result /tmp/load-upgrade.json
     note "$(cat "$LOGS/load-upgrade.txt" 2>/dev/null) during the upgrade"
+    check_slow upgrade
+    load_window "$t0" "$t1" "$LOGS/load-upgrade.json"
+    note "upgrade: $WIN_N requests around dpkg -i, longest wait ${WIN_MAX} s"
+    ok "no stall: longest wait ${WIN_MAX} s < ${RELOAD_MAX_WAIT_S} s" le "$WIN_MAX" "$RELOAD_MAX_WAIT_S"
     sock_ts1=$(prop myflask.socket ActiveEnterTimestampMonotonic); pid1=$(prop myflask.service MainPID)
     note "MainPID $pid0 -> $pid1; socket active since ${sock_ts0}us -> ${sock_ts1}us"
     ok "0 failed requests" eq "$LOAD_FAILED" 0
     ok "requests were served (>= 50)" [ "$LOAD_TOTAL" -ge 50 ]
+    ok "installed version is $NEW_VERSION" eq "$(bed dpkg-query -W -f='${Version}' myflask)" "$NEW_VERSION"
+    ok "/status: package_version $NEW_VERSION" \
+        contains "$(bed curl -sS --max-time 10 http://127.0.0.1/status)" "\"package_version\": \"$NEW_VERSION\""
     ok "service was replaced (new MainPID)" [ "$pid1" != "$pid0" -a "$pid1" != 0 ]
     # Units and /etc/default/myflask unchanged: the reload path, not a restart.
     ok "reload path: NRestarts unchanged ($n0)" eq "$(prop myflask.service NRestarts)" "$n0"
@@ -442,8 +461,8 @@ check_upgrade_under_load() {
     ok "socket still enabled" eq "$(bed systemctl is-enabled myflask.socket)" enabled
     # An upgrade must not start an idle (socket-activated, not running) service.
     bed systemctl stop myflask.service
-    bed dpkg -i /mnt/share/myflask.deb >>"$LOGS/dpkg-upgrade.log" 2>&1
-    ok "upgrade with the service stopped: dpkg -i exits 0" [ $? = 0 ]
+    bed dpkg -i /mnt/share/myflask-new.deb >>"$LOGS/dpkg-upgrade.log" 2>&1
+    ok "same version again with the service stopped: dpkg -i exits 0" [ $? = 0 ]
     ok "... service stays inactive" eq "$(bed systemctl is-active myflask.service)" inactive
     ok "... socket listening" eq "$(listening /run/myflask/fcgi.sock)" 1
 }
@@ -604,6 +623,10 @@ check_remove_purge() {
     ok "systemd knows no myflask unit files" eq "$(bed systemctl list-unit-files --no-legend 'myflask*' | wc -l)" 0
 }
 
+# Reload against restart with slow requests in flight.
+# shellcheck source=tests/systemd/reload.sh
+. "$here/reload.sh"
+
 # Checks of the second package (an app built by cargo myflask deb).
 # shellcheck source=tests/systemd/apps.sh
 . "$here/apps.sh"
@@ -689,6 +712,17 @@ else
 fi
 [ -f "$DEB" ] || die "no .deb at '$DEB'"
 say "package: $DEB ($(elapsed "$t") s)"
+# The upgrade: a newer revision of the same build (check 7).
+t=$(date +%s.%N)
+NEW_VERSION=$(dpkg-deb -f "$DEB" Version)+sdtest1
+if [ -n "${SDTEST_NEW_DEB:-}" ]; then
+    NEW_DEB=$SDTEST_NEW_DEB NEW_VERSION=$(dpkg-deb -f "$SDTEST_NEW_DEB" Version)
+else
+    NEW_DEB=$("$root/packaging/debian/build.sh" --no-build --revision "${NEW_VERSION##*-}" 2>"$LOGS/build-new.log" | tail -n1) ||
+        { tail -n 20 "$LOGS/build-new.log"; die "packaging/debian/build.sh --no-build --revision failed, see $LOGS/build-new.log"; }
+fi
+[ -f "$NEW_DEB" ] || die "no .deb at '$NEW_DEB'"
+say "package: $NEW_DEB ($(elapsed "$t") s)"
 t=$(date +%s.%N)
 if [ -n "${SDTEST_APP_DEB:-}" ]; then
     APP_DEB=$SDTEST_APP_DEB
@@ -706,6 +740,7 @@ rm -rf "$RUN"; mkdir -p "$SHARE"
 cp -a "$CACHED" "$ROOTFS"
 python3 -c 'import uuid; print(uuid.uuid4().hex)' >"$ROOTFS/etc/machine-id"
 cp "$DEB" "$SHARE/myflask.deb"
+cp "$NEW_DEB" "$SHARE/myflask-new.deb"
 cp "$APP_DEB" "$SHARE/app.deb"
 # The upgrade: the same package with a higher version.
 APP_NEW_VERSION=$(dpkg-deb -f "$APP_DEB" Version)+sdtest1
@@ -766,6 +801,7 @@ check 5-restart-under-load check_restart_under_load
 check 6-crash check_crash
 check 7-upgrade-under-load check_upgrade_under_load
 check reload-fails check_reload_fails
+check reload-vs-restart check_reload_vs_restart
 check app-install check_app_install
 check app-nginx check_app_nginx
 check app-upgrade-under-load check_app_upgrade_under_load
@@ -774,6 +810,7 @@ check two-instances check_two_instances
 check tcp-listen check_tcp_listen
 check ip-allow check_ip_allow
 check http-socket check_http_socket
+check reload-http-socket check_reload_http_socket
 check 9-hardening check_hardening
 check 8-remove-purge check_remove_purge
 
