@@ -17,19 +17,15 @@
 # each client binds its source address. If the bed's systemd cannot attach
 # its eBPF filter, part 1's kernel half is reported as skipped, not passed.
 #
-# Why it is skipped in this bed (measured 2026-12-03, not by running the bed):
-# systemd-nspawn's default seccomp filter leaves `bpf` out of its allow-list
-# ("bpffs is not namespaced", src/nspawn/nspawn-seccomp.c) and answers it with
-# EPERM, so systemd 252 in the bed finds BPF firewalling unsupported and, the
-# error being EPERM inside a container, logs "unit configures an IP firewall,
-# but the local system does not support BPF/cgroup firewalling" at debug level
-# only (src/core/bpf-firewall.c). The kernel and the cgroup v2 tree are fine:
-# a drop-all CGROUP_SKB program loads, attaches (BPF_CGROUP_INET_EGRESS,
-# BPF_F_ALLOW_MULTI) to a directory of the unified hierarchy, and a connect
-# from that cgroup times out, on the host and inside a one-command
-# `systemd-nspawn` of the bed's rootfs with run.sh's flags plus
-# `--system-call-filter=bpf` (without it: BPF_PROG_LOAD -> EPERM). Adding
-# that flag to run.sh's systemd-nspawn line should let this half run.
+# Why run.sh boots the bed with `--system-call-filter=bpf`: systemd-nspawn's
+# default seccomp filter leaves `bpf` out of its allow-list ("bpffs is not
+# namespaced", src/nspawn/nspawn-seccomp.c) and answers it with EPERM, so
+# systemd 252 in the bed finds BPF firewalling unsupported and, the error
+# being EPERM inside a container, says so at debug level only
+# (src/core/bpf-firewall.c). The kernel and the cgroup v2 tree are fine: a
+# drop-all CGROUP_SKB program loads, attaches and drops, on the host and in
+# the bed with that flag. The probe stays: a host whose kernel lacks
+# CONFIG_CGROUP_BPF reports the kernel half as skipped, not passed.
 
 # fcgi_from SRC: GET /healthz over FastCGI from SRC to 10.0.0.2:9000; prints
 # the body, or `timeout` / `closed` / `error: ...`.

@@ -764,7 +764,9 @@ APP_OFFLINE_SCORE=$(score_of "$LOGS/security-offline-host-app.txt")
 say "--- host checks"
 check 0-verify check_verify
 
-# Boot.
+# Boot. `--system-call-filter=bpf`: nspawn's seccomp filter denies bpf() by
+# default, and without it systemd in the bed cannot attach the cgroup firewall
+# that IPAddressAllow=/IPAddressDeny= need (check ip-allow).
 t=$(date +%s.%N)
 (
     for h in $CGROUP_ROOTS; do
@@ -773,6 +775,7 @@ t=$(date +%s.%N)
     done
     SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 exec systemd-nspawn --quiet -D "$ROOTFS" --boot \
         --machine="$MACHINE" --register=no --keep-unit --private-network \
+        --system-call-filter=bpf \
         --bind-ro="$SHARE:/mnt/share" --console=pipe </dev/null >"$LOGS/nspawn.log" 2>&1
 ) &
 NSPID=$!
