@@ -257,7 +257,7 @@ impl<R: ConnRead> Reader<R> {
             return Err(CloseReason::Routine("write side failed"));
         }
         if bits & WRITER_CLOSED != 0 {
-            self.linger().await;
+            self.linger(w).await;
             return Err(CloseReason::Routine(
                 "request without FCGI_KEEP_CONN finished",
             ));
@@ -361,13 +361,21 @@ impl<R: ConnRead> Reader<R> {
         Ok(())
     }
 
-    /// Reads and discards for a short while after our side has shut down.
-    async fn linger(&mut self) {
-        let mut scratch = vec![0u8; 4096];
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.io.read(&mut scratch)).await {
-            if n == 0 {
-                break;
+    /// Reads and discards for a short while after our side has shut down,
+    /// so a peer still sending gets a FIN and not a reset. Into the read
+    /// buffer, which has no further use (no zeroed scratch buffer to
+    /// allocate), and on the loop's own timer (no second one to register).
+    async fn linger(&mut self, w: &mut Waits) {
+        w.arm_exact(Instant::now() + LINGER);
+        self.buf.clear();
+        loop {
+            tokio::select! {
+                biased;
+                r = read_some(&mut self.io, &mut self.buf) => match r {
+                    Ok(n) if n > 0 => self.buf.clear(),
+                    _ => return,
+                },
+                _ = w.sleep.as_mut() => return,
             }
         }
     }
@@ -440,6 +448,12 @@ impl Waits {
             self.armed = Instant::now() + FAR;
             self.sleep.as_mut().reset(self.armed.into());
         }
+    }
+
+    /// Sets the timer for `deadline`, whatever it was set for.
+    fn arm_exact(&mut self, deadline: Instant) {
+        self.armed = deadline;
+        self.sleep.as_mut().reset(deadline.into());
     }
 
     /// Polls the server's shutdown future with the waker that raises
