@@ -4,6 +4,7 @@
 //! timers (stall, idle, buffer release, drain grace), the drain on shutdown
 //! and the linger before close.
 
+use super::bufpool::{self, READ_CHUNK};
 use super::demux::{Action, Answer, BodyChunk, CloseReason, Demux};
 use super::dispatch::{InlineRequest, Starter};
 use super::events::{
@@ -28,8 +29,6 @@ use tracing::{debug, warn};
 /// After shutdown begins, how long an idle keep-alive connection stays
 /// open for the web server to notice (see `Reader::begin_drain`).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-/// Read size when the buffer has no partial record to complete.
-const READ_CHUNK: usize = 16 * 1024;
 /// A connection idle this long gives its read buffer back (so 10,000 idle
 /// keep-alive connections hold no buffers), while one that nginx keeps
 /// busy reuses its buffer from request to request.
@@ -105,6 +104,7 @@ impl<R: ConnRead> Reader<R> {
         if let Some(req) = self.inline.take() {
             req.await;
         }
+        bufpool::give(std::mem::take(&mut self.buf));
     }
 
     fn log_close(&self, reason: &CloseReason) {
@@ -328,7 +328,7 @@ impl<R: ConnRead> Reader<R> {
             && now < self.idle_since + self.engine.config.idle_timeout
         {
             // Idle for BUFFER_RELEASE: hold no buffer from now on.
-            self.buf = BytesMut::new();
+            bufpool::give(std::mem::take(&mut self.buf));
             return Ok(());
         }
         Err(if idle {
@@ -483,7 +483,9 @@ async fn read_some<R: ConnRead>(io: &mut R, buf: &mut BytesMut) -> io::Result<us
     if buf.is_empty() {
         io.readable().await?;
     }
-    if buf.capacity() - buf.len() < 1024 {
+    if buf.capacity() == 0 {
+        *buf = bufpool::take();
+    } else if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
     io.read_buf(buf).await
