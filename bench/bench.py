@@ -1358,23 +1358,40 @@ def write_h2h_peer(rep, section, conns, what, peer, rs, ratios):
 
 def write_fresh(rep, h2h):
     """The fresh-connection pairs (FRESH_PAIRS): myflask ÷ hyper configured
-    the same way, and each one's server CPU per request; without keepalive
-    a request is a connection, so that figure is also the CPU per connection."""
+    the same way, with the spread of the rounds' ratios, and each one's
+    server CPU per request; without keepalive a request is a connection, so
+    that figure is also the CPU per connection. What a connection costs
+    beyond the request it carries is (a) minus (c) at the same c: the same
+    request with and without a connection of its own."""
     cells = [(c, a, b, what, h2h_pair(h2h, c, a, b)) for c in H2H_CONNS for a, b, what in FRESH_PAIRS]
     cells = [cell for cell in cells if cell[4]]
     if not cells:
         return
     w = rep.w
     w("## Fresh connections: myflask against hyper configured the same way\n")
-    w("| configuration | c | myflask ÷ hyper (median of rounds) | rounds | CPU µs/req myflask | "
-      "CPU µs/req hyper | per connection |")
-    w("|---|---:|---:|---:|---:|---:|---|")
+    w("| configuration | c | myflask ÷ hyper (median of rounds) | rounds' ratios min–max | rounds | "
+      "CPU µs/req myflask | CPU µs/req hyper | per connection |")
+    w("|---|---:|---:|---:|---:|---:|---:|---|")
+    cpu = {}
     for c, a, b, what, (x, n) in cells:
         by_peer = h2h[("h2h_get", c)][0]
-        cpu = [median([r["cpu_us"] for r in by_peer[p] if r.get("cpu_us") is not None]) for p in (a, b)]
-        per_conn = "= per request" if not next(s for s in PEERS if s.name == a).keep else "not measured"
-        w(f"| {what} | {c} | {fmt_r(x)} | {n} | {fmt_us(cpu[0])} | {fmt_us(cpu[1])} | {per_conn} |")
+        rb = {r["round"]: r for r in by_peer.get(b, [])}
+        xs = [r["rps"] / rb[r["round"]]["rps"] for r in by_peer.get(a, [])
+              if r["round"] in rb and rb[r["round"]]["rps"]]
+        for p in (a, b):
+            cpu[(p, c)] = median([r["cpu_us"] for r in by_peer[p] if r.get("cpu_us") is not None])
+        per_conn = "= per request" if not next(s for s in PEERS if s.name == a).keep else "(a) − (c), below"
+        w(f"| {what} | {c} | {fmt_r(x)} | {fmt_r(min(xs))}–{fmt_r(max(xs))} | {n} | "
+          f"{fmt_us(cpu[(a, c)])} | {fmt_us(cpu[(b, c)])} | {per_conn} |")
     w("")
+    (fa, ha, _), (fc, hc, _) = FRESH_PAIRS[0], FRESH_PAIRS[2]
+    extra = []
+    for c in H2H_CONNS:
+        v = [cpu.get(k) for k in ((fa, c), (fc, c), (ha, c), (hc, c))]
+        if None not in v:
+            extra.append(f"c={c}: myflask {fmt_us(v[0] - v[1])}, hyper {fmt_us(v[2] - v[3])}")
+    if extra:
+        w("Server CPU per connection beyond its request, (a) − (c) in µs: " + "; ".join(extra) + ".\n")
 
 
 def h2h_x(h2h, section, conns, peer):

@@ -7,9 +7,9 @@ use crate::http_server::{self, HttpShared};
 use crate::stats::Stats;
 use crate::systemd::listen::Socket;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 use tracing::error;
@@ -25,12 +25,83 @@ pub(crate) struct Acceptor {
     pub handler: Handler,
     pub stats: Arc<Stats>,
     /// `--max-connections`, shared by every listener.
-    pub slots: Arc<Semaphore>,
+    pub slots: Arc<Slots>,
     /// Every connection's task (the server's drain waits on it).
     pub tracker: TaskTracker,
     pub meta: ConnMeta,
-    /// Cleared when the loop ends (for the watchdog).
+    /// Cleared if the loop dies (for the watchdog).
     pub alive: Arc<AtomicBool>,
+}
+
+/// Clears an accept loop's `alive` if the loop dies by a panic. Not when
+/// its task is aborted: that is the shutdown, through whose drain the
+/// watchdog pings on.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `--max-connections`: the open connections, counted in one atomic shared
+/// by every listener. Taking a slot and giving it back is one atomic
+/// operation each (a semaphore would take its waiters' lock on every
+/// release); an accept loop waits on `freed` only at the cap.
+pub(crate) struct Slots {
+    open: AtomicUsize,
+    max: usize,
+    freed: Notify,
+}
+
+/// One open connection's slot; dropping it gives the slot back.
+pub(crate) struct Slot(Arc<Slots>);
+
+impl Slots {
+    pub fn new(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            open: AtomicUsize::new(0),
+            max,
+            freed: Notify::new(),
+        })
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// A slot, once one is free.
+    async fn take(self: &Arc<Self>) -> Slot {
+        loop {
+            if let Some(slot) = self.try_take() {
+                return slot;
+            }
+            // At the cap: listen for a release, then look again (a release
+            // between the look and the listening would otherwise be missed).
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_take() {
+                return slot;
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) >= self.0.max {
+            self.0.freed.notify_waiters();
+        }
+    }
 }
 
 /// Sleeps after accept errors that would otherwise spin (EMFILE, ENFILE,
@@ -68,23 +139,21 @@ impl Acceptor {
     }
 
     async fn run<L: Accept>(self, listener: L) {
+        let _alive = AliveGuard(self.alive.clone());
         loop {
             // Take a slot first: at the cap we stop calling accept() and
             // the kernel backlog holds newcomers.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                break;
-            };
+            let slot = self.slots.take().await;
             match listener.accept_one().await {
                 Ok((stream, peer)) => self.spawn(stream, peer, slot),
                 Err(e) => accept_error(&self.meta.listener, e).await,
             }
         }
-        self.alive.store(false, Ordering::Relaxed);
     }
 
     /// Starts serving one accepted connection; `slot` and the stats guard
     /// live exactly as long as the connection.
-    fn spawn<S: Split>(&self, stream: S, peer: Option<String>, slot: OwnedSemaphorePermit) {
+    fn spawn<S: Split>(&self, stream: S, peer: Option<String>, slot: Slot) {
         let held = (slot, self.stats.connection());
         // Each connection gets its own copy of the listener's name: every
         // request clones it into `RequestInfo`, and one reference count
@@ -176,5 +245,31 @@ impl Accept for Guarded {
                 return Ok((s, Some(peer.to_string())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn at_the_cap_a_slot_comes_when_one_is_given_back() {
+        let slots = Slots::new(2);
+        let a = slots.take().await;
+        let _b = slots.take().await;
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a third slot while two are taken");
+        drop(a);
+        let c = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the freed slot reached the waiting loop")
+            .expect("joined");
+        assert_eq!(slots.open.load(Ordering::Acquire), 2);
+        drop(c);
+        assert_eq!(slots.open.load(Ordering::Acquire), 1);
     }
 }

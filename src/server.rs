@@ -36,7 +36,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -192,7 +191,7 @@ impl Server {
     /// Registers every listener with the runtime and starts its accept loop.
     fn start_accepting(&mut self, app: App) -> anyhow::Result<Accepting> {
         let handlers = Handlers::new(&self.config, app, &self.stats, &self.shutdown);
-        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let slots = crate::accept::Slots::new(self.config.max_connections);
         let mut accepting = Accepting::default();
         for l in std::mem::take(&mut self.listeners) {
             info!("listening: {}", describe(&l));

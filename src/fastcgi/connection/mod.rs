@@ -18,6 +18,7 @@
 //! a state machine that knows nothing of the service, the service calls):
 //! - `reader`: socket reads, timers, drain on shutdown, linger; hands each
 //!   record to the demultiplexer and does what it asks.
+//! - `bufpool`: spare read buffers per worker thread.
 //! - `demux`: the synchronous demultiplexer: records in, actions out
 //!   (begin, params, stdin, abort, get-values), admission caps, the
 //!   per-request input state. No I/O, no service.
@@ -59,6 +60,7 @@
 //!   (`ngx_http_upstream_send_response` closes the body's temp file), which
 //!   is how Go's net/http/fcgi truncates echoes behind nginx.
 
+mod bufpool;
 mod demux;
 mod dispatch;
 mod events;

@@ -4,6 +4,7 @@
 //! timers (stall, idle, buffer release, drain grace), the drain on shutdown
 //! and the linger before close.
 
+use super::bufpool::{self, READ_CHUNK};
 use super::demux::{Action, Answer, BodyChunk, CloseReason, Demux};
 use super::dispatch::{InlineRequest, Starter};
 use super::events::{
@@ -28,8 +29,6 @@ use tracing::{debug, warn};
 /// After shutdown begins, how long an idle keep-alive connection stays
 /// open for the web server to notice (see `Reader::begin_drain`).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-/// Read size when the buffer has no partial record to complete.
-const READ_CHUNK: usize = 16 * 1024;
 /// A connection idle this long gives its read buffer back (so 10,000 idle
 /// keep-alive connections hold no buffers), while one that nginx keeps
 /// busy reuses its buffer from request to request.
@@ -105,6 +104,7 @@ impl<R: ConnRead> Reader<R> {
         if let Some(req) = self.inline.take() {
             req.await;
         }
+        bufpool::give(std::mem::take(&mut self.buf));
     }
 
     fn log_close(&self, reason: &CloseReason) {
@@ -257,7 +257,7 @@ impl<R: ConnRead> Reader<R> {
             return Err(CloseReason::Routine("write side failed"));
         }
         if bits & WRITER_CLOSED != 0 {
-            self.linger().await;
+            self.linger(w).await;
             return Err(CloseReason::Routine(
                 "request without FCGI_KEEP_CONN finished",
             ));
@@ -328,7 +328,7 @@ impl<R: ConnRead> Reader<R> {
             && now < self.idle_since + self.engine.config.idle_timeout
         {
             // Idle for BUFFER_RELEASE: hold no buffer from now on.
-            self.buf = BytesMut::new();
+            bufpool::give(std::mem::take(&mut self.buf));
             return Ok(());
         }
         Err(if idle {
@@ -361,13 +361,21 @@ impl<R: ConnRead> Reader<R> {
         Ok(())
     }
 
-    /// Reads and discards for a short while after our side has shut down.
-    async fn linger(&mut self) {
-        let mut scratch = vec![0u8; 4096];
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.io.read(&mut scratch)).await {
-            if n == 0 {
-                break;
+    /// Reads and discards for a short while after our side has shut down,
+    /// so a peer still sending gets a FIN and not a reset. Into the read
+    /// buffer, which has no further use (no zeroed scratch buffer to
+    /// allocate), and on the loop's own timer (no second one to register).
+    async fn linger(&mut self, w: &mut Waits) {
+        w.arm_exact(Instant::now() + LINGER);
+        self.buf.clear();
+        loop {
+            tokio::select! {
+                biased;
+                r = read_some(&mut self.io, &mut self.buf) => match r {
+                    Ok(n) if n > 0 => self.buf.clear(),
+                    _ => return,
+                },
+                _ = w.sleep.as_mut() => return,
             }
         }
     }
@@ -442,6 +450,12 @@ impl Waits {
         }
     }
 
+    /// Sets the timer for `deadline`, whatever it was set for.
+    fn arm_exact(&mut self, deadline: Instant) {
+        self.armed = deadline;
+        self.sleep.as_mut().reset(deadline.into());
+    }
+
     /// Polls the server's shutdown future with the waker that raises
     /// `SHUTDOWN_POKED`.
     fn shutdown_fired(&mut self) -> bool {
@@ -469,7 +483,9 @@ async fn read_some<R: ConnRead>(io: &mut R, buf: &mut BytesMut) -> io::Result<us
     if buf.is_empty() {
         io.readable().await?;
     }
-    if buf.capacity() - buf.len() < 1024 {
+    if buf.capacity() == 0 {
+        *buf = bufpool::take();
+    } else if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
     io.read_buf(buf).await
