@@ -1460,10 +1460,18 @@ def write_h2h_peer(rep, section, conns, what, peer, rs, ratios):
 SAME_BUILD_GOAL = 0.98
 
 
-def round_ratios(by_peer, a, b):
-    """{round: a's req/s ÷ b's} over the rounds both ran."""
-    rb = {r["round"]: r["rps"] for r in by_peer.get(b, [])}
-    return {r["round"]: r["rps"] / rb[r["round"]] for r in by_peer.get(a, []) if rb.get(r["round"])}
+def round_ratios(by_peer, a, b, key="rps"):
+    """{round: a's figure ÷ b's} over the rounds both ran (req/s, or
+    key="cpu_us" for the server's CPU per request)."""
+    rb = {r["round"]: r.get(key) for r in by_peer.get(b, [])}
+    return {r["round"]: r[key] / rb[r["round"]] for r in by_peer.get(a, [])
+            if rb.get(r["round"]) and r.get(key) is not None}
+
+
+def cpu_cell(by_peer, a, b):
+    """a's CPU µs/req ÷ b's: the median of the rounds' ratios."""
+    xs = list(round_ratios(by_peer, a, b, "cpu_us").values())
+    return f"{median(xs):.3f}" if xs else "–"
 
 
 def ratio_cells(xs):
@@ -1488,10 +1496,11 @@ def write_baseline(rep, h2h, rows, meta):
     w(f"`{REF}` and `{BASE}` run the same app (`bench/peers/myflask` as of this run's checkout), the "
       f"second built on the myflask library at {b['rev']} (\"{b['subject']}\"). Ratio = myflask's req/s "
       f"÷ the baseline's in the same round (measured back to back, their order swapping each round); "
-      f"the goal is ≥ {SAME_BUILD_GOAL}× for the median of the rounds.\n")
+      f"the goal is ≥ {SAME_BUILD_GOAL}× for the median of the rounds. CPU ratio = myflask's "
+      f"CPU µs/req ÷ the baseline's, median of the rounds (below 1: myflask spends less).\n")
     w("| point | myflask ÷ baseline (median) | per round | min–max | median req/s myflask | "
-      "median req/s baseline | CPU µs/req myflask | CPU µs/req baseline | met |")
-    w("|---|---:|---|---:|---:|---:|---:|---:|---|")
+      "median req/s baseline | CPU µs/req myflask | CPU µs/req baseline | CPU ratio | met |")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for (section, conns), by_peer in points:
         xs = round_ratios(by_peer, REF, BASE)
         med, per, spread = ratio_cells(xs)
@@ -1499,7 +1508,7 @@ def write_baseline(rep, h2h, rows, meta):
         ok = "yes" if xs and median(list(xs.values())) >= SAME_BUILD_GOAL else "**no**"
         w(f"| {what} | {med} | {per} | {spread} | {fmt_n(median([r['rps'] for r in by_peer[REF]]))} | "
           f"{fmt_n(median([r['rps'] for r in by_peer[BASE]]))} | {median_cpu(by_peer[REF])} | "
-          f"{median_cpu(by_peer[BASE])} | {ok} |")
+          f"{median_cpu(by_peer[BASE])} | {cpu_cell(by_peer, REF, BASE)} | {ok} |")
     w("")
     idle = {r["peer"]: r["rss_kib"] for r in rows if r["section"] == "h2h_idle"}
     met = "yes" if idle.get(REF, 1 << 60) <= idle.get(BASE, 0) else "**no**"
@@ -1545,16 +1554,17 @@ def write_endpoints(rep, h2h, rows):
     w(f"`{ENDPOINT_PEERS[0]}` is `{REF}` with `{' '.join(METRICS_ON)}`; `{ENDPOINT_PEERS[1]}` adds "
       f"`{' '.join(ENDPOINTS_ON[2:])}` (the status page keeps the in-flight registry). Ratio = its "
       f"req/s ÷ myflask's (endpoints off) in the same round; the goal is ≥ {SAME_BUILD_GOAL}× for the "
-      f"median of the rounds.\n")
-    w("| GET | endpoints on | on ÷ off (median) | per round | min–max | CPU µs/req on | CPU µs/req off | met |")
-    w("|---|---|---:|---|---:|---:|---:|---|")
+      f"median of the rounds. CPU ratio = CPU µs/req on ÷ off, median of the rounds.\n")
+    w("| GET | endpoints on | on ÷ off (median) | per round | min–max | CPU µs/req on | CPU µs/req off | "
+      "CPU ratio | met |")
+    w("|---|---|---:|---|---:|---:|---:|---:|---|")
     for c, peer, by_peer in cells:
         xs = round_ratios(by_peer, peer, REF)
         med, per, spread = ratio_cells(xs)
         ok = "yes" if xs and median(list(xs.values())) >= SAME_BUILD_GOAL else "**no**"
         what = "metrics" if peer == ENDPOINT_PEERS[0] else "status + metrics + ping"
         w(f"| c={c} | {what} | {med} | {per} | {spread} | {median_cpu(by_peer[peer])} | "
-          f"{median_cpu(by_peer[REF])} | {ok} |")
+          f"{median_cpu(by_peer[REF])} | {cpu_cell(by_peer, peer, REF)} | {ok} |")
     w("")
     write_h2h_idle(rep, rows, ENDPOINT_PEERS, "the difference is what the endpoints' state costs at rest.")
 
