@@ -16,6 +16,9 @@ Environment:
   BENCH_QUICK=1   smoke: 1 s points, GET c=16 + echo 1 MiB per peer, one cold
                   start, results only under bench/results/raw/
   BENCH_PEERS     comma-separated subset of peer names (default: all)
+  BENCH_BASELINE  a git revision: the myflask peer built on the library at
+                  that revision (bench/run.sh builds it) runs head to head
+                  beside myflask as myflask-base
 
 bench.py --report results/raw/<date> rewrites the reports of an earlier run
 from its results.json (no measuring). bench.py --dry-run prints what a run
@@ -113,12 +116,19 @@ FRESH = os.environ.get("BENCH_H2H", "") == "fresh"
 FRESH_PAIRS = [("myflask-nokeep", "hyper-nokeep", "(a) connection per request"),
                ("myflask-shipped", "hyper-shipped", "(b) the shipped snippets"),
                ("myflask-fcgiparams", "hyper", "(c) Debian fastcgi_params, keepalive 512")]
+# The management endpoints' peers ride in the GET rounds: their ×mf is what
+# serving /metrics (and the status page and ping) costs the same build.
+# BENCH_BASELINE adds myflask-base to the GET and echo rounds (not to the
+# fresh ones, which have no plain myflask peer to hold it against).
+BASE = "myflask-base"
+ENDPOINT_PEERS = ["myflask-metrics", "myflask-mgmt"]
 if FRESH:
     H2H_PEERS = [n for pair in FRESH_PAIRS for n in pair[:2]]
     H2H_ECHO_PEERS = []
 else:
-    H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor", "myflask-fcgiparams", "ceiling"]
-    H2H_ECHO_PEERS = ["myflask", "hyper"]
+    H2H_PEERS = ["myflask", "hyper", "tokio-fastcgi", "fastcgi-floor", "myflask-fcgiparams", "ceiling",
+                 *ENDPOINT_PEERS, BASE]
+    H2H_ECHO_PEERS = ["myflask", "hyper", BASE]
 H2H_ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "5"))
 H2H_CONNS = [16] if QUICK else ([16, 64, 256] if FRESH else [16, 64])
 
@@ -126,6 +136,32 @@ H2H_CONNS = [16] if QUICK else ([16, 64, 256] if FRESH else [16, 64])
 MYFLASK_LOG = ["--log-target", "stderr", "--log-level", "info,myflask::access=off"]
 
 PHP_SCRIPT = os.path.join(BENCH, "peers", "php", "index.php")
+
+# The management endpoints as an operator turns them on (off by default for
+# a hosted app such as the bench's): /metrics alone, then all three.
+METRICS_ON = ("--metrics-path", "/metrics")
+ENDPOINTS_ON = (*METRICS_ON, "--status-path", "/status", "--ping-path", "/ping")
+
+
+def baseline():
+    """BENCH_BASELINE as {rev, sha, bin, subject}, or None when unset: the
+    revision as given, its 12-digit sha, and the bench peer bench/run.sh
+    built on the library at that revision (build/base-<sha>/)."""
+    rev = os.environ.get("BENCH_BASELINE", "")
+    if not rev:
+        return None
+    p = subprocess.run(["git", "-C", REPO, "rev-parse", "--verify", "--quiet", "--short=12", rev + "^{commit}"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"bench.py: BENCH_BASELINE={rev} is not a commit of {REPO}")
+    sha = p.stdout.strip()
+    subject = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%s", sha],
+                             capture_output=True, text=True).stdout.strip()
+    return dict(rev=rev, sha=sha, subject=subject,
+                bin=os.path.join(BUILD, f"base-{sha}", "target", "release", "myflask-hello"))
+
+
+BASELINE = None if FRESH else baseline()
 
 
 @dataclass(frozen=True)
@@ -147,11 +183,20 @@ class PeerSpec:
     get_only: bool = False  # GET points only: no echo points
     cold: bool = True  # cold start measured
     direct: Optional[str] = None  # loadgen run without nginx: "mux" (keep-alive + multiplexed), "keep", "nokeep"
+    h2h_only: bool = False  # measured in the head-to-head rounds only: no pass of its own
+    # (path, status, text in the body) of GETs the correctness check sends
+    # through nginx besides GET / and POST /echo
+    probes: Tuple[Tuple[str, int, str], ...] = ()
+
+
+def myflask_argv(binary, sock, *extra):
+    """A myflask peer binary serving FastCGI on `sock`, with `extra` flags."""
+    return [binary, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG, *extra]
 
 
 def myflask_cmd(peer, sock):
     """myflask serving FastCGI on `sock`."""
-    return [MYFLASK, "serve", "--listen", "unix:" + sock, "--socket-mode", "0666", *MYFLASK_LOG]
+    return myflask_argv(MYFLASK, sock)
 
 
 def myflask_http_cmd(peer, sock):
@@ -198,8 +243,10 @@ PEERS = [
     PeerSpec("tokio-fastcgi", "Rust tokio-fastcgi 1.3", lambda p, sock: [TOKIO_FCGI, sock], proto="fcgi",
              keep=True, direct="keep"),
     PeerSpec("hyper", "Rust hyper 1.x, proxy_pass", lambda p, sock: [HYPER, sock], proto="http", keep=True),
+    # Its management endpoints are off (a hosted app's default): the probe
+    # holds the peers below to the same build with them on.
     PeerSpec("myflask", "myflask FastCGI, keep_conn", myflask_cmd, proto="fcgi", keep=True, snippet=True,
-             direct="mux"),
+             direct="mux", probes=(("/metrics", 404, ""),)),
     # The same server with Debian's fastcgi_params instead of the package's
     # snippet (a GET comparison: no echo, and its start is myflask's).
     PeerSpec("myflask-fcgiparams", "myflask FastCGI, keep_conn, Debian fastcgi_params", myflask_cmd,
@@ -218,7 +265,25 @@ PEERS = [
     PeerSpec("hyper-shipped", f"Rust hyper 1.x, proxy_pass, keepalive {SHIPPED_KEEPALIVE}",
              lambda p, sock: [HYPER, sock], proto="http", keep=True, keepalive=SHIPPED_KEEPALIVE,
              get_only=True, cold=False),
+    # The same server with the management endpoints on: /metrics only, and
+    # all three (the status page adds the in-flight registry). The built-in
+    # app behind it serves none of these paths or bodies, so the probes
+    # prove the endpoints answer.
+    PeerSpec("myflask-metrics", "myflask FastCGI, keep_conn, --metrics-path",
+             lambda p, sock: myflask_argv(MYFLASK, sock, *METRICS_ON), proto="fcgi", keep=True, snippet=True,
+             get_only=True, cold=False, h2h_only=True, probes=(("/metrics", 200, "myflask_requests_total"),)),
+    PeerSpec("myflask-mgmt", "myflask FastCGI, keep_conn, status + metrics + ping",
+             lambda p, sock: myflask_argv(MYFLASK, sock, *ENDPOINTS_ON), proto="fcgi", keep=True, snippet=True,
+             get_only=True, cold=False, h2h_only=True,
+             probes=(("/metrics", 200, "myflask_requests_total"), ("/status?full", 200, '"requests"'),
+                     ("/ping", 200, "ok"))),
 ]
+if BASELINE:
+    # Next to myflask in PEERS, so the two are measured back to back.
+    PEERS.insert(next(i for i, p in enumerate(PEERS) if p.name == "myflask") + 1, PeerSpec(
+        BASE, f"myflask FastCGI, keep_conn, library at {BASELINE['rev']} (baseline)",
+        lambda p, sock: myflask_argv(BASELINE["bin"], sock), proto="fcgi", keep=True, snippet=True,
+        cold=False, h2h_only=True, probes=(("/metrics", 404, ""),)))
 REF = "myflask"
 CEIL = "ceiling"
 FLOOR_PEER = "fastcgi-floor"
@@ -589,6 +654,11 @@ def check_peer(peer):
     st, body = http_req(peer.port, "GET", "/")
     if st != 200 or not body:
         raise RuntimeError(f"GET / -> {st} {body[:80]!r}")
+    for path, status, text in peer.spec.probes:
+        st, got = http_req(peer.port, "GET", path)
+        if st != status or text.encode() not in got:
+            want = f"{status} with {text!r} in the body" if text else str(status)
+            raise RuntimeError(f"GET {path} -> {st} {got[:80]!r}, expected {want}")
     if not peer.spec.echo:
         # The floor answers every request with its canned GET / reply, so an
         # echo check could only fail: it has no /echo and is never measured on it.
@@ -779,7 +849,9 @@ def activated_start_args(sock):
 
 
 def head_to_head(tmp, names, rows):
-    """Interleaved rounds of the target comparisons (see H2H_PEERS)."""
+    """Interleaved rounds of the target comparisons (see H2H_PEERS), with
+    each peer's idle RSS once all have answered their checks, and the
+    machine's load around each round."""
     specs = [p for p in PEERS if p.name in H2H_PEERS and p.name in names]
     if len(specs) < 2 or H2H_ROUNDS < 1:
         return
@@ -791,22 +863,38 @@ def head_to_head(tmp, names, rows):
             peers.append(p)
             p.start()
             check_peer(p)
+        time.sleep(0.5)
+        for p in peers:
+            rows.append(dict(section="h2h_idle", peer=p.name, rss_kib=rss_kib(tree_pids(p.root_pid()))))
         for p in peers:
             run_wrk(p.port, 16, WARMUP)
         for rnd in range(H2H_ROUNDS):
-            k = rnd % len(peers)
-            order = peers[k:] + peers[:k]
-            points = [("h2h_get", c, 0, order) for c in H2H_CONNS]
-            points.append(("h2h_echo", ECHO_CONNS, MIB, [p for p in order if p.name in H2H_ECHO_PEERS]))
-            for section, c, body, who in points:
+            cpu0, la0 = cpu_sample(), loadavg()
+            for section, c, body, who in round_points(peers, rnd):
                 for p in who:
                     rows.append(wrk_point(p, section, c, body, body, round=rnd))
+            busy, bg = cpu_delta(cpu0, cpu_sample())
+            rows.append(dict(section="round_load", peer="", round=rnd, load_before=la0, load_after=loadavg(),
+                             cpu_busy=busy, background=bg))
             log(f"   round {rnd + 1}: " + "; ".join(
                 f"{r['peer']} {r['section'][4:]} c={r['conns']} {r['rps']:.0f}"
                 for r in rows if r.get("round") == rnd and r["section"].startswith("h2h")))
     finally:
         for p in peers:
             p.stop()
+
+
+def round_points(peers, rnd):
+    """(section, conns, body, peers in order) of round `rnd`: the order
+    rotates each round, and odd rounds run it backwards, so two peers next
+    to each other (myflask and myflask-base) swap places every round."""
+    k = rnd % len(peers)
+    order = peers[k:] + peers[:k]
+    if rnd % 2:
+        order.reverse()
+    points = [("h2h_get", c, 0, order) for c in H2H_CONNS]
+    points.append(("h2h_echo", ECHO_CONNS, MIB, [p for p in order if p.name in H2H_ECHO_PEERS]))
+    return points
 
 
 def h2h_summary(rows, section, conns):
@@ -902,8 +990,11 @@ def dry_run():
         print(f"\n{spec.name}: {spec.label}")
         print("  server: " + (" ".join(peer.server_cmd()) if spec.command else "none (nginx answers)"))
         print(f"  nginx: {os.path.join(peer.dir, 'nginx.conf')}")
-        if FRESH:  # the fresh rounds alone: no points of its own, no cold start
-            print(f"  head to head: GET at {', '.join(map(str, H2H_CONNS))}, {H2H_ROUNDS} rounds")
+        for path, status, text in spec.probes:
+            print(f"  check: GET {path} -> {status}" + (f" with {text!r}" if text else ""))
+        if FRESH or spec.h2h_only:  # the rounds alone: no points of its own, no cold start
+            echo = " and echo 1 MiB" if spec.name in H2H_ECHO_PEERS else ""
+            print(f"  head to head only: GET at {', '.join(map(str, H2H_CONNS))}{echo}, {H2H_ROUNDS} rounds")
             continue
         print(f"  GET at {', '.join(map(str, GET_CONNS))} connections; echo: "
               + (", ".join(body_label(b) for b in echo_bodies(spec)) or "none"))
@@ -926,12 +1017,14 @@ def main():
     status 1 if a peer failed (or, in a quick run, any request failed)."""
     os.makedirs(RAW, exist_ok=True)
     peers = selected_peers()
+    if BASELINE and BASE in [p.name for p in peers] and not os.access(BASELINE["bin"], os.X_OK):
+        sys.exit(f"bench.py: no {BASELINE['bin']}: build it with BENCH_BASELINE={BASELINE['rev']} bench/run.sh")
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     tmp = tempfile.mkdtemp(prefix="myflask-bench.", dir=shm)
     os.chmod(tmp, 0o755)
     started = datetime.datetime.now().astimezone()
     meta = dict(date=started.strftime("%Y-%m-%d %H:%M %Z"), machine=machine(), versions=versions(),
-                load_before=loadavg(), quick=QUICK, duration=DURATION, warmup=WARMUP)
+                load_before=loadavg(), quick=QUICK, duration=DURATION, warmup=WARMUP, baseline=BASELINE)
     procs0 = proc_cpu()
     log(f"bench: {len(peers)} peers, {DURATION:g} s per point, load before {meta['load_before']}")
     cpu0 = cpu_sample()
@@ -963,7 +1056,7 @@ def measure_all(peers, tmp):
     starts; a failure costs only its own part and is listed in "failed"."""
     rows, direct_rows, errors, failed = [], [], [], []
     # BENCH_H2H=fresh: the fresh-connection rounds alone (a few minutes)
-    for spec in [] if FRESH else peers:
+    for spec in [] if FRESH else [p for p in peers if not p.h2h_only]:
         peer = Peer(spec, tmp)
         try:
             bench_peer(peer, rows, direct_rows, errors)
@@ -1114,6 +1207,8 @@ class Report:
 def report(meta, peers, rows, direct_rows, cold, errors, failed):
     """The markdown report, its CSV rows, and whether every target was met."""
     rep = Report(rows)
+    if meta.get("baseline"):  # a report rewritten without BENCH_BASELINE set
+        rep.labels[BASE] = f"myflask FastCGI, keep_conn, library at {meta['baseline']['rev']} (baseline)"
     write_header(rep, meta, failed)
     write_get(rep, peers, rows)
     write_echo(rep, peers)
@@ -1123,6 +1218,9 @@ def report(meta, peers, rows, direct_rows, cold, errors, failed):
     write_load(rep, rows)
     h2h = h2h_points(rows)
     write_h2h(rep, h2h, meta)
+    write_round_load(rep, rows)
+    write_baseline(rep, h2h, rows, meta)
+    write_endpoints(rep, h2h, rows)
     write_fresh(rep, h2h)
     targets_ok = True
     if not meta["quick"] and not FRESH:
@@ -1354,6 +1452,121 @@ def write_h2h_peer(rep, section, conns, what, peer, rs, ratios):
                             p99_ms=r["p99_ms"], non2xx=r["non2xx"], sock_err=r["sock_err"],
                             rss_kib=r["rss_kib"], cpu_us_server=rnd(r.get("cpu_us")),
                             cpu_us_nginx=rnd(r.get("nginx_cpu_us"))))
+
+
+# Issue 12 (a hot-path change against the build before it) and issue 14
+# (the management endpoints on against off) both ask for ≥ 0.98×, judged
+# on the median of the rounds' ratios.
+SAME_BUILD_GOAL = 0.98
+
+
+def round_ratios(by_peer, a, b, key="rps"):
+    """{round: a's figure ÷ b's} over the rounds both ran (req/s, or
+    key="cpu_us" for the server's CPU per request)."""
+    rb = {r["round"]: r.get(key) for r in by_peer.get(b, [])}
+    return {r["round"]: r[key] / rb[r["round"]] for r in by_peer.get(a, [])
+            if rb.get(r["round"]) and r.get(key) is not None}
+
+
+def cpu_cell(by_peer, a, b):
+    """a's CPU µs/req ÷ b's: the median of the rounds' ratios."""
+    xs = list(round_ratios(by_peer, a, b, "cpu_us").values())
+    return f"{median(xs):.3f}" if xs else "–"
+
+
+def ratio_cells(xs):
+    """Median, per-round list (in round order) and min–max of {round: ratio}."""
+    v = [xs[k] for k in sorted(xs)]
+    return (f"{median(v):.3f}×" if v else "–", ", ".join(f"{x:.3f}" for x in v),
+            f"{min(v):.3f}–{max(v):.3f}" if v else "–")
+
+
+def median_cpu(rs):
+    return fmt_us(median([r["cpu_us"] for r in rs if r.get("cpu_us") is not None]))
+
+
+def write_baseline(rep, h2h, rows, meta):
+    """myflask ÷ the same peer on the library at BENCH_BASELINE, at every
+    head-to-head point, and both idle RSS."""
+    points = [(k, v[0]) for k, v in h2h.items() if BASE in v[0] and REF in v[0]]
+    if not points:
+        return
+    b, w = meta["baseline"], rep.w
+    w(f"## Against the baseline build: library at {b['rev']} ({b['sha']})\n")
+    w(f"`{REF}` and `{BASE}` run the same app (`bench/peers/myflask` as of this run's checkout), the "
+      f"second built on the myflask library at {b['rev']} (\"{b['subject']}\"). Ratio = myflask's req/s "
+      f"÷ the baseline's in the same round (measured back to back, their order swapping each round); "
+      f"the goal is ≥ {SAME_BUILD_GOAL}× for the median of the rounds. CPU ratio = myflask's "
+      f"CPU µs/req ÷ the baseline's, median of the rounds (below 1: myflask spends less).\n")
+    w("| point | myflask ÷ baseline (median) | per round | min–max | median req/s myflask | "
+      "median req/s baseline | CPU µs/req myflask | CPU µs/req baseline | CPU ratio | met |")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    for (section, conns), by_peer in points:
+        xs = round_ratios(by_peer, REF, BASE)
+        med, per, spread = ratio_cells(xs)
+        what = f"GET c={conns}" if section == "h2h_get" else f"echo 1 MiB c={conns}"
+        ok = "yes" if xs and median(list(xs.values())) >= SAME_BUILD_GOAL else "**no**"
+        w(f"| {what} | {med} | {per} | {spread} | {fmt_n(median([r['rps'] for r in by_peer[REF]]))} | "
+          f"{fmt_n(median([r['rps'] for r in by_peer[BASE]]))} | {median_cpu(by_peer[REF])} | "
+          f"{median_cpu(by_peer[BASE])} | {cpu_cell(by_peer, REF, BASE)} | {ok} |")
+    w("")
+    idle = {r["peer"]: r["rss_kib"] for r in rows if r["section"] == "h2h_idle"}
+    met = "yes" if idle.get(REF, 1 << 60) <= idle.get(BASE, 0) else "**no**"
+    write_h2h_idle(rep, rows, [BASE], f"myflask's no higher than the baseline's: {met}.")
+
+
+def write_round_load(rep, rows):
+    """The machine's background load during each head-to-head round (and,
+    in the CSV only, each head-to-head peer's idle RSS)."""
+    for r in rows:
+        if r["section"] == "h2h_idle":
+            rep.csv.append(dict(section="h2h_idle", peer=r["peer"], rss_kib=r["rss_kib"]))
+    bg = [r for r in rows if r["section"] == "round_load"]
+    if not bg:
+        return
+    rep.w("Background (cores busy with other processes) by round, in round order: "
+          + ", ".join(f"{r['background']:.2f}" for r in bg) + "; loadavg before each: "
+          + "; ".join(r["load_before"] for r in bg) + ".\n")
+    for r in bg:
+        rep.csv.append(dict(section="round_load", round=r["round"], load_before=r["load_before"],
+                            load_after=r["load_after"], cpu_busy=round(r["cpu_busy"], 1),
+                            background_cores=round(r["background"], 2)))
+
+
+def write_h2h_idle(rep, rows, peers, what):
+    """Idle RSS of `peers` in the head-to-head set, against myflask's."""
+    idle = {r["peer"]: r["rss_kib"] for r in rows if r["section"] == "h2h_idle"}
+    if REF not in idle or not any(p in idle for p in peers):
+        return
+    cells = [f"{p} {idle[p]} KiB ({idle[p] - idle[REF]:+d})" for p in peers if p in idle]
+    rep.w(f"Idle RSS (after the checks, before the warm-up): myflask {idle[REF]} KiB; " + ", ".join(cells)
+          + f"; {what}\n")
+
+
+def write_endpoints(rep, h2h, rows):
+    """The management endpoints on ÷ off, the same build, GET rounds."""
+    cells = [(c, peer, h2h[("h2h_get", c)][0]) for c in H2H_CONNS for peer in ENDPOINT_PEERS
+             if ("h2h_get", c) in h2h and peer in h2h[("h2h_get", c)][0] and REF in h2h[("h2h_get", c)][0]]
+    if not cells:
+        return
+    w = rep.w
+    w("## Management endpoints on against off (the same build)\n")
+    w(f"`{ENDPOINT_PEERS[0]}` is `{REF}` with `{' '.join(METRICS_ON)}`; `{ENDPOINT_PEERS[1]}` adds "
+      f"`{' '.join(ENDPOINTS_ON[2:])}` (the status page keeps the in-flight registry). Ratio = its "
+      f"req/s ÷ myflask's (endpoints off) in the same round; the goal is ≥ {SAME_BUILD_GOAL}× for the "
+      f"median of the rounds. CPU ratio = CPU µs/req on ÷ off, median of the rounds.\n")
+    w("| GET | endpoints on | on ÷ off (median) | per round | min–max | CPU µs/req on | CPU µs/req off | "
+      "CPU ratio | met |")
+    w("|---|---|---:|---|---:|---:|---:|---:|---|")
+    for c, peer, by_peer in cells:
+        xs = round_ratios(by_peer, peer, REF)
+        med, per, spread = ratio_cells(xs)
+        ok = "yes" if xs and median(list(xs.values())) >= SAME_BUILD_GOAL else "**no**"
+        what = "metrics" if peer == ENDPOINT_PEERS[0] else "status + metrics + ping"
+        w(f"| c={c} | {what} | {med} | {per} | {spread} | {median_cpu(by_peer[peer])} | "
+          f"{median_cpu(by_peer[REF])} | {cpu_cell(by_peer, peer, REF)} | {ok} |")
+    w("")
+    write_h2h_idle(rep, rows, ENDPOINT_PEERS, "the difference is what the endpoints' state costs at rest.")
 
 
 def write_fresh(rep, h2h):

@@ -11,6 +11,9 @@
 #                                     any failure or error (CI can run this)
 #   BENCH_PEERS=myflask,hyper bench/run.sh   a subset (see bench/README.md)
 #   BENCH_SKIP_INSTALL=1              do not touch apt/pip
+#   BENCH_BASELINE=<git rev> bench/run.sh   also builds the myflask peer on
+#                                     the library at that revision and runs
+#                                     it head to head as myflask-base
 #
 # Debian 12 (bookworm). Needs root (or sudo) for apt-get only.
 set -eu
@@ -59,6 +62,37 @@ for tool in nginx wrk php-fpm8.2 go systemd-socket-activate cargo; do
 done
 
 # --------------------------------------------------------------- build ----
+# The baseline: today's bench/peers/myflask (its main.rs, Cargo.toml and
+# Cargo.lock) built on the myflask library at revision $1, so the two peers
+# differ in the library alone. The revision is checked out with `git
+# worktree add --detach` under bench/build/base-<sha>/tree and today's peer
+# is copied over that tree's bench/peers/myflask: its `path = "../../.."`
+# then names the baseline's library with the manifest as committed (a copy
+# elsewhere would need its path, or a [patch] keyed by the path source's
+# file:// URL, written into it). Its own CARGO_TARGET_DIR
+# (base-<sha>/target) keeps both builds cached. The baseline's `myflask`
+# binary is built too, for bench/callgrind.sh.
+build_baseline() {
+    rev=$(git -C "$REPO" rev-parse --verify --quiet "$1^{commit}") ||
+        { say "BENCH_BASELINE=$1 is not a commit of $REPO"; exit 1; }
+    base="$BUILD/base-$(git -C "$REPO" rev-parse --short=12 "$rev")"
+    tree="$base/tree"
+    if [ ! -f "$tree/.git" ] || [ "$(git -C "$tree" rev-parse --verify --quiet HEAD)" != "$rev" ]; then
+        say "checking out $1 ($rev) in $tree"
+        rm -rf "$tree"
+        git -C "$REPO" worktree prune
+        git -C "$REPO" worktree add --detach --quiet "$tree" "$rev"
+    fi
+    peer="$tree/bench/peers/myflask"
+    rm -rf "$peer"
+    mkdir -p "$peer"
+    cp -a "$BENCH/peers/myflask/Cargo.toml" "$BENCH/peers/myflask/Cargo.lock" "$BENCH/peers/myflask/src" "$peer/"
+    say "building the myflask peer and myflask on the library at $1 (CARGO_TARGET_DIR=$base/target)"
+    (cd "$peer" && CARGO_TARGET_DIR="$base/target" cargo build --release --quiet)
+    (cd "$tree" && CARGO_TARGET_DIR="$base/target" cargo build --release --quiet -p myflask --bin myflask)
+    say "baseline: $base/target/release/myflask-hello (bench peer), $base/target/release/myflask (for bench/callgrind.sh)"
+}
+
 say "building myflask (cargo build --release in $REPO)"
 (cd "$REPO" && cargo build --release --quiet)
 
@@ -66,6 +100,10 @@ say "building the load generator and the Rust peers (CARGO_TARGET_DIR=$BUILD/tar
 for d in loadgen peers/myflask peers/tokio-fastcgi peers/hyper peers/floor; do
     (cd "$BENCH/$d" && CARGO_TARGET_DIR="$BUILD/target" cargo build --release --quiet)
 done
+
+if [ -n "${BENCH_BASELINE:-}" ]; then
+    build_baseline "$BENCH_BASELINE"
+fi
 
 say "building the Go peer"
 GOCACHE="$BUILD/gocache" GOPATH="$BUILD/gopath" GO111MODULE=off GOFLAGS= \
