@@ -8,10 +8,16 @@
 //! anyway, not on one line all cores write); a request that moves to
 //! another thread still leaves the shard it joined. Listing locks each
 //! shard in turn, briefly.
+//!
+//! The phase is not written into the entry: each request has a
+//! [`Progress`], one atomic byte that those who know set without a lock
+//! (the transport when the request body has all arrived, the layer when
+//! the app's response head goes out), read only when the registry is
+//! listed.
 
 use crate::Transport;
 use crate::trace::TraceContext;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,13 +26,48 @@ const SHARDS: usize = 8;
 /// Where a request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Its body is still arriving. Only the FastCGI engine can tell (the
-    /// app reads the body while "in handler"); it does not report it yet.
+    /// Its body is still arriving: over FastCGI the web server has not
+    /// sent the end of STDIN (a response waits for it, see the engine's
+    /// rules); over HTTP the app has neither read the body to its end nor
+    /// dropped it (hyper receives a body as the app reads it).
     ReadingBody,
-    /// The app has it and has not answered yet.
+    /// The body is in; the app has not answered yet.
     InHandler,
-    /// The app answered; the response body is being sent.
+    /// The response head is out; its body is being sent.
     Writing,
+}
+
+/// One request's progress, shared by its registry entry, its body and the
+/// layer around the app: two bits set once each, in any order.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<AtomicU8>);
+
+/// The request body has all arrived, or will not be read any more.
+const BODY_DONE: u8 = 1;
+/// The app answered: its response head is going out.
+const ANSWERED: u8 = 2;
+
+impl Progress {
+    pub(crate) fn body_done(&self) {
+        self.0.fetch_or(BODY_DONE, Relaxed);
+    }
+
+    pub(crate) fn answered(&self) {
+        self.0.fetch_or(ANSWERED, Relaxed);
+    }
+
+    /// The phase the two bits tell. A body still arriving comes first:
+    /// over FastCGI an answer waits for it before its head goes out.
+    pub fn phase(&self) -> Phase {
+        let bits = self.0.load(Relaxed);
+        if bits & BODY_DONE == 0 {
+            Phase::ReadingBody
+        } else if bits & ANSWERED == 0 {
+            Phase::InHandler
+        } else {
+            Phase::Writing
+        }
+    }
 }
 
 impl Phase {
@@ -46,7 +87,7 @@ struct Entry {
     uri: http::Uri,
     transport: Transport,
     started: Instant,
-    phase: Phase,
+    progress: Progress,
     trace: Option<TraceContext>,
     /// The slow log has reported it.
     reported: bool,
@@ -64,8 +105,8 @@ pub struct InFlightRequest {
     pub trace: Option<TraceContext>,
 }
 
-/// One shard's entries: a slab (slot vector + free list), so that insert,
-/// phase change and removal index a slot instead of hashing a key.
+/// One shard's entries: a slab (slot vector + free list), so that insert
+/// and removal index a slot instead of hashing a key.
 #[derive(Debug, Default)]
 struct Slots {
     entries: Vec<Option<Entry>>,
@@ -118,29 +159,34 @@ fn lock(s: &Shard) -> MutexGuard<'_, Slots> {
 }
 
 impl InFlight {
-    /// Registers a request; it stays listed while the guard lives.
+    /// Registers a request; it stays listed while the guard lives, its
+    /// phase told by the guard's [`Tracked::progress`].
     pub fn enter(
         &self,
         request_id: u64,
         method: &http::Method,
         uri: &http::Uri,
         transport: Transport,
-        phase: Phase,
         trace: Option<TraceContext>,
     ) -> Tracked {
         let shard = self.shards[shard_index()].clone();
+        let progress = Progress::default();
         let entry = Entry {
             request_id,
             method: method.clone(),
             uri: uri.clone(),
             transport,
             started: Instant::now(),
-            phase,
+            progress: progress.clone(),
             trace,
             reported: false,
         };
         let slot = lock(&shard).insert(entry);
-        Tracked { shard, slot }
+        Tracked {
+            shard,
+            slot,
+            progress,
+        }
     }
 
     /// Every request in flight, oldest first.
@@ -171,7 +217,7 @@ impl InFlight {
                         uri: e.uri.clone(),
                         transport: e.transport,
                         age,
-                        phase: e.phase,
+                        phase: e.progress.phase(),
                         trace: e.trace,
                     });
                 }
@@ -195,13 +241,13 @@ impl InFlight {
 pub struct Tracked {
     shard: Shard,
     slot: usize,
+    progress: Progress,
 }
 
 impl Tracked {
-    pub fn set_phase(&self, phase: Phase) {
-        if let Some(Some(e)) = lock(&self.shard).entries.get_mut(self.slot) {
-            e.phase = phase;
-        }
+    /// Where the request's phase is reported.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
     }
 }
 
@@ -221,32 +267,23 @@ mod tests {
     fn listed_while_guarded_across_threads() {
         let reg = Arc::new(InFlight::default());
         let get = http::Method::GET;
-        let a = reg.enter(
-            1,
-            &get,
-            &"/a".parse().expect("uri"),
-            Transport::Http,
-            Phase::InHandler,
-            None,
-        );
+        let a = reg.enter(1, &get, &"/a".parse().expect("uri"), Transport::Http, None);
+        a.progress().body_done();
         std::thread::sleep(Duration::from_millis(5));
         let b = std::thread::spawn({
             let reg = reg.clone();
             move || {
                 let uri = "/b?x=1".parse().expect("uri");
-                reg.enter(
-                    2,
-                    &http::Method::POST,
-                    &uri,
-                    Transport::FastCgi,
-                    Phase::ReadingBody,
-                    None,
-                )
+                reg.enter(2, &http::Method::POST, &uri, Transport::FastCgi, None)
             }
         })
         .join()
         .expect("thread");
-        b.set_phase(Phase::Writing);
+        assert_eq!(b.progress().phase(), Phase::ReadingBody, "a new entry");
+        // In either order: an answer waiting for its body is not written.
+        b.progress().answered();
+        assert_eq!(b.progress().phase(), Phase::ReadingBody);
+        b.progress().body_done();
         let overdue = reg.newly_overdue(Duration::from_millis(5));
         assert_eq!(overdue.len(), 1, "only the request older than 5 ms");
         assert_eq!(overdue[0].request_id, 1);

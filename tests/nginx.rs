@@ -677,3 +677,69 @@ fn a_traceparent_through_nginx_reaches_the_access_log_line() {
     let zero = line("GET /request?zero 200").expect("access line");
     assert!(!zero.contains("trace_id"), "{zero}");
 }
+
+/// The in-flight view behind nginx with the two settings that let a
+/// client's pace reach myflask: with `fastcgi_request_buffering off` a
+/// slow upload is "reading body" in myflask while nginx streams it; with
+/// `fastcgi_buffering off` a response the client does not read is
+/// "writing" (with nginx's defaults, nginx takes the whole body before
+/// myflask sees the request, and the whole response after).
+#[test]
+fn in_flight_phases_through_nginx() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (upstream, _) = standard_upstream(&server.sock);
+    let locations = "
+        location /upload {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_request_buffering off;
+            fastcgi_pass myflask;
+        }
+        location /echo {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_buffering off;
+            fastcgi_pass myflask;
+        }";
+    let nginx = Nginx::start(dir.path(), &upstream, locations);
+    let addr = server.addr();
+
+    let mut up = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    let len = 64 * 1024;
+    let head = format!(
+        "POST /upload?via=nginx HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    up.write_all(head.as_bytes()).unwrap();
+    up.write_all(&[7u8; 1024]).unwrap();
+    common::wait_phase(&addr, "/upload?via=nginx", "reading body");
+    std::thread::sleep(Duration::from_millis(300));
+    common::wait_phase(&addr, "/upload?via=nginx", "reading body");
+    up.write_all(&vec![7u8; len - 1024]).unwrap();
+    up.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let reply = String::from_utf8_lossy(&common::read_all(&mut up)).into_owned();
+    assert!(reply.contains(&format!("\"bytes\": {len}")), "{reply}");
+
+    // Past what the client's receive buffer, nginx's send buffer and the
+    // upstream socket hold between them.
+    let len = 12 * 1024 * 1024;
+    let mut echo = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    let head = format!(
+        "POST /echo?via=nginx HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    echo.write_all(head.as_bytes()).unwrap();
+    echo.write_all(&vec![1u8; len]).unwrap();
+    common::wait_phase(&addr, "/echo?via=nginx", "writing");
+    std::thread::sleep(Duration::from_millis(300));
+    common::wait_phase(&addr, "/echo?via=nginx", "writing");
+    drop(echo);
+    common::wait_none_in_flight(&addr);
+    let errors: Vec<String> = nginx
+        .errors()
+        .into_iter()
+        .filter(|l| !l.contains("Broken pipe") && !l.contains("Connection reset"))
+        .collect();
+    assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
+}
