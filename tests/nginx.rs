@@ -743,3 +743,47 @@ fn in_flight_phases_through_nginx() {
         .collect();
     assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
 }
+
+/// `--request-timeout-prefix` on the built binary behind nginx: a `/sleep`
+/// past its deadline is answered 504 by myflask (nginx passes it on) long
+/// before the handler would have ended, logged with the request's fields
+/// and counted in `/metrics`; the next request on the same connections is
+/// served.
+#[test]
+fn a_deadline_through_nginx_answers_504_logs_and_counts_it() {
+    let app = Server::start(&["--request-timeout-prefix", "/sleep=0.3"]);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (upstream, location) = standard_upstream(&app.sock);
+    let nginx = Nginx::start(dir.path(), &upstream, &location);
+    let mut h = nginx.connect();
+    let t0 = Instant::now();
+    let r = h.get("/sleep?ms=5000");
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "504 the request took longer than its deadline of 300ms\n"
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    let next = h.get("/request?after-the-deadline");
+    assert_eq!(next.status, 200, "the next request on the connection");
+    let log = app.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("deadline of 300ms passed"))
+        .unwrap_or_else(|| panic!("no deadline line:\n{log}"));
+    for field in [
+        "WARN",
+        "request_id=",
+        "method=GET",
+        "uri=/sleep?ms=5000",
+        "deadline_ms=300",
+        "phase=\"in handler\"",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    let m = common::fcgi_get(&app.addr(), "/metrics");
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(text.contains("myflask_deadline_kills_total 1\n"), "{text}");
+    assert!(nginx.errors().is_empty(), "{:?}", nginx.errors());
+}
