@@ -6,7 +6,8 @@
 //! `/status`, `/metrics` and `/healthz`.
 //!
 //! The same layer carries each request's W3C trace context to the app: a
-//! valid `traceparent` becomes a [`TraceContext`] request extension, and
+//! valid `traceparent` becomes [`RequestInfo::trace`] (and, as before, a
+//! [`TraceContext`] request extension), and
 //! the app's future runs in a `request` span whose `trace_id` / `span_id`
 //! fields journald stores as `TRACE_ID` / `SPAN_ID` on every entry the
 //! request logs; the access log's line gets the same two fields.
@@ -193,7 +194,11 @@ impl Layer {
         let trace = TraceContext::from_headers(req.headers());
         if let Some(t) = trace {
             self.stats.traces.put(request_id, t);
-            req.extensions_mut().insert(t);
+            let ext = req.extensions_mut();
+            ext.insert(t);
+            if let Some(info) = ext.get_mut::<RequestInfo>() {
+                info.trace = Some(t);
+            }
         }
         let tracked = self
             .inflight

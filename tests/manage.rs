@@ -1,7 +1,7 @@
 //! The management layer around a hosted app, in-process over FastCGI: off
 //! unless asked, answered before the app at the operator's paths, the
 //! in-flight view (`?full`) with a slow request's age, and the trace
-//! context handed to the app.
+//! context handed to the app (in `RequestInfo`, as `main_with` wraps it).
 
 mod common;
 
@@ -16,7 +16,7 @@ use myflask::fastcgi::client;
 use myflask::listen_queue::ListenQueues;
 use myflask::manage::{self, Endpoints, Settings};
 use myflask::systemd::listen::{self, BindOptions};
-use myflask::{App, Body, Server, ServerConfig, TraceContext};
+use myflask::{App, Body, RequestInfo, Server, ServerConfig, TraceContext};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -46,10 +46,15 @@ async fn hosted(req: Request<Body>) -> Result<Response<myflask::ResponseBody>, I
             "paused".to_string()
         }
         "/drip" => return Ok(Response::new(drip())),
-        "/trace" => match req.extensions().get::<TraceContext>() {
-            Some(t) => format!("{} {}", t.trace_id(), t.span_id()),
-            None => "none".to_string(),
-        },
+        // In `RequestInfo`, and the extension says the same.
+        "/trace" => {
+            let info = req.extensions().get::<RequestInfo>().and_then(|i| i.trace);
+            match (info, req.extensions().get::<TraceContext>()) {
+                (Some(t), Some(ext)) if t == *ext => format!("{} {}", t.trace_id(), t.span_id()),
+                (None, None) => "none".to_string(),
+                other => format!("RequestInfo and the extension differ: {other:?}"),
+            }
+        }
         p => format!("app saw {p}"),
     };
     Ok(Response::new(myflask::service::box_body(Full::new(

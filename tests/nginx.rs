@@ -645,9 +645,13 @@ fn nginx_streams_with_fastcgi_buffering_off() {
     assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
 }
 
+/// The trace context through nginx, with the server configured as
+/// `main_with` configures a hosted app (no management endpoints): the app
+/// reads it in `RequestInfo::trace` (the built-in `/request` shows it), and
+/// the access line carries its ids.
 #[test]
-fn a_traceparent_through_nginx_reaches_the_access_log_line() {
-    let app = Server::start(&[]);
+fn a_traceparent_through_nginx_reaches_the_app_and_the_access_log_line() {
+    let app = Server::start(&["--status-path", "", "--metrics-path", "", "--ping-path", ""]);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (upstream, location) = standard_upstream(&app.sock);
     let nginx = Nginx::start(dir.path(), &upstream, &location);
@@ -655,9 +659,20 @@ fn a_traceparent_through_nginx_reaches_the_access_log_line() {
     let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = h.send("GET", "/request?traced", &[("traceparent", good)], b"");
     assert_eq!(r.status, 200);
+    let seen = json(&r)["trace"].clone();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "span_id": "00f067aa0ba902b7",
+            "flags": 1,
+        }),
+        "RequestInfo::trace as the app reads it"
+    );
     let bad = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
     let r = h.send("GET", "/request?zero", &[("traceparent", bad)], b"");
     assert_eq!(r.status, 200, "a malformed traceparent is no error");
+    assert_eq!(json(&r)["trace"], serde_json::Value::Null);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let line = |needle: &str| {
         app.stderr()

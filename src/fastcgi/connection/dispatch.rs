@@ -70,6 +70,7 @@ impl Dispatch for Starter<'_> {
             scheme: mapped.scheme,
             params: Some(params),
             mount_prefix: None,
+            trace: None,
         });
         let task = RequestTask {
             keep_conn: a.keep_conn,
