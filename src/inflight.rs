@@ -112,9 +112,31 @@ struct Slots {
     entries: Vec<Option<Entry>>,
     free: Vec<usize>,
     live: usize,
+    /// Progress cells of ended requests that nothing else holds, reset for
+    /// the next ones: a bodiless request then allocates none.
+    spare: Vec<Progress>,
 }
 
+/// Spare progress cells a shard keeps at most.
+const SPARE: usize = 64;
+
 impl Slots {
+    fn progress(&mut self) -> Progress {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Keeps a removed entry's `p` for reuse if only the entry and its
+    /// guard hold it (its body let go of it): no other holder can appear.
+    fn recycle(&mut self, p: &Progress) {
+        if Arc::strong_count(&p.0) == 2 && self.spare.len() < SPARE {
+            // Pairs with the release of the last other holder's drop: what
+            // it set is ordered before the reset.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            p.0.store(0, Relaxed);
+            self.spare.push(p.clone());
+        }
+    }
+
     fn insert(&mut self, e: Entry) -> usize {
         self.live += 1;
         match self.free.pop() {
@@ -170,18 +192,21 @@ impl InFlight {
         trace: Option<TraceContext>,
     ) -> Tracked {
         let shard = self.shards[shard_index()].clone();
-        let progress = Progress::default();
-        let entry = Entry {
+        let (method, uri) = (method.clone(), uri.clone());
+        let started = Instant::now();
+        let mut slots = lock(&shard);
+        let progress = slots.progress();
+        let slot = slots.insert(Entry {
             request_id,
-            method: method.clone(),
-            uri: uri.clone(),
+            method,
+            uri,
             transport,
-            started: Instant::now(),
+            started,
             progress: progress.clone(),
             trace,
             reported: false,
-        };
-        let slot = lock(&shard).insert(entry);
+        });
+        drop(slots);
         Tracked {
             shard,
             slot,
@@ -253,8 +278,13 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        let mut slots = lock(&self.shard);
+        let gone = slots.remove(self.slot);
+        if let Some(e) = &gone {
+            slots.recycle(&e.progress);
+        }
+        drop(slots);
         // The entry's URI is freed after the lock is released.
-        let gone = lock(&self.shard).remove(self.slot);
         drop(gone);
     }
 }
@@ -303,5 +333,35 @@ mod tests {
         assert_eq!(reg.len(), 1);
         drop(a);
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn progress_cells_are_reused_only_once_nothing_else_holds_them() {
+        let reg = InFlight::default();
+        let uri: http::Uri = "/".parse().expect("uri");
+        let enter = || reg.enter(1, &http::Method::GET, &uri, Transport::Http, None);
+        let a = enter();
+        a.progress().body_done();
+        a.progress().answered();
+        let held = a.progress().clone(); // as a body still alive would
+        let a_cell = Arc::as_ptr(&held.0);
+        drop(a);
+        let b = enter();
+        assert_ne!(
+            Arc::as_ptr(&b.progress().0),
+            a_cell,
+            "still held: not reused"
+        );
+        assert_eq!(
+            held.phase(),
+            Phase::Writing,
+            "and not reset under its holder"
+        );
+        let b_cell = Arc::as_ptr(&b.progress().0);
+        b.progress().body_done();
+        drop(b);
+        let c = enter();
+        assert_eq!(Arc::as_ptr(&c.progress().0), b_cell, "reused");
+        assert_eq!(c.progress().phase(), Phase::ReadingBody, "reset");
     }
 }
