@@ -91,6 +91,26 @@ fn phases_over_fastcgi() {
     writing_until_the_client_goes(&s, uri, echo);
 }
 
+/// A response the app has handed over whole but whose last bytes still
+/// wait for the socket (its client reads nothing) stays listed "writing"
+/// until they are written: it is in flight until then.
+#[test]
+fn a_response_stays_listed_until_its_last_byte_is_written() {
+    let s = Server::start(&[]);
+    // Less than the writer's queue holds: the app's body ends at once.
+    let body = vec![3u8; 600 * 1024];
+    let uri = "/echo?whole=1";
+    let mut echo = connect(&s.sock);
+    echo.write_all(&raw::request(1, false, "POST", uri, &[], &body))
+        .expect("echo request");
+    wait_phase(&s.addr(), uri, "writing");
+    std::thread::sleep(Duration::from_millis(300));
+    wait_phase(&s.addr(), uri, "writing");
+    let reply = read_all(&mut echo);
+    assert!(reply.len() > body.len(), "{} bytes", reply.len());
+    wait_none_in_flight(&s.addr());
+}
+
 #[test]
 fn phases_over_http() {
     let dir = tempfile::tempdir().expect("tempdir");
