@@ -7,8 +7,9 @@
 //! - `GET /healthz` `200 ok`
 //! - `GET /status`  JSON with php-fpm status-page parity, and the app's
 //!   `name` (`--app-name`)
-//! - `GET /request` JSON of the request (with its `mount_prefix`) and every
-//!   CGI param received (the tool to debug an nginx `fastcgi_param` setup)
+//! - `GET /request` JSON of the request (with its `mount_prefix` and its
+//!   `trace`, from `RequestInfo`) and every CGI param received (the tool to
+//!   debug an nginx `fastcgi_param` setup)
 //! - `POST /echo`   the body back, byte for byte, with its Content-Type
 //! - `POST /upload` reads the body as it streams in, keeps none of it, and
 //!   answers its size and FNV-1a hash (`?pace_ms=N` waits N ms per chunk:
@@ -128,6 +129,11 @@ fn request_dump(req: &Request<Body>) -> Response<ResponseBody> {
         "peer": info.and_then(|i| i.peer.clone()),
         "request_id": info.map(|i| i.request_id),
         "mount_prefix": info.and_then(|i| i.mount_prefix.as_deref()),
+        "trace": info.and_then(|i| i.trace).map(|t| json!({
+            "trace_id": t.trace_id(),
+            "span_id": t.span_id(),
+            "flags": t.flags(),
+        })),
         "headers": headers,
         "params": params,
     }))

@@ -7,12 +7,19 @@
 //! server never holds more than a few records of any one body). Over HTTP it
 //! wraps hyper's `Incoming`. Both carry the configured size limit, so a
 //! handler sees the same error either way.
+//!
+//! When the in-flight registry is on, a body tells its request's
+//! [`Progress`] when it is over (the phase "reading body" ends): over
+//! FastCGI the connection's demultiplexer does, at the end of STDIN; over
+//! HTTP the body itself, at its end or when the app drops it.
 
+use crate::inflight::Progress;
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
@@ -53,13 +60,38 @@ impl fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 /// Shared between a channel body and the connection that feeds it: the
-/// feeder records why it stopped before dropping its sender.
+/// feeder records why it stopped before dropping its sender, and says when
+/// the body has all arrived.
 #[derive(Debug, Default)]
 pub(crate) struct BodyShared {
     error: Mutex<Option<BodyError>>,
+    /// The request's progress, when the in-flight registry is on.
+    progress: OnceLock<Progress>,
+    /// No more of the body will arrive (see `arrived`).
+    arrived: AtomicBool,
 }
 
 impl BodyShared {
+    /// No more of the body will arrive: its end came, or the rest will be
+    /// dropped (over the limit).
+    pub(crate) fn arrived(&self) {
+        self.arrived.store(true, Ordering::Relaxed);
+        // With the fence in `watch`: whichever of the two runs second sees
+        // what the first one stored.
+        fence(Ordering::SeqCst);
+        if let Some(p) = self.progress.get() {
+            p.body_done();
+        }
+    }
+
+    fn watch(&self, p: &Progress) {
+        let _ = self.progress.set(p.clone());
+        fence(Ordering::SeqCst);
+        if self.arrived.load(Ordering::Relaxed) {
+            p.body_done();
+        }
+    }
+
     pub(crate) fn fail(&self, e: BodyError) {
         if let Ok(mut g) = self.error.lock() {
             g.get_or_insert(e);
@@ -100,7 +132,27 @@ enum Kind {
         limit: u64,
         received: u64,
         done: bool,
+        end: EndWatch,
     },
+}
+
+/// Tells an HTTP request's progress that its body is over: at its end, on
+/// an error, or when the app drops it (hyper then reads no more of it).
+#[derive(Default)]
+struct EndWatch(Option<Progress>);
+
+impl EndWatch {
+    fn over(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.body_done();
+        }
+    }
+}
+
+impl Drop for EndWatch {
+    fn drop(&mut self) {
+        self.over();
+    }
 }
 
 impl fmt::Debug for Body {
@@ -169,7 +221,49 @@ impl Body {
                 limit,
                 received: 0,
                 done: false,
+                end: EndWatch::default(),
             },
+        }
+    }
+
+    /// Reports the end of this body to `p` (the in-flight registry's
+    /// phase): at once for a body that is already whole.
+    pub(crate) fn report_end(&mut self, p: &Progress) {
+        match &mut self.kind {
+            Kind::Empty | Kind::Full(_) => p.body_done(),
+            Kind::Channel { shared, .. } => shared.watch(p),
+            Kind::Incoming {
+                inner, done, end, ..
+            } => {
+                if *done || inner.is_end_stream() {
+                    p.body_done();
+                } else {
+                    end.0 = Some(p.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The next frame of an HTTP body, counted against `limit`.
+fn poll_incoming(
+    inner: Pin<&mut hyper::body::Incoming>,
+    cx: &mut Context<'_>,
+    limit: u64,
+    received: &mut u64,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    match inner.poll_frame(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(None) => Poll::Ready(None),
+        Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Http(e.to_string())))),
+        Poll::Ready(Some(Ok(frame))) => {
+            if let Some(d) = frame.data_ref() {
+                *received += d.len() as u64;
+                if *received > limit {
+                    return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
+                }
+            }
+            Poll::Ready(Some(Ok(frame)))
         }
     }
 }
@@ -228,33 +322,17 @@ impl http_body::Body for Body {
                 limit,
                 received,
                 done,
+                end,
             } => {
                 if *done {
                     return Poll::Ready(None);
                 }
-                match Pin::new(inner).poll_frame(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(None) => {
-                        *done = true;
-                        Poll::Ready(None)
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        *done = true;
-                        Poll::Ready(Some(Err(BodyError::Http(e.to_string()))))
-                    }
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(d) = frame.data_ref() {
-                            *received += d.len() as u64;
-                            if *received > *limit {
-                                *done = true;
-                                return Poll::Ready(Some(Err(BodyError::TooLarge {
-                                    limit: *limit,
-                                })));
-                            }
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
+                let r = poll_incoming(Pin::new(inner), cx, *limit, received);
+                *done = matches!(r, Poll::Ready(None | Some(Err(_))));
+                if *done || inner.is_end_stream() {
+                    end.over();
                 }
+                r
             }
         }
     }

@@ -168,9 +168,14 @@ impl Kill {
     }
 
     /// The deadline passed before the app answered: its future has been
-    /// dropped (cancelled); the client gets a 504.
-    pub(crate) fn before_head(&self) -> http::Response<crate::ResponseBody> {
-        self.report(crate::inflight::Phase::InHandler, "answered 504");
+    /// dropped (cancelled); the client gets a 504. `phase`: as the
+    /// in-flight registry tells it, when it is on.
+    pub(crate) fn before_head(
+        &self,
+        phase: Option<crate::inflight::Phase>,
+    ) -> http::Response<crate::ResponseBody> {
+        let phase = phase.unwrap_or(crate::inflight::Phase::InHandler);
+        self.report(phase, "answered 504");
         let mut r = crate::service::error_response_boxed(&crate::service::ServerError::Timeout {
             after: self.limit,
         });

@@ -106,6 +106,7 @@ async fn handle(
         scheme: http::uri::Scheme::HTTP,
         params: None,
         mount_prefix: None,
+        trace: None,
     });
     let result = AssertUnwindSafe(shared.app.call(req)).catch_unwind().await;
     wrap(

@@ -134,4 +134,14 @@ pub struct RequestInfo {
     /// URI, so a request for `/hello/x` reaches the app as `/x`. Prepend it
     /// to build links. `None` when the app is not mounted under a prefix.
     pub mount_prefix: Option<Arc<str>>,
+    /// The request's W3C trace context: its `traceparent` (the header over
+    /// HTTP; nginx passes it as the `HTTP_TRACEPARENT` param over FastCGI)
+    /// when it carries exactly one valid value, `None` otherwise (a
+    /// malformed one is ignored). Its ids are the `TRACE_ID` / `SPAN_ID`
+    /// fields of the request's journal entries, so an app that calls
+    /// another service can pass the trace on. Filled in by the server's
+    /// management layer ([`manage::wrap`], which `myflask serve` and
+    /// [`cli::main_with`] put around every app); the same value is also
+    /// the [`TraceContext`] request extension.
+    pub trace: Option<TraceContext>,
 }

@@ -6,7 +6,8 @@
 //! `/status`, `/metrics` and `/healthz`.
 //!
 //! The same layer carries each request's W3C trace context to the app: a
-//! valid `traceparent` becomes a [`TraceContext`] request extension, and
+//! valid `traceparent` becomes [`RequestInfo::trace`] (and, as before, a
+//! [`TraceContext`] request extension), and
 //! the app's future runs in a `request` span whose `trace_id` / `span_id`
 //! fields journald stores as `TRACE_ID` / `SPAN_ID` on every entry the
 //! request logs; the access log's line gets the same two fields.
@@ -16,13 +17,14 @@
 //!
 //! A request for any other path costs a few string compares and a header
 //! lookup; the status page and the slow log add the in-flight registry's
-//! insert and remove, a deadline a timer.
+//! insert and remove and the request's `Progress` (one small allocation,
+//! whose phase bits are set without a lock), a deadline a timer.
 
 use crate::RequestInfo;
 use crate::body::Body;
 use crate::deadline::{self, Deadlines, Kill};
 use crate::exposition::{self, Format, Scrape};
-use crate::inflight::{InFlight, Phase, Tracked};
+use crate::inflight::{InFlight, Tracked};
 use crate::listen_queue::ListenQueues;
 use crate::service::{App, BoxFuture, ResponseBody, box_body};
 use crate::stats::Stats;
@@ -192,9 +194,16 @@ impl Layer {
         let trace = TraceContext::from_headers(req.headers());
         if let Some(t) = trace {
             self.stats.traces.put(request_id, t);
-            req.extensions_mut().insert(t);
+            let ext = req.extensions_mut();
+            ext.insert(t);
+            if let Some(info) = ext.get_mut::<RequestInfo>() {
+                info.trace = Some(t);
+            }
         }
-        let tracked = self.inflight.as_ref().map(|reg| enter(reg, &req, trace));
+        let tracked = self
+            .inflight
+            .as_ref()
+            .map(|reg| enter(reg, &mut req, trace));
         let kill = match self.deadlines.is_off() {
             true => None,
             false => self
@@ -245,16 +254,18 @@ impl Layer {
     }
 }
 
-fn enter(reg: &InFlight, req: &Request<Body>, trace: Option<TraceContext>) -> Tracked {
+/// Lists the request; its body reports when it is over.
+fn enter(reg: &InFlight, req: &mut Request<Body>, trace: Option<TraceContext>) -> Tracked {
     let info = req.extensions().get::<RequestInfo>();
-    reg.enter(
+    let tracked = reg.enter(
         info.map_or(0, |i| i.request_id),
         req.method(),
         req.uri(),
         info.map_or(crate::Transport::Http, |i| i.transport),
-        Phase::InHandler,
         trace,
-    )
+    );
+    req.body_mut().report_end(tracked.progress());
+    tracked
 }
 
 /// The app's part of a request with what the layer adds: the trace span
@@ -277,12 +288,14 @@ async fn run(
     let resp = match &kill {
         Some(k) => match tokio::time::timeout_at(k.at(), fut).await {
             Ok(r) => r?,
-            Err(_) => return Ok(k.before_head()),
+            Err(_) => return Ok(k.before_head(tracked.as_ref().map(|t| t.progress().phase()))),
         },
         None => fut.await?,
     };
+    // The head goes out now, or over FastCGI once the body is in (the
+    // phase says "reading body" until then).
     if let Some(t) = &tracked {
-        t.set_phase(Phase::Writing);
+        t.progress().answered();
     }
     if tracked.is_none() && kill.is_none() {
         return Ok(resp);

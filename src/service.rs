@@ -1,7 +1,9 @@
 //! The service boundary: how any hyper or tower service becomes the thing
 //! both transports call.
 //!
-//! Services receive `http::Request<myflask::Body>` and may answer with any
+//! Services receive `http::Request<myflask::Body>` with the
+//! [`crate::RequestInfo`] extension (how the request arrived, its CGI
+//! params, its mount prefix and W3C trace context), and may answer with any
 //! `http_body::Body`. Two doors lead in:
 //! - [`App::from_hyper`] for a `hyper::service::Service` (`&self`, e.g.
 //!   `service_fn`);

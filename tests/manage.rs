@@ -1,7 +1,7 @@
 //! The management layer around a hosted app, in-process over FastCGI: off
 //! unless asked, answered before the app at the operator's paths, the
 //! in-flight view (`?full`) with a slow request's age, and the trace
-//! context handed to the app.
+//! context handed to the app (in `RequestInfo`, as `main_with` wraps it).
 
 mod common;
 
@@ -16,7 +16,7 @@ use myflask::fastcgi::client;
 use myflask::listen_queue::ListenQueues;
 use myflask::manage::{self, Endpoints, Settings};
 use myflask::systemd::listen::{self, BindOptions};
-use myflask::{App, Body, Server, ServerConfig, TraceContext};
+use myflask::{App, Body, RequestInfo, Server, ServerConfig, TraceContext};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -46,15 +46,61 @@ async fn hosted(req: Request<Body>) -> Result<Response<myflask::ResponseBody>, I
             "paused".to_string()
         }
         "/drip" => return Ok(Response::new(drip())),
-        "/trace" => match req.extensions().get::<TraceContext>() {
-            Some(t) => format!("{} {}", t.trace_id(), t.span_id()),
-            None => "none".to_string(),
-        },
+        "/log" => {
+            tracing::info!("the app logs for {}", req.uri());
+            "logged".to_string()
+        }
+        // In `RequestInfo`, and the extension says the same.
+        "/trace" => {
+            let info = req.extensions().get::<RequestInfo>().and_then(|i| i.trace);
+            match (info, req.extensions().get::<TraceContext>()) {
+                (Some(t), Some(ext)) if t == *ext => format!("{} {}", t.trace_id(), t.span_id()),
+                (None, None) => "none".to_string(),
+                other => format!("RequestInfo and the extension differ: {other:?}"),
+            }
+        }
         p => format!("app saw {p}"),
     };
     Ok(Response::new(myflask::service::box_body(Full::new(
         Bytes::from(text),
     ))))
+}
+
+/// Everything logged in this test process, as the `fmt` subscriber writes
+/// it: the fields of the spans an event is in come first.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// The process's one capture (a global subscriber: the app's events
+    /// come from the server's runtime threads).
+    fn get() -> &'static Captured {
+        static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let c = Captured::default();
+            let writer = c.clone();
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .init();
+            c
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
 }
 
 struct Running {
@@ -216,6 +262,38 @@ fn a_valid_traceparent_reaches_the_app_a_malformed_one_is_ignored() {
     let bad = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
     let resp = send(&r, "GET", "/trace", &[("traceparent", bad)]);
     assert_eq!((resp.status, body(&resp).as_str()), (200, "none"));
+}
+
+/// What the app itself logs while it handles a traced request carries the
+/// trace's ids (the layer's `request` span; journald stores its fields as
+/// `TRACE_ID` / `SPAN_ID`, the journal layer setting no field prefix).
+#[test]
+fn the_apps_own_log_entries_carry_the_trace_ids() {
+    let logs = Captured::get();
+    let r = serve(Endpoints::default());
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(
+        body(&send(&r, "GET", "/log?traced", &[("traceparent", good)])),
+        "logged"
+    );
+    assert_eq!(body(&send(&r, "GET", "/log?untraced", &[])), "logged");
+    let text = logs.text();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
+    };
+    let traced = line("the app logs for /log?traced");
+    assert!(
+        traced.contains("4bf92f3577b34da6a3ce929d0e0e4736") && traced.contains("00f067aa0ba902b7"),
+        "{traced}"
+    );
+    assert!(
+        traced.contains("trace_id") && traced.contains("span_id"),
+        "{traced}"
+    );
+    let untraced = line("the app logs for /log?untraced");
+    assert!(!untraced.contains("trace_id"), "{untraced}");
 }
 
 #[test]

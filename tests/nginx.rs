@@ -645,9 +645,13 @@ fn nginx_streams_with_fastcgi_buffering_off() {
     assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
 }
 
+/// The trace context through nginx, with the server configured as
+/// `main_with` configures a hosted app (no management endpoints): the app
+/// reads it in `RequestInfo::trace` (the built-in `/request` shows it), and
+/// the access line carries its ids.
 #[test]
-fn a_traceparent_through_nginx_reaches_the_access_log_line() {
-    let app = Server::start(&[]);
+fn a_traceparent_through_nginx_reaches_the_app_and_the_access_log_line() {
+    let app = Server::start(&["--status-path", "", "--metrics-path", "", "--ping-path", ""]);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (upstream, location) = standard_upstream(&app.sock);
     let nginx = Nginx::start(dir.path(), &upstream, &location);
@@ -655,9 +659,20 @@ fn a_traceparent_through_nginx_reaches_the_access_log_line() {
     let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let r = h.send("GET", "/request?traced", &[("traceparent", good)], b"");
     assert_eq!(r.status, 200);
+    let seen = json(&r)["trace"].clone();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "span_id": "00f067aa0ba902b7",
+            "flags": 1,
+        }),
+        "RequestInfo::trace as the app reads it"
+    );
     let bad = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
     let r = h.send("GET", "/request?zero", &[("traceparent", bad)], b"");
     assert_eq!(r.status, 200, "a malformed traceparent is no error");
+    assert_eq!(json(&r)["trace"], serde_json::Value::Null);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let line = |needle: &str| {
         app.stderr()
@@ -676,4 +691,114 @@ fn a_traceparent_through_nginx_reaches_the_access_log_line() {
     );
     let zero = line("GET /request?zero 200").expect("access line");
     assert!(!zero.contains("trace_id"), "{zero}");
+}
+
+/// The in-flight view behind nginx with the two settings that let a
+/// client's pace reach myflask: with `fastcgi_request_buffering off` a
+/// slow upload is "reading body" in myflask while nginx streams it; with
+/// `fastcgi_buffering off` a response the client does not read is
+/// "writing" (with nginx's defaults, nginx takes the whole body before
+/// myflask sees the request, and the whole response after).
+#[test]
+fn in_flight_phases_through_nginx() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (upstream, _) = standard_upstream(&server.sock);
+    let locations = "
+        location /upload {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_request_buffering off;
+            fastcgi_pass myflask;
+        }
+        location /echo {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_keep_conn on;
+            fastcgi_buffering off;
+            fastcgi_pass myflask;
+        }";
+    let nginx = Nginx::start(dir.path(), &upstream, locations);
+    let addr = server.addr();
+
+    let mut up = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    let len = 64 * 1024;
+    let head = format!(
+        "POST /upload?via=nginx HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    up.write_all(head.as_bytes()).unwrap();
+    up.write_all(&[7u8; 1024]).unwrap();
+    common::wait_phase(&addr, "/upload?via=nginx", "reading body");
+    std::thread::sleep(Duration::from_millis(300));
+    common::wait_phase(&addr, "/upload?via=nginx", "reading body");
+    up.write_all(&vec![7u8; len - 1024]).unwrap();
+    up.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let reply = String::from_utf8_lossy(&common::read_all(&mut up)).into_owned();
+    assert!(reply.contains(&format!("\"bytes\": {len}")), "{reply}");
+
+    // Past what the client's receive buffer, nginx's send buffer and the
+    // upstream socket hold between them.
+    let len = 12 * 1024 * 1024;
+    let mut echo = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    let head = format!(
+        "POST /echo?via=nginx HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    echo.write_all(head.as_bytes()).unwrap();
+    echo.write_all(&vec![1u8; len]).unwrap();
+    common::wait_phase(&addr, "/echo?via=nginx", "writing");
+    std::thread::sleep(Duration::from_millis(300));
+    common::wait_phase(&addr, "/echo?via=nginx", "writing");
+    drop(echo);
+    common::wait_none_in_flight(&addr);
+    let errors: Vec<String> = nginx
+        .errors()
+        .into_iter()
+        .filter(|l| !l.contains("Broken pipe") && !l.contains("Connection reset"))
+        .collect();
+    assert!(errors.is_empty(), "nginx error.log:\n{}", errors.join("\n"));
+}
+
+/// `--request-timeout-prefix` on the built binary behind nginx: a `/sleep`
+/// past its deadline is answered 504 by myflask (nginx passes it on) long
+/// before the handler would have ended, logged with the request's fields
+/// and counted in `/metrics`; the next request on the same connections is
+/// served.
+#[test]
+fn a_deadline_through_nginx_answers_504_logs_and_counts_it() {
+    let app = Server::start(&["--request-timeout-prefix", "/sleep=0.3"]);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (upstream, location) = standard_upstream(&app.sock);
+    let nginx = Nginx::start(dir.path(), &upstream, &location);
+    let mut h = nginx.connect();
+    let t0 = Instant::now();
+    let r = h.get("/sleep?ms=5000");
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "504 the request took longer than its deadline of 300ms\n"
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    let next = h.get("/request?after-the-deadline");
+    assert_eq!(next.status, 200, "the next request on the connection");
+    let log = app.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("deadline of 300ms passed"))
+        .unwrap_or_else(|| panic!("no deadline line:\n{log}"));
+    for field in [
+        "WARN",
+        "request_id=",
+        "method=GET",
+        "uri=/sleep?ms=5000",
+        "deadline_ms=300",
+        "phase=\"in handler\"",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    let m = common::fcgi_get(&app.addr(), "/metrics");
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(text.contains("myflask_deadline_kills_total 1\n"), "{text}");
+    assert!(nginx.errors().is_empty(), "{:?}", nginx.errors());
 }

@@ -1,6 +1,7 @@
 //! `--slow-request-threshold`: the warning is written while the slow
-//! request still runs, once, with its fields (the real binary, its
-//! built-in `/upload?pace_ms=N`, which reads its body slowly).
+//! request still runs, once, with its fields and the phase it is slow in
+//! (the real binary: its built-in `/upload?pace_ms=N`, which reads its body
+//! slowly, is slow in its body; `/sleep?ms=N` in its handler).
 
 mod common;
 
@@ -47,7 +48,7 @@ fn a_slow_request_is_logged_while_it_runs_and_once() {
         "request_id=",
         "duration_us=",
         "method=POST",
-        "phase=\"in handler\"",
+        "phase=\"reading body\"",
         "trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"",
     ] {
         assert!(line.contains(field), "{field} missing: {line}");
@@ -62,4 +63,23 @@ fn a_slow_request_is_logged_while_it_runs_and_once() {
         "one warning per request"
     );
     eprintln!("warned after {seen_after:?}; the request took {total:?}");
+}
+
+#[test]
+fn a_request_slow_in_its_handler_is_logged_in_that_phase() {
+    let s = Server::start(&["--slow-request-threshold", "200"]);
+    let addr = s.addr();
+    let slow = std::thread::spawn(move || common::fcgi_get(&addr, "/sleep?ms=800").status);
+    let needle = "slow request: GET /sleep?ms=800";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.stderr().contains(needle) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = s.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no slow-request warning:\n{log}"));
+    assert!(line.contains("phase=\"in handler\""), "{line}");
+    assert_eq!(slow.join().expect("thread"), 200);
 }

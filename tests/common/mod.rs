@@ -36,7 +36,7 @@ mod server;
 mod sockets;
 
 #[allow(unused_imports)]
-pub use app::json_pairs;
+pub use app::{in_flight, json_pairs, wait_none_in_flight, wait_phase};
 #[allow(unused_imports)]
 pub use client::{
     current_thread_runtime, fcgi_get, fcgi_request, http_once, http_over_unix, read_all,

@@ -576,7 +576,7 @@ impl Demux {
                     // The gate opens before the body ends: a handler that
                     // sees its body end may answer at once, and must find
                     // the gate open (else a large answer is a 500).
-                    link.open_gate();
+                    body_arrived(link, body.as_deref());
                     tx.take();
                 }
             }
@@ -592,8 +592,8 @@ impl Demux {
             if let Some(body) = body {
                 body.fail(BodyError::TooLarge { limit });
             }
+            body_arrived(link, body.as_deref());
             tx.take();
-            link.open_gate();
             return Ok(Action::Nothing);
         }
         let (Some(sender), Some(body)) = (tx.clone(), body.clone()) else {
@@ -642,6 +642,15 @@ impl Demux {
             }
         }
     }
+}
+
+/// STDIN is over (ended, or the rest is dropped): the response may go
+/// out, and the in-flight registry's phase moves past "reading body".
+fn body_arrived(link: &RequestLink, body: Option<&BodyShared>) {
+    if let Some(body) = body {
+        body.arrived();
+    }
+    link.open_gate();
 }
 
 /// STDIN disagrees with CONTENT_LENGTH: the request is answered 400 (by

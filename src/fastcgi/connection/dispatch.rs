@@ -70,6 +70,7 @@ impl Dispatch for Starter<'_> {
             scheme: mapped.scheme,
             params: Some(params),
             mount_prefix: None,
+            trace: None,
         });
         let task = RequestTask {
             keep_conn: a.keep_conn,
@@ -112,8 +113,9 @@ impl Dispatch for Starter<'_> {
 
 /// How the service's response ended.
 enum Outcome {
-    /// Sent whole.
-    Complete,
+    /// Sent whole; with the service's spent body when the access log is
+    /// on, kept until its last bytes are written (see `Receipt::_spent`).
+    Complete(Option<ResponseBody>),
     /// The response body failed after the head was sent.
     BodyFailed(String),
     /// The writer's queue closed: the connection is gone.
@@ -163,6 +165,7 @@ impl RequestTask {
                     r = respond => Some(r),
                 }
             };
+            let (result, spent) = take_spent(result);
             let (end, note) = task.ending(result, &mut out);
             let status = if task.status == 0 { 499 } else { task.status };
             match end {
@@ -178,10 +181,12 @@ impl RequestTask {
                         stats,
                         status,
                         note,
+                        _spent: spent,
                     });
                     out.finish(&task.events, end, Some(receipt)).await;
                 }
                 Some(end) => {
+                    drop(spent);
                     out.finish(&task.events, end, None).await;
                     // The access log is off: only the counters.
                     task.log
@@ -189,6 +194,7 @@ impl RequestTask {
                 }
                 // The connection is gone, no END_REQUEST can be sent.
                 None => {
+                    drop(spent);
                     let written = link.body_written();
                     let stats = &task.events.engine.stats;
                     task.log.finish(stats, status, written, note.as_deref());
@@ -235,7 +241,7 @@ impl RequestTask {
             r => r,
         };
         let note = match result {
-            Some(Ok(Outcome::Complete)) => {
+            Some(Ok(Outcome::Complete(_))) => {
                 end.app_status = 0;
                 None
             }
@@ -346,7 +352,7 @@ impl RequestTask {
         let mut body = self.head(call.await, out);
         if self.head_only {
             return match out.flush().await {
-                Ok(()) => Outcome::Complete,
+                Ok(()) => Outcome::Complete(out.tallied().then_some(body)),
                 Err(WriterGone) => Outcome::WriterGone,
             };
         }
@@ -366,7 +372,7 @@ impl RequestTask {
                     // a response held for its body must still yield to an
                     // ABORT_REQUEST (finish() would send it regardless).
                     out.wait_gate().await;
-                    return Outcome::Complete;
+                    return Outcome::Complete(out.tallied().then_some(body));
                 }
                 Some(Err(e)) => return Outcome::BodyFailed(e.to_string()),
                 Some(Ok(frame)) => {
@@ -384,6 +390,16 @@ impl RequestTask {
                 }
             }
         }
+    }
+}
+
+/// Takes the spent body out of a complete outcome, for the receipt.
+fn take_spent(
+    r: Option<std::thread::Result<Outcome>>,
+) -> (Option<std::thread::Result<Outcome>>, Option<ResponseBody>) {
+    match r {
+        Some(Ok(Outcome::Complete(spent))) => (Some(Ok(Outcome::Complete(None))), spent),
+        r => (r, None),
     }
 }
 

@@ -276,6 +276,10 @@ pub(super) struct Receipt {
     pub(super) stats: Arc<Stats>,
     pub(super) status: u16,
     pub(super) note: Option<String>,
+    /// The service's spent response body, dropped with the receipt: the
+    /// management layer's body holds the request's in-flight entry, which
+    /// so stays listed ("writing") until its last bytes are written.
+    pub(super) _spent: Option<crate::service::ResponseBody>,
 }
 
 /// Body bytes of one request handed to the writer in one go. The writer
