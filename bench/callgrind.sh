@@ -12,7 +12,9 @@
 # connection: accept, the request, the close.
 #
 # usage: bench/callgrind.sh [BIN]   (default target/release/myflask)
-# env:   N1 (1000), N2 (6000), URI (/), EXTRA (more serve flags for both), FRESH
+# env:   N1 (1000), N2 (6000), URI (/), EXTRA (more serve flags for both), FRESH,
+#        LOG (--log-level, default warn; "warn,myflask::access=off" is the bench peers' setting:
+#        with the access log off no request tallies its written bytes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/myflask}
@@ -30,7 +32,7 @@ run() {
   rm -f "$sock"
   # shellcheck disable=SC2086
   valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" serve \
-    --listen "unix:$sock" --log-level warn ${EXTRA:-} "$@" 2>"$dir/$label.$n.log" &
+    --listen "unix:$sock" --log-level "${LOG:-warn}" ${EXTRA:-} "$@" 2>"$dir/$label.$n.log" &
   local pid=$!
   for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
   [ -S "$sock" ] || { cat "$dir/$label.$n.log" >&2; exit 1; }
