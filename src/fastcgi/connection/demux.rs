@@ -7,6 +7,8 @@
 //! that may have to wait (an answer to queue, body data to pass on) is
 //! returned as an `Action` for the reader to carry out.
 
+mod params_buf;
+
 use super::Engine;
 use super::link::RequestLink;
 use super::output::encode_error;
@@ -18,6 +20,7 @@ use crate::fastcgi::record::{self, BeginRequest, Record};
 use crate::fastcgi::request;
 use crate::service::ServerError;
 use bytes::{Bytes, BytesMut};
+use params_buf::ParamsBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -92,55 +95,6 @@ pub(super) trait Dispatch {
     /// The params and the mapped request come as arguments of their own,
     /// not in `Admitted`: gathering them into a struct copies them.
     fn start(&mut self, req: Admitted, params: Params, mapped: request::Mapped);
-}
-
-/// A PARAMS stream as it arrives. nginx sends the whole stream in one
-/// record, whose content is kept as it is (a slice of the read buffer);
-/// only a stream of several records is joined into a buffer of its own.
-#[derive(Default)]
-enum ParamsBuf {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(BytesMut),
-}
-
-impl ParamsBuf {
-    fn len(&self) -> usize {
-        match self {
-            ParamsBuf::Empty => 0,
-            ParamsBuf::One(b) => b.len(),
-            ParamsBuf::Many(b) => b.len(),
-        }
-    }
-
-    fn push(&mut self, more: Bytes) {
-        *self = match std::mem::take(self) {
-            ParamsBuf::Empty => ParamsBuf::One(more),
-            ParamsBuf::One(first) => {
-                let mut b = BytesMut::with_capacity(first.len() + more.len());
-                b.extend_from_slice(&first);
-                b.extend_from_slice(&more);
-                ParamsBuf::Many(b)
-            }
-            ParamsBuf::Many(mut b) => {
-                b.extend_from_slice(&more);
-                ParamsBuf::Many(b)
-            }
-        }
-    }
-
-    /// The whole stream. With `own`, never a slice of the read buffer: a
-    /// request that outlives this pass of the reader must not pin that
-    /// buffer (its 16 KiB and more), which could then not be reused.
-    fn finish(self, own: bool) -> Bytes {
-        match self {
-            ParamsBuf::Empty => Bytes::new(),
-            ParamsBuf::One(b) if own => Bytes::copy_from_slice(&b),
-            ParamsBuf::One(b) => b,
-            ParamsBuf::Many(b) => b.freeze(),
-        }
-    }
 }
 
 /// Which input stream of a request the demultiplexer is reading.
