@@ -166,10 +166,13 @@ impl Acceptor {
             Handler::FastCgi(engine) => {
                 let engine = engine.clone();
                 let (r, w) = stream.split();
-                self.tracker.spawn(async move {
+                // Boxed: the connection's future is nearly 2 KiB, and
+                // spawning moves it by value through several frames and
+                // into the task; boxed, each move is a pointer.
+                self.tracker.spawn(Box::pin(async move {
                     connection::serve(r, w, engine, meta).await;
                     drop(held);
-                });
+                }));
             }
             Handler::Http(shared) => {
                 let shared = shared.clone();
