@@ -669,8 +669,10 @@ async fn vanish<S: Sock>(mut s: S, kind: Vanish, uri: &str, body: &[u8]) -> Left
             if kind == Vanish::RstMidResponse {
                 linger_zero(s.as_raw_fd());
             }
-            // The echo's 1 MiB is one body frame: the handler may well have
-            // queued all of it (and finished) before we vanish.
+            // The echo answers with the body's chunks: the handler may well
+            // have queued all of it (and finished) before we vanish, or
+            // still wait for room in the writer's queue (then it is
+            // cancelled with its head sent: "request aborted", 200).
             Left {
                 handler: Some(false),
                 closed_after: None,
@@ -791,7 +793,13 @@ fn vanishing_clients_leak_nothing() {
                 assert_eq!(lines.len(), 1, "{kind:?} {m}: {lines:?}");
                 handlers += 1;
                 if lines[0].contains("request aborted") {
-                    assert!(lines[0].contains(" 499 "), "{kind:?}: {}", lines[0]);
+                    // 499 unless some of the answer went out: a client
+                    // that left mid-response while its handler still had
+                    // output waiting for room keeps the handler's status.
+                    let mid_response = matches!(kind, Vanish::MidResponse | Vanish::RstMidResponse);
+                    let ok =
+                        lines[0].contains(" 499 ") || (mid_response && lines[0].contains(" 200 "));
+                    assert!(ok, "{kind:?}: {}", lines[0]);
                 } else {
                     assert!(!abort, "{kind:?}: not cancelled: {}", lines[0]);
                     completed += 1;

@@ -42,17 +42,14 @@ pub(super) enum Action {
 
 impl Action {
     fn send(b: BytesMut, close: bool) -> Action {
-        Action::Send(Answer {
-            records: b.freeze(),
-            close,
-        })
+        Action::Send(Answer { records: b, close })
     }
 }
 
 /// Records the server wrote itself, then perhaps the close of a connection
 /// whose request did not ask for KEEP_CONN.
 pub(super) struct Answer {
-    pub(super) records: Bytes,
+    pub(super) records: BytesMut,
     pub(super) close: bool,
 }
 

@@ -8,7 +8,6 @@ use super::Engine;
 use super::demux::{Admitted, Dispatch};
 use super::events::{ConnEvents, DRAINING, TASK_ENDED};
 use super::output::{End, FLUSH_AT, Output, Receipt, WriterGone, encode_error};
-use super::writer::ToWriter;
 use crate::access::AccessLog;
 use crate::body::BodyShared;
 use crate::fastcgi::params::Params;
@@ -25,7 +24,6 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tracing::error;
 
 /// A request handled inside the connection's own task.
@@ -35,7 +33,6 @@ pub(super) type InlineRequest = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(super) struct Starter<'a> {
     pub(super) engine: &'a Engine,
     pub(super) meta: &'a ConnMeta,
-    pub(super) out: &'a mpsc::Sender<ToWriter>,
     pub(super) events: &'a Arc<ConnEvents>,
     /// The connection's slot for an inline request (at most one: a second
     /// request on the connection gets a task).
@@ -80,12 +77,9 @@ impl Dispatch for Starter<'_> {
             log,
             status: 0,
         };
-        let mut out = Output::new(a.id, self.out.clone(), a.link);
+        let mut out = Output::new(a.id, self.events.clone(), a.link);
         if task.log.started.is_some() {
             out.tally();
-        }
-        if a.inline {
-            out.inline = Some(self.events.clone());
         }
         // The service is called here and its future awaited by the task,
         // which then holds a pointer, not the request: the request inside
@@ -173,7 +167,7 @@ impl RequestTask {
                 // `Receipt`), so that BYTES_OUT counts what reached the socket.
                 Some(end) if out.tallied() => {
                     // (An Arc of the server's stats, not of the connection's
-                    // events: a tally waiting in `inline_out` would make a
+                    // events: a tally waiting in the outbox would make a
                     // cycle that keeps the connection's state alive.)
                     let stats = task.events.engine.stats.clone();
                     let receipt = Box::new(Receipt {
@@ -183,11 +177,11 @@ impl RequestTask {
                         note,
                         _spent: spent,
                     });
-                    out.finish(&task.events, end, Some(receipt)).await;
+                    out.finish(end, Some(receipt)).await;
                 }
                 Some(end) => {
                     drop(spent);
-                    out.finish(&task.events, end, None).await;
+                    out.finish(end, None).await;
                     // The access log is off: only the counters.
                     task.log
                         .finish(&task.events.engine.stats, status, 0, note.as_deref());
@@ -442,12 +436,12 @@ mod tests {
     #[test]
     fn the_request_task_future_fits_the_allocator_thread_cache() {
         let engine = super::super::demux::tests::engine();
-        let (tx, _rx) = mpsc::channel(1);
+        let events = Arc::new(ConnEvents::new(engine));
         let task = RequestTask {
             keep_conn: true,
             head_only: false,
             body: None,
-            events: Arc::new(ConnEvents::new(engine)),
+            events: events.clone(),
             log: AccessLog::new(
                 Transport::FastCgi,
                 &http::Method::GET,
@@ -457,7 +451,7 @@ mod tests {
             ),
             status: 0,
         };
-        let out = Output::new(1, tx, Arc::new(RequestLink::default()));
+        let out = Output::new(1, events, Arc::new(RequestLink::default()));
         let call: BoxFuture = Box::pin(async { Err("unused".into()) });
         let size = std::mem::size_of_val(&task.run(call, out));
         assert!(size <= 1024, "the request task's future is {size} bytes");

@@ -1,6 +1,6 @@
 //! The connection's event bits and wake-ups: how the writer and the request
-//! tasks tell the reader something happened, and how an inline request's
-//! output reaches the writer without a wake-up.
+//! tasks tell the reader something happened; and the state the reader, the
+//! writer and the request tasks share (the writer's queue among it).
 //!
 //! The events the reader waits for are bits in one atomic with one waker,
 //! not a token or `Notify` each: the reader polls every branch of its
@@ -8,9 +8,7 @@
 //! server's shutdown token's is shared by every connection).
 
 use super::Engine;
-use super::output::Tally;
-use super::writer::{Pending, WRITE_BATCH};
-use bytes::{Bytes, BytesMut};
+use super::outbox::Outbox;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -32,7 +30,7 @@ pub(super) const DRAINING: u8 = 8;
 pub(super) const SHUTDOWN_POKED: u8 = 16;
 
 /// Connection-wide events between the reader, the writer and the request
-/// tasks (not OS signals), and the inline request's output queue.
+/// tasks (not OS signals), and the writer's queue.
 pub(super) struct ConnEvents {
     /// Bits: `WRITE_FAILED`, `WRITER_CLOSED`, `TASK_ENDED`, `DRAINING`,
     /// `SHUTDOWN_POKED`.
@@ -42,13 +40,8 @@ pub(super) struct ConnEvents {
     /// When a request task last ended, in ns after `base` (0: never).
     last_task_end: AtomicU64,
     base: Instant,
-    /// Output of the inline request, handed to the writer without a
-    /// wake-up: an inline request runs inside the reader, and the
-    /// connection task polls the writer right after the reader, so the
-    /// writer finds it in the same pass. Through the writer's channel the
-    /// task would wake itself, which tokio's scheduler answers by waking
-    /// another worker thread to steal (a futex call a request).
-    inline_out: std::sync::Mutex<Pending>,
+    /// Everything on its way to the writer.
+    pub(super) outbox: Outbox,
     pub(super) engine: Arc<Engine>,
 }
 
@@ -60,58 +53,8 @@ impl ConnEvents {
             waker: Default::default(),
             last_task_end: Default::default(),
             base: Instant::now(),
-            inline_out: Default::default(),
+            outbox: Outbox::default(),
         }
-    }
-
-    /// Queues `parts`, then `buf`, then `tally`, for the writer (emptying
-    /// all three) unless too much is queued already. `buf` is taken
-    /// separately so that a small response, which is only `buf`, needs no
-    /// Vec of its own.
-    pub(super) fn push_inline_out(
-        &self,
-        parts: &mut Vec<Bytes>,
-        buf: &mut BytesMut,
-        tally: &mut Option<Tally>,
-    ) -> bool {
-        let Ok(mut q) = self.inline_out.lock() else {
-            return false;
-        };
-        let queued: usize = q.bufs.iter().map(Bytes::len).sum();
-        if queued >= WRITE_BATCH {
-            return false;
-        }
-        q.bufs.append(parts);
-        if !buf.is_empty() {
-            q.bufs.push(std::mem::take(buf).freeze());
-        }
-        if let Some(mut t) = tally.take() {
-            t.at = queued + t.len;
-            q.tallies.push(t);
-        }
-        true
-    }
-
-    /// Moves what `push_inline_out` queued into the writer's batch.
-    pub(super) fn take_inline_out(&self, batch: &mut Pending, size: &mut usize) -> bool {
-        let Ok(mut q) = self.inline_out.lock() else {
-            return false;
-        };
-        if q.bufs.is_empty() && q.tallies.is_empty() {
-            return false;
-        }
-        let before = *size;
-        for b in q.bufs.drain(..) {
-            *size += b.len();
-            batch.bufs.push(b);
-        }
-        if !q.tallies.is_empty() {
-            for mut t in q.tallies.drain(..) {
-                t.at += before;
-                batch.tallies.push(t);
-            }
-        }
-        true
     }
 
     /// Sets `bit` and wakes the reader.
@@ -202,27 +145,6 @@ mod tests {
         ev.clear(TASK_ENDED);
         assert!(!ev.is_set(TASK_ENDED));
         assert!(ev.is_set(DRAINING));
-    }
-
-    #[test]
-    fn inline_out_keeps_order_and_refuses_past_a_batch() {
-        let ev = events();
-        let mut parts = vec![Bytes::from_static(b"ab")];
-        let mut buf = BytesMut::from(&b"cd"[..]);
-        let mut none = None;
-        assert!(ev.push_inline_out(&mut parts, &mut buf, &mut none));
-        assert!(parts.is_empty() && buf.is_empty());
-        let mut big = vec![Bytes::from(vec![0u8; WRITE_BATCH])];
-        assert!(ev.push_inline_out(&mut big, &mut BytesMut::new(), &mut none));
-        let mut more = vec![Bytes::from_static(b"x")];
-        assert!(!ev.push_inline_out(&mut more, &mut BytesMut::new(), &mut none));
-        assert_eq!(more.len(), 1, "a refused push keeps its parts");
-        let (mut batch, mut size) = (Pending::default(), 0);
-        assert!(ev.take_inline_out(&mut batch, &mut size));
-        assert_eq!(size, 4 + WRITE_BATCH);
-        assert_eq!(&batch.bufs[0][..], b"ab");
-        assert_eq!(&batch.bufs[1][..], b"cd");
-        assert!(!ev.take_inline_out(&mut batch, &mut size), "emptied");
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! - The reader and the writer are one task (joined, reader first). A
 //!   request without a body that is alone on its connection, which is every
 //!   GET nginx sends, runs inside that task too, as hyper runs an HTTP/1
-//!   request; its output goes to the writer directly (`ConnEvents::inline_out`).
+//!   request; its output reaches the writer without a wake-up (`outbox`).
 //!   Other requests get a task each, so multiplexed ones run in parallel.
 //! - The reader owns the per-request state table (in `Demux`). It never
 //!   waits on a handler except when a body's window is full: that is the
@@ -65,6 +65,7 @@ mod demux;
 mod dispatch;
 mod events;
 mod link;
+mod outbox;
 mod output;
 mod reader;
 mod writer;
@@ -78,7 +79,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Limits and timeouts of the protocol engine.
@@ -138,11 +138,10 @@ where
     R: ConnRead,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out_tx, out_rx) = mpsc::channel(writer::QUEUE);
     let events = Arc::new(ConnEvents::new(engine.clone()));
-    let reader = reader::Reader::new(reader, engine.clone(), meta, out_tx, events.clone());
+    let reader = reader::Reader::new(reader, engine.clone(), meta, events.clone());
     // One task for both halves. The reader goes first on every wake-up, so
     // output that an inline request (see `dispatch`) produced is written in
     // the same pass.
-    futures_util::future::join(reader.run(), writer::run(writer, out_rx, engine, events)).await;
+    futures_util::future::join(reader.run(), writer::run(writer, engine, events)).await;
 }

@@ -3,9 +3,9 @@
 //! response until the request's STDIN is complete, and the END_REQUEST. Also
 //! the records of the server's own error responses.
 
-use super::events::{ConnEvents, WRITE_FAILED};
+use super::events::ConnEvents;
 use super::link::RequestLink;
-use super::writer::ToWriter;
+use super::outbox::Push;
 use crate::access::AccessLog;
 use crate::fastcgi::{record, response};
 use crate::service::{ServerError, error_response};
@@ -13,7 +13,6 @@ use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// A request task hands its output to the writer once it has this much.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
@@ -21,17 +20,15 @@ pub(super) const FLUSH_AT: usize = 64 * 1024;
 /// buffer (a vectored write) instead of being copied.
 const ZERO_COPY_MIN: usize = 8 * 1024;
 
-/// The writer's queue is closed: the connection is gone.
+/// The writer has ended: the connection is gone.
 pub(super) struct WriterGone;
 
-/// A request's output on its way to the writer.
+/// A request's output on its way to the writer; one of the writer's
+/// senders while it lives (see `Outbox::drop_sender`).
 pub(super) struct Output {
     id: u16,
-    tx: mpsc::Sender<ToWriter>,
+    events: Arc<ConnEvents>,
     pub(super) link: Arc<RequestLink>,
-    /// Set for an inline request: its output may go to
-    /// `ConnEvents::inline_out`.
-    pub(super) inline: Option<Arc<ConnEvents>>,
     pub(super) buf: BytesMut,
     parts: Vec<Bytes>,
     parts_len: usize,
@@ -44,12 +41,12 @@ pub(super) struct Output {
 }
 
 impl Output {
-    pub(super) fn new(id: u16, tx: mpsc::Sender<ToWriter>, link: Arc<RequestLink>) -> Output {
+    pub(super) fn new(id: u16, events: Arc<ConnEvents>, link: Arc<RequestLink>) -> Output {
+        events.outbox.add_sender();
         Output {
             id,
-            tx,
+            events,
             link,
-            inline: None,
             buf: BytesMut::new(),
             parts: Vec::new(),
             parts_len: 0,
@@ -163,53 +160,35 @@ impl Output {
     /// (Not an `async fn`: it returns `hand_over`'s future itself, with
     /// no state machine of its own around it.)
     pub(super) fn flush(&mut self) -> impl Future<Output = Result<(), WriterGone>> + Send + '_ {
-        self.hand_over(None)
+        self.hand_over(None, false)
     }
 
-    /// `flush`, with the request's receipt after its last bytes.
-    async fn hand_over(&mut self, receipt: Option<Box<Receipt>>) -> Result<(), WriterGone> {
-        if self.buffered() == 0 && receipt.is_none() {
+    /// `flush`, with the request's receipt after its last bytes, and the
+    /// close after them if `close`.
+    async fn hand_over(
+        &mut self,
+        receipt: Option<Box<Receipt>>,
+        close: bool,
+    ) -> Result<(), WriterGone> {
+        if self.buffered() == 0 && receipt.is_none() && !close {
             return Ok(());
         }
         self.wait_gate().await;
-        let mut tally = self.tallied.then(|| Tally {
+        let tally = self.tallied.then(|| Tally {
             link: self.link.clone(),
             body: std::mem::take(&mut self.body_pending),
             len: self.buffered(),
             at: 0,
             receipt,
         });
-        // The buffer is handed over whole, not split off: a split would
-        // allocate a shared header for it, and only a streamed body reuses
-        // the rest of its capacity (at 64 KiB a flush, one allocation is
-        // nothing next to the copy).
-        if let Some(events) = &self.inline {
-            if events.is_set(WRITE_FAILED) {
-                return Err(WriterGone);
-            }
-            // Only while nothing of ours can still be in the queue (the
-            // writer takes `inline_out` first, so order is kept).
-            if self.tx.capacity() == self.tx.max_capacity()
-                && events.push_inline_out(&mut self.parts, &mut self.buf, &mut tally)
-            {
-                self.parts_len = 0;
-                return Ok(());
-            }
-        }
-        if !self.buf.is_empty() {
-            let buf = std::mem::take(&mut self.buf).freeze();
-            if self.parts.is_empty() && tally.is_none() {
-                return queue(&self.tx, ToWriter::One(buf)).await;
-            }
-            self.parts.push(buf);
-        }
         self.parts_len = 0;
-        let parts = std::mem::take(&mut self.parts);
-        match tally {
-            Some(t) => queue(&self.tx, ToWriter::Tallied(parts, Box::new(t))).await,
-            None if parts.is_empty() => Ok(()),
-            None => queue(&self.tx, ToWriter::Batch(parts)).await,
-        }
+        let push = Push {
+            parts: &mut self.parts,
+            buf: &mut self.buf,
+            tally,
+            close,
+        };
+        self.events.outbox.push(push).await
     }
 
     /// Ends STDOUT and the request. Waits for the gate first, then marks the
@@ -220,12 +199,7 @@ impl Output {
     /// empty STDERR record follows END_REQUEST: nginx then does not put the
     /// connection back into its keepalive cache.
     /// With a `receipt`, the access log is written once all of it is.
-    pub(super) async fn finish(
-        &mut self,
-        events: &ConnEvents,
-        end: End,
-        receipt: Option<Box<Receipt>>,
-    ) {
+    pub(super) async fn finish(&mut self, end: End, receipt: Option<Box<Receipt>>) {
         // Any reason the gate opened will do here: what is buffered now is
         // what the request task decided to send, cancelled or not.
         if !self.opened {
@@ -246,12 +220,15 @@ impl Output {
         }
         // Before `end`: a reader that sees the request ended must also
         // see when, or it would date the connection's idleness too early.
-        events.mark_task_end();
+        self.events.mark_task_end();
         self.link.end();
-        let _ = self.hand_over(receipt).await;
-        if end.close {
-            let _ = queue(&self.tx, ToWriter::Close).await;
-        }
+        let _ = self.hand_over(receipt, end.close).await;
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.events.outbox.drop_sender();
     }
 }
 
@@ -314,21 +291,6 @@ impl Drop for Tally {
     }
 }
 
-/// Queues `out` for the writer: at once when there is room, as there
-/// nearly always is; else it waits, in a boxed future. Awaited inline, the
-/// channel's send future is a few hundred bytes of every request task's
-/// future, which pushes it past the size glibc serves from its per-thread
-/// cache.
-pub(super) async fn queue(tx: &mpsc::Sender<ToWriter>, out: ToWriter) -> Result<(), WriterGone> {
-    match tx.try_send(out) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(WriterGone),
-        Err(mpsc::error::TrySendError::Full(out)) => {
-            Box::pin(tx.send(out)).await.map_err(|_| WriterGone)
-        }
-    }
-}
-
 /// Writes the server's own response to `err` as STDOUT records (the same
 /// bytes the HTTP transport sends for it); returns the body length.
 pub(super) fn encode_error(b: &mut BytesMut, id: u16, err: &ServerError) -> u64 {
@@ -369,9 +331,21 @@ pub(super) mod tests {
         v
     }
 
-    fn output() -> (Output, mpsc::Receiver<ToWriter>) {
-        let (tx, rx) = mpsc::channel(4);
-        (Output::new(3, tx, Arc::new(RequestLink::default())), rx)
+    fn output() -> (Output, Arc<ConnEvents>) {
+        let events = Arc::new(ConnEvents::new(super::super::demux::tests::engine()));
+        let link = Arc::new(RequestLink::default());
+        (Output::new(3, events.clone(), link), events)
+    }
+
+    /// What the writer would take now.
+    fn taken(events: &ConnEvents) -> Vec<Bytes> {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut batch = super::super::outbox::Pending::default();
+        match events.outbox.poll_take(&mut cx, &mut batch) {
+            std::task::Poll::Ready(Some(_)) => batch.bufs,
+            _ => panic!("nothing queued"),
+        }
     }
 
     #[test]
@@ -404,8 +378,7 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn finish_waits_for_the_gate_then_ends_the_request() {
-        let (mut out, mut rx) = output();
-        let events = ConnEvents::new(super::super::demux::tests::engine());
+        let (mut out, events) = output();
         out.stdout(Bytes::from_static(b"hi"));
         let end = End {
             app_status: 0,
@@ -415,17 +388,16 @@ pub(super) mod tests {
         };
         let link = out.link.clone();
         let mut fin = Box::pin(async move {
-            out.finish(&events, end, None).await;
+            out.finish(end, None).await;
         });
         assert!(futures_util::poll!(fin.as_mut()).is_pending(), "gate shut");
         assert!(!link.ended());
         link.open_gate();
         fin.await;
         assert!(link.ended());
-        let Some(ToWriter::One(b)) = rx.recv().await else {
-            panic!("one buffer queued");
-        };
-        let kinds: Vec<u8> = decode_all(BytesMut::from(&b[..]))
+        let bufs = taken(&events);
+        assert_eq!(bufs.len(), 1, "one buffer queued");
+        let kinds: Vec<u8> = decode_all(BytesMut::from(&bufs[0][..]))
             .iter()
             .map(|r| r.kind)
             .collect();

@@ -10,7 +10,8 @@ use super::dispatch::{InlineRequest, Starter};
 use super::events::{
     ConnEvents, DRAINING, SHUTDOWN_POKED, TASK_ENDED, WRITE_FAILED, WRITER_CLOSED,
 };
-use super::writer::{LINGER, ToWriter};
+use super::outbox::Push;
+use super::writer::LINGER;
 use super::{ConnMeta, ConnRead, Engine};
 use crate::body::BodyError;
 use crate::fastcgi::record;
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
@@ -48,7 +48,6 @@ pub(super) struct Reader<R> {
     read_at: Instant,
     engine: Arc<Engine>,
     meta: ConnMeta,
-    out: mpsc::Sender<ToWriter>,
     events: Arc<ConnEvents>,
     demux: Demux,
     /// The request run by this task instead of a spawned one (see
@@ -74,7 +73,6 @@ impl<R: ConnRead> Reader<R> {
         io: R,
         engine: Arc<Engine>,
         meta: ConnMeta,
-        out: mpsc::Sender<ToWriter>,
         events: Arc<ConnEvents>,
     ) -> Reader<R> {
         Reader {
@@ -86,7 +84,6 @@ impl<R: ConnRead> Reader<R> {
             demux: Demux::new(engine.clone()),
             engine,
             meta,
-            out,
             events,
             inline: None,
             drain: None,
@@ -105,6 +102,8 @@ impl<R: ConnRead> Reader<R> {
             req.await;
         }
         bufpool::give(std::mem::take(&mut self.buf));
+        // The writer ends once the requests' outputs are gone too.
+        self.events.outbox.drop_sender();
     }
 
     fn log_close(&self, reason: &CloseReason) {
@@ -191,7 +190,6 @@ impl<R: ConnRead> Reader<R> {
             let mut to = Starter {
                 engine: &self.engine,
                 meta: &self.meta,
-                out: &self.out,
                 events: &self.events,
                 inline: &mut self.inline,
             };
@@ -356,7 +354,7 @@ impl<R: ConnRead> Reader<R> {
         if self.demux.live() == 0 && self.buf.is_empty() {
             let mut b = BytesMut::with_capacity(8);
             record::put_stream_end(&mut b, record::STDERR, 1);
-            self.send(ToWriter::One(b.freeze())).await?;
+            self.send(b, false).await?;
         }
         Ok(())
     }
@@ -380,22 +378,26 @@ impl<R: ConnRead> Reader<R> {
         }
     }
 
-    // `&mut self`: the reader is Send but not Sync (`inline` holds a
-    // handler future), so no `&self` may live across an await.
-    async fn send(&mut self, out: ToWriter) -> Result<(), CloseReason> {
-        self.out
-            .send(out)
+    /// Queues records the server wrote itself, and the close after them
+    /// if `close`. (`&mut self`: the reader is Send but not Sync, `inline`
+    /// holding a handler future, so no `&self` may live across an await.)
+    async fn send(&mut self, mut records: BytesMut, close: bool) -> Result<(), CloseReason> {
+        let push = Push {
+            parts: &mut Vec::new(),
+            buf: &mut records,
+            tally: None,
+            close,
+        };
+        self.events
+            .outbox
+            .push(push)
             .await
             .map_err(|_| CloseReason::Routine("writer is gone"))
     }
 
     /// Queues records the server wrote itself.
     async fn send_answer(&mut self, answer: Answer) -> Result<(), CloseReason> {
-        self.send(ToWriter::One(answer.records)).await?;
-        if answer.close {
-            self.send(ToWriter::Close).await?;
-        }
-        Ok(())
+        self.send(answer.records, answer.close).await
     }
 
     /// Passes body data to the handler, waiting (up to the stall timeout)

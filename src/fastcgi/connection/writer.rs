@@ -1,65 +1,39 @@
-//! The connection's one writer: takes everything queued (the inline
-//! request's output first, then the queue, up to a batch limit) and writes
-//! it with as few vectored writes as the socket allows, so the records of
-//! one response, and of concurrent responses, share syscalls.
+//! The connection's one writer: takes everything queued (see `outbox`)
+//! and writes it with as few vectored writes as the socket allows, so the
+//! records of one response, and of concurrent responses, share syscalls.
 
 use super::Engine;
 use super::events::{ConnEvents, WRITE_FAILED, WRITER_CLOSED};
+use super::outbox::{Pending, Taken};
 use super::output::Tally;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Output batches a connection may have queued before handlers wait for
-/// the peer to read.
-pub(super) const QUEUE: usize = 16;
-/// The writer stops collecting a batch at this size.
-pub(super) const WRITE_BATCH: usize = 256 * 1024;
 /// How long a closing connection drains what the peer still sends, so the
 /// peer gets a FIN and not a reset (golang.org/issue/4183).
 pub(super) const LINGER: Duration = Duration::from_secs(2);
 /// Buffers handed to one `write_vectored` call at most.
 const MAX_IOV: usize = 64;
 
-/// What the writer's queue carries.
-pub(super) enum ToWriter {
-    /// One buffer: a whole small response (no Vec to allocate).
-    One(Bytes),
-    Batch(Vec<Bytes>),
-    /// A request's output with its tally (see `Tally`).
-    Tallied(Vec<Bytes>, Box<Tally>),
-    /// Write what is queued, shut down writing, linger, close.
-    Close,
+/// Writes what the connection queues until no sender is left, a write
+/// fails, or the close is written; then the queue refuses more.
+pub(super) async fn run<W: AsyncWrite + Unpin>(w: W, engine: Arc<Engine>, events: Arc<ConnEvents>) {
+    write_until_done(w, &engine, &events).await;
+    events.outbox.writer_gone();
 }
 
-/// Output on its way to the socket, and the tallies of what it carries:
-/// they are credited once all of it is written, and dropped uncredited if
-/// a write fails.
-#[derive(Default)]
-pub(super) struct Pending {
-    pub(super) bufs: Vec<Bytes>,
-    pub(super) tallies: Vec<Tally>,
-}
-
-/// Writes what the connection queues until the queue closes, a write fails,
-/// or a `Close` is written.
-pub(super) async fn run<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::Receiver<ToWriter>,
-    engine: Arc<Engine>,
-    events: Arc<ConnEvents>,
-) {
+async fn write_until_done<W: AsyncWrite + Unpin>(mut w: W, engine: &Engine, events: &ConnEvents) {
     let stall = engine.config.stall_timeout;
     // Allocated on first use: an idle connection holds no batch.
     let mut batch = Pending::default();
     loop {
-        let Some((size, close)) = collect(&mut rx, &events, &mut batch).await else {
+        let taken = std::future::poll_fn(|cx| events.outbox.poll_take(cx, &mut batch)).await;
+        let Some(Taken { size, close }) = taken else {
             return;
         };
         let mut written = 0;
@@ -99,58 +73,6 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(
             events.raise(WRITER_CLOSED);
             return;
         }
-    }
-}
-
-/// Waits for output, then takes all that is ready into `batch`; returns its
-/// size and whether a `Close` came, or `None` once the queue is closed.
-/// (A `poll_fn`, not an `async fn`: no state machine of its own per batch.)
-fn collect<'a>(
-    rx: &'a mut mpsc::Receiver<ToWriter>,
-    events: &'a ConnEvents,
-    batch: &'a mut Pending,
-) -> impl Future<Output = Option<(usize, bool)>> + 'a {
-    std::future::poll_fn(move |cx| {
-        let (mut size, mut close) = (0usize, false);
-        // The inline output first: see `ConnEvents::inline_out`.
-        if !events.take_inline_out(batch, &mut size) {
-            match std::task::ready!(rx.poll_recv(cx)) {
-                Some(m) => take(m, batch, &mut size, &mut close),
-                None => return std::task::Poll::Ready(None),
-            }
-        }
-        while !close && size < WRITE_BATCH {
-            events.take_inline_out(batch, &mut size);
-            match rx.try_recv() {
-                Ok(m) => take(m, batch, &mut size, &mut close),
-                Err(_) => break,
-            }
-        }
-        std::task::Poll::Ready(Some((size, close)))
-    })
-}
-
-fn take(m: ToWriter, batch: &mut Pending, size: &mut usize, close: &mut bool) {
-    match m {
-        ToWriter::One(b) => {
-            *size += b.len();
-            batch.bufs.push(b);
-        }
-        ToWriter::Batch(v) => {
-            for b in v {
-                *size += b.len();
-                batch.bufs.push(b);
-            }
-        }
-        ToWriter::Tallied(v, mut t) => {
-            for b in v {
-                *size += b.len();
-                batch.bufs.push(b);
-            }
-            t.at = *size;
-            batch.tallies.push(*t);
-        }
-        ToWriter::Close => *close = true,
     }
 }
 
@@ -267,25 +189,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_batches_in_order_then_closes_on_close() {
+    async fn writes_pushes_in_order_then_closes_on_close() {
+        use super::super::outbox::Push;
         let engine = super::super::demux::tests::engine();
         let events = Arc::new(ConnEvents::new(engine.clone()));
-        let (tx, rx) = mpsc::channel(QUEUE);
         let (a, mut b) = tokio::io::duplex(1024);
-        events.push_inline_out(
-            &mut vec![Bytes::from_static(b"1")],
-            &mut Default::default(),
-            &mut None,
-        );
-        tx.send(ToWriter::One(Bytes::from_static(b"2"))).await.ok();
-        let batch = vec![Bytes::from_static(b"3"), Bytes::from_static(b"4")];
-        tx.send(ToWriter::Batch(batch)).await.ok();
-        tx.send(ToWriter::Close).await.ok();
-        run(a, rx, engine.clone(), events.clone()).await;
+        let pushes: [(&[&str], &str, bool); 3] =
+            [(&["1"], "", false), (&[], "2", false), (&["3"], "4", true)];
+        for (parts, buf, close) in pushes {
+            let mut parts = parts
+                .iter()
+                .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+                .collect();
+            let mut buf = bytes::BytesMut::from(buf);
+            let push = Push {
+                parts: &mut parts,
+                buf: &mut buf,
+                tally: None,
+                close,
+            };
+            events.outbox.push(push).await.ok().expect("queued");
+        }
+        run(a, engine.clone(), events.clone()).await;
         let mut s = String::new();
         b.read_to_string(&mut s).await.expect("read");
         assert_eq!(s, "1234");
         assert!(events.is_set(WRITER_CLOSED));
         assert_eq!(engine.stats.snapshot().bytes_out, 4);
+        let mut rest = Vec::new();
+        let push = Push {
+            parts: &mut rest,
+            buf: &mut bytes::BytesMut::from("5"),
+            tally: None,
+            close: false,
+        };
+        assert!(
+            events.outbox.push(push).await.is_err(),
+            "refused after the close"
+        );
     }
 }
