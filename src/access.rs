@@ -24,6 +24,21 @@ pub(crate) struct AccessLog {
     /// `None` when neither the access log nor the metrics want a
     /// duration: then not even the clock is read.
     pub started: Option<Instant>,
+    /// Whether the access log was on when the request began (see
+    /// [`AccessLog::enabled`]): asked once a request, not again at its end.
+    pub on: bool,
+}
+
+/// The URI as a string: copied as it is for an origin-form URI (every one
+/// nginx passes), without the formatting machinery `to_string` goes
+/// through; formatted otherwise.
+fn uri_string(uri: &http::Uri) -> String {
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => {
+            String::from(pq.as_str())
+        }
+        _ => uri.to_string(),
+    }
 }
 
 impl AccessLog {
@@ -37,15 +52,15 @@ impl AccessLog {
         peer: Option<&str>,
         request_id: u64,
     ) -> AccessLog {
-        let on = tracing::enabled!(target: "myflask::access", tracing::Level::WARN);
+        let on = AccessLog::enabled();
         AccessLog {
             transport,
             method: if on {
-                method.to_string()
+                String::from(method.as_str())
             } else {
                 String::new()
             },
-            uri: if on { uri.to_string() } else { String::new() },
+            uri: if on { uri_string(uri) } else { String::new() },
             peer: if on {
                 peer.unwrap_or("-").to_string()
             } else {
@@ -53,7 +68,15 @@ impl AccessLog {
             },
             request_id,
             started: (on || crate::metrics::timing_on()).then(Instant::now),
+            on,
         }
+    }
+
+    /// Whether access-log lines can be written (some are warnings, so
+    /// `--log-level warn` keeps it on). Asking the subscriber is not free:
+    /// a request does it once.
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: "myflask::access", tracing::Level::WARN)
     }
 
     /// Logs the request and counts it. `note` explains an unusual end
@@ -76,7 +99,7 @@ impl AccessLog {
         let Some(elapsed) = elapsed else {
             return;
         };
-        if !tracing::enabled!(target: "myflask::access", tracing::Level::WARN) {
+        if !self.on {
             return;
         }
         let duration_us = elapsed.as_micros() as u64;
@@ -112,6 +135,19 @@ impl AccessLog {
                 "{} {} {} {}B {}us: {}",
                 self.method, self.uri, status, bytes_out, duration_us, note
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri_string;
+
+    #[test]
+    fn uri_string_is_what_to_string_gives() {
+        for u in ["/", "/a/b?c=d&e", "/%7e?", "*", "http://h:8/x?y", "h:8"] {
+            let uri: http::Uri = u.parse().expect("a valid URI");
+            assert_eq!(uri_string(&uri), uri.to_string(), "{u}");
         }
     }
 }

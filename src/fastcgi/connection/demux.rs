@@ -473,6 +473,7 @@ impl Demux {
             peer: get("REMOTE_ADDR"),
             request_id: self.engine.stats.next_request_id(),
             started: Some(Instant::now()),
+            on: AccessLog::enabled(),
         };
         let mut b = BytesMut::with_capacity(256);
         let body_len = encode_error(&mut b, id, &r);

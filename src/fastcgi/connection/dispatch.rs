@@ -210,6 +210,7 @@ impl RequestTask {
             peer: String::new(),
             request_id: self.log.request_id,
             started: None,
+            on: false,
         };
         std::mem::replace(&mut self.log, inert)
     }
