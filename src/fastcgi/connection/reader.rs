@@ -60,12 +60,19 @@ pub(super) struct Reader<R> {
 /// The futures the reader's loop waits on, made once per connection:
 /// building and dropping them on every pass (cancellation tokens, a timer
 /// registration) would be a measurable share of a keep-alive request.
-struct Waits {
-    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+/// Pinned in the loop's own state (the connection's future is boxed).
+struct Waits<'a> {
+    shutdown: Pin<&'a mut tokio_util::sync::WaitForCancellationFutureOwned>,
     shutdown_waker: std::task::Waker,
-    sleep: Pin<Box<Sleep>>,
-    /// What `sleep` is set for.
+    sleep: Pin<&'a mut Sleep>,
+    /// When the timer should fire.
     armed: Instant,
+    /// What `sleep` is set for: it is reset to `armed` only when it is
+    /// polled, that is when the reader actually waits. A connection whose
+    /// input is already there when it looks (a fresh one from nginx, a
+    /// request read with the response to the last) touches the timer
+    /// wheel less.
+    set: Instant,
 }
 
 impl<R: ConnRead> Reader<R> {
@@ -128,11 +135,14 @@ impl<R: ConnRead> Reader<R> {
     async fn read_loop(&mut self) -> CloseReason {
         let events = self.events.clone();
         let now = Instant::now();
+        let shutdown = std::pin::pin!(self.engine.shutdown.clone().cancelled_owned());
+        let sleep = std::pin::pin!(tokio::time::sleep_until((now + FAR).into()));
         let mut w = Waits {
-            shutdown: Box::pin(self.engine.shutdown.clone().cancelled_owned()),
+            shutdown,
             shutdown_waker: std::task::Waker::from(events.clone()),
-            sleep: Box::pin(tokio::time::sleep_until((now + FAR).into())),
+            sleep,
             armed: now + FAR,
+            set: now + FAR,
         };
         // The first poll registers the waker (or finds shutdown begun).
         events.raise(SHUTDOWN_POKED);
@@ -169,7 +179,7 @@ impl<R: ConnRead> Reader<R> {
                     Ok(())
                 }
                 r = read_some(&mut self.io, &mut self.buf) => self.on_read(r),
-                _ = w.sleep.as_mut(), if deadline.is_some() => self.on_deadline(live),
+                () = w.timer(), if deadline.is_some() => self.on_deadline(live),
             };
             if let Err(reason) = step {
                 return reason;
@@ -234,10 +244,11 @@ impl<R: ConnRead> Reader<R> {
         if let (Some(t), 0) = (self.drain, live) {
             d = earliest(d, t);
         }
-        if live > 0 {
+        if live > 0 && !(live == 1 && self.inline.is_some()) {
             // Tasks end without waking the reader (see `TASK_ENDED`), so
             // look again in a while: that is when the idle clock, which
-            // then starts from `last_task_end`, gets noticed.
+            // then starts from `last_task_end`, gets noticed. (Not for the
+            // inline request alone: the reader sees it end.)
             d = earliest(d, Instant::now() + BUFFER_RELEASE);
         }
         if live == 0 && self.buf.is_empty() {
@@ -250,7 +261,7 @@ impl<R: ConnRead> Reader<R> {
         d
     }
 
-    async fn on_events(&mut self, bits: u8, w: &mut Waits) -> Result<(), CloseReason> {
+    async fn on_events(&mut self, bits: u8, w: &mut Waits<'_>) -> Result<(), CloseReason> {
         if bits & WRITE_FAILED != 0 {
             return Err(CloseReason::Routine("write side failed"));
         }
@@ -363,7 +374,7 @@ impl<R: ConnRead> Reader<R> {
     /// so a peer still sending gets a FIN and not a reset. Into the read
     /// buffer, which has no further use (no zeroed scratch buffer to
     /// allocate), and on the loop's own timer (no second one to register).
-    async fn linger(&mut self, w: &mut Waits) {
+    async fn linger(&mut self, w: &mut Waits<'_>) {
         w.arm_exact(Instant::now() + LINGER);
         self.buf.clear();
         loop {
@@ -373,7 +384,7 @@ impl<R: ConnRead> Reader<R> {
                     Ok(n) if n > 0 => self.buf.clear(),
                     _ => return,
                 },
-                _ = w.sleep.as_mut() => return,
+                () = w.timer() => return,
             }
         }
     }
@@ -435,27 +446,36 @@ impl<R: ConnRead> Reader<R> {
     }
 }
 
-impl Waits {
+impl Waits<'_> {
     /// Re-arms the timer only when something must happen sooner than it
     /// is set for; a later deadline just means one spurious wake-up, after
     /// which it is re-armed (so a busy connection touches the timer wheel
     /// about once a second, not once per request).
     fn arm(&mut self, deadline: Option<Instant>) {
+        let fired = self.set == self.armed && self.sleep.is_elapsed();
         if let Some(d) = deadline {
-            if d < self.armed || self.sleep.is_elapsed() {
+            if d < self.armed || fired {
                 self.armed = d;
-                self.sleep.as_mut().reset(d.into());
             }
-        } else if self.sleep.is_elapsed() {
+        } else if fired {
             self.armed = Instant::now() + FAR;
-            self.sleep.as_mut().reset(self.armed.into());
         }
     }
 
     /// Sets the timer for `deadline`, whatever it was set for.
     fn arm_exact(&mut self, deadline: Instant) {
         self.armed = deadline;
-        self.sleep.as_mut().reset(deadline.into());
+    }
+
+    /// Waits for the timer, setting it to `armed` first if it is not.
+    fn timer(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set != self.armed {
+                self.set = self.armed;
+                self.sleep.as_mut().reset(self.armed.into());
+            }
+            self.sleep.as_mut().poll(cx)
+        })
     }
 
     /// Polls the server's shutdown future with the waker that raises
