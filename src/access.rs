@@ -17,7 +17,8 @@ use std::time::Instant;
 #[derive(Debug)]
 pub(crate) struct AccessLog {
     pub transport: Transport,
-    pub method: String,
+    /// A clone, not a string: a standard method is a plain value.
+    pub method: http::Method,
     pub uri: String,
     pub peer: String,
     pub request_id: u64,
@@ -42,7 +43,7 @@ fn uri_string(uri: &http::Uri) -> String {
 }
 
 impl AccessLog {
-    /// Starts the record of a request. The strings are built only when the
+    /// Starts the record of a request. The URI and peer strings are built only when the
     /// access log is on: with `myflask::access=off` a request costs no
     /// allocation here.
     pub fn new(
@@ -55,11 +56,7 @@ impl AccessLog {
         let on = AccessLog::enabled();
         AccessLog {
             transport,
-            method: if on {
-                String::from(method.as_str())
-            } else {
-                String::new()
-            },
+            method: method.clone(),
             uri: if on { uri_string(uri) } else { String::new() },
             peer: if on {
                 peer.unwrap_or("-").to_string()

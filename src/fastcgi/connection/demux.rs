@@ -468,7 +468,11 @@ impl Demux {
         let get = |n: &str| params.and_then(|p| p.get_str(n)).unwrap_or("-").to_string();
         let log = AccessLog {
             transport: Transport::FastCgi,
-            method: get("REQUEST_METHOD"),
+            // "-" (a valid extension method) for one that is not valid.
+            method: params
+                .and_then(|p| p.get("REQUEST_METHOD"))
+                .and_then(|m| http::Method::from_bytes(m).ok())
+                .unwrap_or_else(|| http::Method::from_bytes(b"-").unwrap_or_default()),
             uri: get("REQUEST_URI"),
             peer: get("REMOTE_ADDR"),
             request_id: self.engine.stats.next_request_id(),

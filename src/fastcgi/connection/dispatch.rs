@@ -159,32 +159,31 @@ impl RequestTask {
                     r = respond => Some(r),
                 }
             };
-            let (result, spent) = take_spent(result);
-            let (end, note) = task.ending(result, &mut out);
+            let (result, mut spent) = take_spent(result);
+            let (end, mut note) = task.ending(result, &mut out);
             let status = if task.status == 0 { 499 } else { task.status };
             match end {
-                // The access log is written once the response is (see
-                // `Receipt`), so that BYTES_OUT counts what reached the socket.
-                Some(end) if out.tallied() => {
-                    // (An Arc of the server's stats, not of the connection's
-                    // events: a tally waiting in the outbox would make a
-                    // cycle that keeps the connection's state alive.)
-                    let stats = task.events.engine.stats.clone();
-                    let receipt = Box::new(Receipt {
-                        log: task.take_log(),
-                        stats,
-                        status,
-                        note,
-                        _spent: spent,
-                    });
-                    out.finish(end, Some(receipt)).await;
-                }
                 Some(end) => {
+                    let room = out.finish(end).await;
+                    // The access log is written once the response is (see
+                    // `Receipt`), so that BYTES_OUT counts what reached the
+                    // socket. (An Arc of the server's stats, not of the
+                    // connection's events: a receipt waiting in the outbox
+                    // would make a cycle that keeps the connection alive.)
+                    let receipt = out.tallied().then(|| Receipt {
+                        log: task.take_log(),
+                        stats: task.events.engine.stats.clone(),
+                        status,
+                        note: note.take(),
+                        _spent: spent.take(),
+                    });
+                    out.last(end, room, receipt);
                     drop(spent);
-                    out.finish(end, None).await;
-                    // The access log is off: only the counters.
-                    task.log
-                        .finish(&task.events.engine.stats, status, 0, note.as_deref());
+                    if !out.tallied() {
+                        // Only the counters (the access log is off).
+                        let stats = &task.events.engine.stats;
+                        task.log.finish(stats, status, 0, note.as_deref());
+                    }
                 }
                 // The connection is gone, no END_REQUEST can be sent.
                 None => {
@@ -205,7 +204,7 @@ impl RequestTask {
     fn take_log(&mut self) -> AccessLog {
         let inert = AccessLog {
             transport: self.log.transport,
-            method: String::new(),
+            method: http::Method::GET,
             uri: String::new(),
             peer: String::new(),
             request_id: self.log.request_id,

@@ -81,30 +81,42 @@ impl Default for Outbox {
 }
 
 impl Outbox {
-    /// Appends `push` once there is room (emptying its parts and buffer);
-    /// fails once the writer has ended. Wakes the writer unless the caller
-    /// is its own task (the reader and the inline request run in the
-    /// writer's task, which polls the writer right after them: a wake-up
-    /// of one's own task makes tokio wake another worker thread to steal).
-    pub(super) fn push<'a>(
-        &'a self,
-        mut push: Push<'a>,
-    ) -> impl Future<Output = Result<(), WriterGone>> + Send + 'a {
-        std::future::poll_fn(move |cx| self.poll_push(cx, &mut push))
+    /// Waits until the queue has room (or the writer has ended); then
+    /// `push` appends without waiting. Resolves to whether the caller runs
+    /// in the writer's own task (the reader and the inline request do):
+    /// its pushes need no wake-up, as the connection task polls the writer
+    /// right after them, and a wake-up of one's own task makes tokio wake
+    /// another worker thread to steal it.
+    pub(super) fn room(&self) -> impl Future<Output = Result<bool, WriterGone>> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let Ok(mut q) = self.q.lock() else {
+                return Poll::Ready(Err(WriterGone));
+            };
+            if q.gone {
+                return Poll::Ready(Err(WriterGone));
+            }
+            if q.size >= QUEUE_BYTES {
+                if !q.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                    q.waiting.push(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            let own = q.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            Poll::Ready(Ok(own))
+        })
     }
 
-    fn poll_push(&self, cx: &mut Context<'_>, push: &mut Push<'_>) -> Poll<Result<(), WriterGone>> {
+    /// Appends `push` (emptying its parts and buffer), whether or not there
+    /// is room: a sender waits for `room` first, so the queue overshoots
+    /// its bound by at most one push per sender. The push is built after
+    /// the wait, so what it carries (a request's access-log record) is
+    /// never kept in a waiting future. Fails once the writer has ended.
+    pub(super) fn push(&self, push: Push<'_>, own_task: bool) -> Result<(), WriterGone> {
         let Ok(mut q) = self.q.lock() else {
-            return Poll::Ready(Err(WriterGone));
+            return Err(WriterGone);
         };
         if q.gone {
-            return Poll::Ready(Err(WriterGone));
-        }
-        if q.size >= QUEUE_BYTES {
-            if !q.waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                q.waiting.push(cx.waker().clone());
-            }
-            return Poll::Pending;
+            return Err(WriterGone);
         }
         let q = &mut *q;
         for b in push.parts.drain(..) {
@@ -116,17 +128,17 @@ impl Outbox {
             q.size += b.len();
             q.batch.bufs.push(b);
         }
-        if let Some(mut t) = push.tally.take() {
+        if let Some(mut t) = push.tally {
             t.at = q.size;
             q.batch.tallies.push(t);
         }
         q.close |= push.close;
-        if let Some(w) = &q.writer {
-            if !w.will_wake(cx.waker()) {
+        if !own_task {
+            if let Some(w) = &q.writer {
                 w.wake_by_ref();
             }
         }
-        Poll::Ready(Ok(()))
+        Ok(())
     }
 
     /// The writer's side: waits for output, then swaps everything queued
@@ -216,15 +228,21 @@ mod tests {
     fn push_now(ob: &Outbox, parts: Vec<Bytes>, buf: &[u8], close: bool) -> Poll<bool> {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
+        let mut room = std::pin::pin!(ob.room());
+        let own = match room.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(own)) => own,
+            Poll::Ready(Err(WriterGone)) => return Poll::Ready(false),
+            Poll::Pending => return Poll::Pending,
+        };
         let mut parts = parts;
         let mut buf = BytesMut::from(buf);
-        let mut fut = std::pin::pin!(ob.push(Push {
+        let push = Push {
             parts: &mut parts,
             buf: &mut buf,
             tally: None,
             close,
-        }));
-        fut.as_mut().poll(&mut cx).map(|r| r.is_ok())
+        };
+        Poll::Ready(ob.push(push, own).is_ok())
     }
 
     #[test]

@@ -11,7 +11,6 @@ use crate::fastcgi::{record, response};
 use crate::service::{ServerError, error_response};
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
-use std::future::Future;
 use std::sync::Arc;
 
 /// A request task hands its output to the writer once it has this much.
@@ -156,24 +155,26 @@ impl Output {
         }
     }
 
-    /// Hands what is encoded to the writer, after waiting for the gate.
-    /// (Not an `async fn`: it returns `hand_over`'s future itself, with
-    /// no state machine of its own around it.)
-    pub(super) fn flush(&mut self) -> impl Future<Output = Result<(), WriterGone>> + Send + '_ {
-        self.hand_over(None, false)
-    }
-
-    /// `flush`, with the request's receipt after its last bytes, and the
-    /// close after them if `close`.
-    async fn hand_over(
-        &mut self,
-        receipt: Option<Box<Receipt>>,
-        close: bool,
-    ) -> Result<(), WriterGone> {
-        if self.buffered() == 0 && receipt.is_none() && !close {
+    /// Hands what is encoded to the writer, after waiting for the gate
+    /// and for room in the writer's queue.
+    pub(super) async fn flush(&mut self) -> Result<(), WriterGone> {
+        if self.buffered() == 0 {
             return Ok(());
         }
         self.wait_gate().await;
+        let own_task = self.events.outbox.room().await?;
+        self.push(None, false, own_task)
+    }
+
+    /// Queues what is encoded, with its tally if this output is tallied
+    /// (carrying `receipt`), and the close after it if `close`. Not async:
+    /// what it builds goes straight into the queue.
+    fn push(
+        &mut self,
+        receipt: Option<Receipt>,
+        close: bool,
+        own_task: bool,
+    ) -> Result<(), WriterGone> {
         let tally = self.tallied.then(|| Tally {
             link: self.link.clone(),
             body: std::mem::take(&mut self.body_pending),
@@ -188,18 +189,20 @@ impl Output {
             tally,
             close,
         };
-        self.events.outbox.push(push).await
+        self.events.outbox.push(push, own_task)
     }
 
     /// Ends STDOUT and the request. Waits for the gate first, then marks the
-    /// request ended, then queues END_REQUEST: in that order the reader
-    /// never frees the id while its STDIN is still wanted, and the peer
-    /// never sees END_REQUEST before the id is free.
+    /// request ended, then waits for room in the writer's queue; `last`
+    /// then queues the closing records. In that order the reader never
+    /// frees the id while its STDIN is still wanted, and the peer never
+    /// sees END_REQUEST before the id is free.
     /// With `farewell` (shutdown has begun on a kept-alive connection) an
     /// empty STDERR record follows END_REQUEST: nginx then does not put the
     /// connection back into its keepalive cache.
-    /// With a `receipt`, the access log is written once all of it is.
-    pub(super) async fn finish(&mut self, end: End, receipt: Option<Box<Receipt>>) {
+    /// Returns what `last` needs (whether this runs in the writer's task),
+    /// or `WriterGone`.
+    pub(super) async fn finish(&mut self, end: End) -> Result<bool, WriterGone> {
         // Any reason the gate opened will do here: what is buffered now is
         // what the request task decided to send, cancelled or not.
         if !self.opened {
@@ -222,7 +225,21 @@ impl Output {
         // see when, or it would date the connection's idleness too early.
         self.events.mark_task_end();
         self.link.end();
-        let _ = self.hand_over(receipt, end.close).await;
+        self.events.outbox.room().await
+    }
+
+    /// Queues what `finish` closed, the close after it if `end.close`, and
+    /// the request's `receipt`: the access log is then written once all of
+    /// it is (or can no longer be), also when the writer is gone already.
+    pub(super) fn last(
+        &mut self,
+        end: End,
+        room: Result<bool, WriterGone>,
+        receipt: Option<Receipt>,
+    ) {
+        // With the writer gone the push fails and drops its tally, which
+        // logs the request with what was written.
+        let _ = self.push(receipt, end.close, room.unwrap_or(false));
     }
 }
 
@@ -272,8 +289,10 @@ pub(super) struct Tally {
     pub(super) len: usize,
     /// Where its output ends in the writer's batch (set by the writer).
     pub(super) at: usize,
-    /// Boxed: a pointer, not the record, in every request's future.
-    receipt: Option<Box<Receipt>>,
+    /// On the request's last tally only. Built once the request task has
+    /// nothing more to wait for (see `Output::last`), so it is never kept
+    /// in a future.
+    receipt: Option<Receipt>,
 }
 
 impl Tally {
@@ -388,7 +407,8 @@ pub(super) mod tests {
         };
         let link = out.link.clone();
         let mut fin = Box::pin(async move {
-            out.finish(end, None).await;
+            let room = out.finish(end).await;
+            out.last(end, room, None);
         });
         assert!(futures_util::poll!(fin.as_mut()).is_pending(), "gate shut");
         assert!(!link.ended());

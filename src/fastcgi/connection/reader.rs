@@ -393,17 +393,15 @@ impl<R: ConnRead> Reader<R> {
     /// if `close`. (`&mut self`: the reader is Send but not Sync, `inline`
     /// holding a handler future, so no `&self` may live across an await.)
     async fn send(&mut self, mut records: BytesMut, close: bool) -> Result<(), CloseReason> {
+        let gone = |_| CloseReason::Routine("writer is gone");
+        let own_task = self.events.outbox.room().await.map_err(gone)?;
         let push = Push {
             parts: &mut Vec::new(),
             buf: &mut records,
             tally: None,
             close,
         };
-        self.events
-            .outbox
-            .push(push)
-            .await
-            .map_err(|_| CloseReason::Routine("writer is gone"))
+        self.events.outbox.push(push, own_task).map_err(gone)
     }
 
     /// Queues records the server wrote itself.

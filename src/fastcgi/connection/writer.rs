@@ -208,7 +208,7 @@ mod tests {
                 tally: None,
                 close,
             };
-            events.outbox.push(push).await.ok().expect("queued");
+            events.outbox.push(push, false).ok().expect("queued");
         }
         run(a, engine.clone(), events.clone()).await;
         let mut s = String::new();
@@ -224,7 +224,11 @@ mod tests {
             close: false,
         };
         assert!(
-            events.outbox.push(push).await.is_err(),
+            events.outbox.room().await.is_err(),
+            "no room after the close"
+        );
+        assert!(
+            events.outbox.push(push, false).is_err(),
             "refused after the close"
         );
     }
