@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
-/// Pushes wait while this many bytes are queued (a push is taken whole,
-/// however large, once there is room: a response never waits for itself).
+/// Senders wait (`Outbox::room`) while this many bytes are queued; a push
+/// is then taken whole, however large: a response never waits for itself.
 pub(super) const QUEUE_BYTES: usize = 256 * 1024;
 
 /// Output on its way to the socket, and the tallies of what it carries:
