@@ -134,6 +134,17 @@ impl Recorder {
         }
     }
 
+    /// Adds body bytes written to the sum of requests already recorded
+    /// (FastCGI with the access log off records a request with 0 bytes
+    /// and its writer adds them as they reach the socket).
+    pub(crate) fn add_body_bytes(&self, transport: crate::Transport, n: u64) {
+        if !self.is_enabled() || n == 0 {
+            return;
+        }
+        let t = transport_index(transport);
+        self.shards[shard_index()].body_bytes_out[t].fetch_add(n, Relaxed);
+    }
+
     /// Counts a request the server answered itself. 503s are in `Stats`
     /// already (`refused_overloaded`), so only the other reasons are here.
     pub fn refused(&self, why: Refusal) {

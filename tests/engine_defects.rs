@@ -250,3 +250,68 @@ async fn bytes_out_counts_what_reached_the_socket_not_what_was_queued() {
         "BYTES_OUT {n} for a client that left after 1 KiB:\n{log}"
     );
 }
+
+/// `myflask_response_body_bytes_total{transport="fastcgi"}` of a scrape.
+async fn metrics_body_bytes(srv: &Server) -> u64 {
+    let h = raw::get(&srv.sock, "/metrics").await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    let text = h.text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("myflask_response_body_bytes_total{transport=\"fastcgi\"}"))
+        .unwrap_or_else(|| panic!("no FastCGI body bytes in:\n{text}"));
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("not a count: {line}"))
+}
+
+/// The metrics' body bytes with the access log off (the writer sums them
+/// as they reach the socket, no per-request record): a whole answer is
+/// counted whole, one its client left after 1 KiB far from whole.
+#[tokio::test]
+async fn metrics_count_body_bytes_written_with_the_access_log_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = Server::start(&[
+        "--metrics-path",
+        "/metrics",
+        "--log-level",
+        "info,myflask::access=off",
+    ]);
+    let before = metrics_body_bytes(&srv).await;
+    let body = raw::noise(300_000, 7);
+    let h = raw::once(&srv.sock, "POST", "/echo", &[], &body).await;
+    raw::assert_same(&h.body, &body, "echo");
+    // Counted once written, which races with the next scrape: wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut grown = metrics_body_bytes(&srv).await - before;
+    while grown < 300_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        grown = metrics_body_bytes(&srv).await - before;
+    }
+    // The scrapes' own bodies are counted too (a few KiB each).
+    assert!(
+        (300_000..400_000).contains(&grown),
+        "a whole 300,000-byte echo grew the count by {grown}"
+    );
+    let before = metrics_body_bytes(&srv).await;
+    let mut s = tokio::net::UnixStream::connect(&srv.sock)
+        .await
+        .expect("connect");
+    let req = raw::request(2, true, "PUT", "/echo", &[], &vec![b'x'; 4 << 20]);
+    within("send", s.write_all(&req))
+        .await
+        .expect("request sent");
+    let mut some = [0u8; 1024];
+    within("read", s.read_exact(&mut some))
+        .await
+        .expect("1 KiB of answer");
+    drop(s);
+    raw::wait_status(&srv.sock, "active_connections", 1, Duration::from_secs(10)).await;
+    let grown = metrics_body_bytes(&srv).await - before;
+    eprintln!("body bytes counted for a 4 MiB echo left after 1 KiB: {grown}");
+    assert!(
+        grown < 1 << 20,
+        "{grown} counted for a client that left after 1 KiB"
+    );
+}

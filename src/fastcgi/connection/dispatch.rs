@@ -7,7 +7,7 @@
 use super::Engine;
 use super::demux::{Admitted, Dispatch};
 use super::events::{ConnEvents, DRAINING, TASK_ENDED};
-use super::output::{End, FLUSH_AT, Output, Receipt, WriterGone, encode_error};
+use super::output::{Counting, End, FLUSH_AT, Output, Receipt, WriterGone, encode_error};
 use crate::access::AccessLog;
 use crate::body::BodyShared;
 use crate::fastcgi::params::Params;
@@ -78,9 +78,15 @@ impl Dispatch for Starter<'_> {
             status: 0,
         };
         let mut out = Output::new(a.id, self.events.clone(), a.link);
-        if task.log.started.is_some() {
-            out.tally();
-        }
+        // Body bytes are counted as written: per request for the access
+        // log's line, or only their sum when the metrics alone want them.
+        out.count(if task.log.on {
+            Counting::PerRequest
+        } else if task.log.started.is_some() {
+            Counting::Sum
+        } else {
+            Counting::Off
+        });
         // The service is called here and its future awaited by the task,
         // which then holds a pointer, not the request: the request inside
         // the task's future would take it past the size glibc serves from
@@ -107,8 +113,9 @@ impl Dispatch for Starter<'_> {
 
 /// How the service's response ended.
 enum Outcome {
-    /// Sent whole; with the service's spent body when the access log is
-    /// on, kept until its last bytes are written (see `Receipt::_spent`).
+    /// Sent whole; with the service's spent body when its bytes are
+    /// counted, kept until its last bytes are written (see
+    /// `Receipt::_spent`).
     Complete(Option<ResponseBody>),
     /// The response body failed after the head was sent.
     BodyFailed(String),
@@ -170,17 +177,19 @@ impl RequestTask {
                     // socket. (An Arc of the server's stats, not of the
                     // connection's events: a receipt waiting in the outbox
                     // would make a cycle that keeps the connection alive.)
-                    let receipt = out.tallied().then(|| Receipt {
-                        log: task.take_log(),
-                        stats: task.events.engine.stats.clone(),
-                        status,
-                        note: note.take(),
-                        _spent: spent.take(),
-                    });
-                    out.last(end, room, receipt);
-                    drop(spent);
-                    if !out.tallied() {
-                        // Only the counters (the access log is off).
+                    if out.counting() == Counting::PerRequest {
+                        let receipt = Receipt {
+                            log: task.take_log(),
+                            stats: task.events.engine.stats.clone(),
+                            status,
+                            note: note.take(),
+                            _spent: spent.take(),
+                        };
+                        out.last(end, room, Some(receipt), None);
+                    } else {
+                        out.last(end, room, None, spent.take());
+                        // Only the counters (the access log is off); the
+                        // writer adds the body bytes as it writes them.
                         let stats = &task.events.engine.stats;
                         task.log.finish(stats, status, 0, note.as_deref());
                     }
@@ -346,7 +355,7 @@ impl RequestTask {
         let mut body = self.head(call.await, out);
         if self.head_only {
             return match out.flush().await {
-                Ok(()) => Outcome::Complete(out.tallied().then_some(body)),
+                Ok(()) => Outcome::Complete(out.counting().ne(&Counting::Off).then_some(body)),
                 Err(WriterGone) => Outcome::WriterGone,
             };
         }
@@ -366,7 +375,7 @@ impl RequestTask {
                     // a response held for its body must still yield to an
                     // ABORT_REQUEST (finish() would send it regardless).
                     out.wait_gate().await;
-                    return Outcome::Complete(out.tallied().then_some(body));
+                    return Outcome::Complete(out.counting().ne(&Counting::Off).then_some(body));
                 }
                 Some(Err(e)) => return Outcome::BodyFailed(e.to_string()),
                 Some(Ok(frame)) => {

@@ -9,7 +9,7 @@
 //! of a few hundred bytes in the sender's state, and the writer would poll
 //! two queues where one does.
 
-use super::output::{Tally, WriterGone};
+use super::output::{Count, Tally, WriterGone};
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::sync::Mutex;
@@ -20,13 +20,14 @@ use std::task::{Context, Poll, Waker};
 /// is then taken whole, however large: a response never waits for itself.
 pub(super) const QUEUE_BYTES: usize = 256 * 1024;
 
-/// Output on its way to the socket, and the tallies of what it carries:
-/// they are credited once all of it is written, and dropped uncredited if
-/// a write fails.
+/// Output on its way to the socket, and the tallies and counts of what it
+/// carries: they are credited once all of it is written, and dropped
+/// uncredited if a write fails.
 #[derive(Default)]
 pub(super) struct Pending {
     pub(super) bufs: Vec<Bytes>,
     pub(super) tallies: Vec<Tally>,
+    pub(super) counts: Vec<Count>,
 }
 
 /// What one push appends, in this order (each part may be empty).
@@ -36,8 +37,10 @@ pub(super) struct Push<'a> {
     /// Records encoded in place; taken whole, so a small response, which
     /// is only this, costs no Vec of its own.
     pub(super) buf: &'a mut BytesMut,
-    /// The tally of what this push carries (see `Tally`).
+    /// The tally of what this push carries (see `Tally`)...
     pub(super) tally: Option<Tally>,
+    /// ...or its count (see `Count`).
+    pub(super) count: Option<Count>,
     /// After this, shut down writing and close.
     pub(super) close: bool,
 }
@@ -132,6 +135,10 @@ impl Outbox {
             t.at = q.size;
             q.batch.tallies.push(t);
         }
+        if let Some(mut c) = push.count {
+            c.at = q.size;
+            q.batch.counts.push(c);
+        }
         q.close |= push.close;
         if !own_task {
             if let Some(w) = &q.writer {
@@ -152,7 +159,11 @@ impl Outbox {
         let Ok(mut q) = self.q.lock() else {
             return Poll::Ready(None);
         };
-        if q.batch.bufs.is_empty() && q.batch.tallies.is_empty() && !q.close {
+        if q.batch.bufs.is_empty()
+            && q.batch.tallies.is_empty()
+            && q.batch.counts.is_empty()
+            && !q.close
+        {
             if self.senders.load(Ordering::Acquire) == 0 {
                 return Poll::Ready(None);
             }
@@ -240,6 +251,7 @@ mod tests {
             parts: &mut parts,
             buf: &mut buf,
             tally: None,
+            count: None,
             close,
         };
         Poll::Ready(ob.push(push, own).is_ok())

@@ -8,7 +8,7 @@ use super::link::RequestLink;
 use super::outbox::Push;
 use crate::access::AccessLog;
 use crate::fastcgi::{record, response};
-use crate::service::{ServerError, error_response};
+use crate::service::{ResponseBody, ServerError, error_response};
 use crate::stats::Stats;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -33,8 +33,8 @@ pub(super) struct Output {
     parts_len: usize,
     /// The gate was found open: output may go to the writer.
     opened: bool,
-    /// Count what the writer writes of this response (see `Tally`).
-    tallied: bool,
+    /// What the writer counts of this response.
+    counting: Counting,
     /// Body bytes encoded since the last hand-over.
     body_pending: u64,
 }
@@ -50,18 +50,18 @@ impl Output {
             parts: Vec::new(),
             parts_len: 0,
             opened: false,
-            tallied: false,
+            counting: Counting::Off,
             body_pending: 0,
         }
     }
 
-    /// Counts what the writer writes of this response, for the access log.
-    pub(super) fn tally(&mut self) {
-        self.tallied = true;
+    /// Sets what the writer counts of this response.
+    pub(super) fn count(&mut self, c: Counting) {
+        self.counting = c;
     }
 
-    pub(super) fn tallied(&self) -> bool {
-        self.tallied
+    pub(super) fn counting(&self) -> Counting {
+        self.counting
     }
 
     /// `n` bytes just encoded were response body (not head or framing).
@@ -163,30 +163,49 @@ impl Output {
         }
         self.wait_gate().await;
         let own_task = self.events.outbox.room().await?;
-        self.push(None, false, own_task)
+        self.push(None, None, false, own_task)
     }
 
-    /// Queues what is encoded, with its tally if this output is tallied
-    /// (carrying `receipt`), and the close after it if `close`. Not async:
-    /// what it builds goes straight into the queue.
+    /// Queues what is encoded, counted as `counting` says (a tally that
+    /// carries `receipt`, or a count that carries `spent`), and the close
+    /// after it if `close`. Not async: what it builds goes straight into
+    /// the queue.
     fn push(
         &mut self,
         receipt: Option<Receipt>,
+        spent: Option<ResponseBody>,
         close: bool,
         own_task: bool,
     ) -> Result<(), WriterGone> {
-        let tally = self.tallied.then(|| Tally {
-            link: self.link.clone(),
-            body: std::mem::take(&mut self.body_pending),
-            len: self.buffered(),
-            at: 0,
-            receipt,
-        });
+        let (len, body) = (self.buffered(), std::mem::take(&mut self.body_pending));
+        let (tally, count) = match self.counting {
+            Counting::Off => (None, None),
+            Counting::Sum => {
+                let count = Count {
+                    body,
+                    len,
+                    at: 0,
+                    _spent: spent,
+                };
+                (None, Some(count))
+            }
+            Counting::PerRequest => {
+                let tally = Tally {
+                    link: self.link.clone(),
+                    body,
+                    len,
+                    at: 0,
+                    receipt,
+                };
+                (Some(tally), None)
+            }
+        };
         self.parts_len = 0;
         let push = Push {
             parts: &mut self.parts,
             buf: &mut self.buf,
             tally,
+            count,
             close,
         };
         self.events.outbox.push(push, own_task)
@@ -231,15 +250,18 @@ impl Output {
     /// Queues what `finish` closed, the close after it if `end.close`, and
     /// the request's `receipt`: the access log is then written once all of
     /// it is (or can no longer be), also when the writer is gone already.
+    /// (`spent`, the service's spent body, goes with a count: see
+    /// `Receipt::_spent`.)
     pub(super) fn last(
         &mut self,
         end: End,
         room: Result<bool, WriterGone>,
         receipt: Option<Receipt>,
+        spent: Option<ResponseBody>,
     ) {
         // With the writer gone the push fails and drops its tally, which
         // logs the request with what was written.
-        let _ = self.push(receipt, end.close, room.unwrap_or(false));
+        let _ = self.push(receipt, spent, end.close, room.unwrap_or(false));
     }
 }
 
@@ -247,6 +269,17 @@ impl Drop for Output {
     fn drop(&mut self) {
         self.events.outbox.drop_sender();
     }
+}
+
+/// What the writer counts of a response's body bytes as it writes them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Counting {
+    /// Nothing: neither the access log nor the metrics want them.
+    Off,
+    /// Their sum, for the metrics (see `Count`): the access log is off.
+    Sum,
+    /// Each request's own, for its access-log line (see `Tally`).
+    PerRequest,
 }
 
 /// How a request's output ends.
@@ -273,7 +306,7 @@ pub(super) struct Receipt {
     /// The service's spent response body, dropped with the receipt: the
     /// management layer's body holds the request's in-flight entry, which
     /// so stays listed ("writing") until its last bytes are written.
-    pub(super) _spent: Option<crate::service::ResponseBody>,
+    pub(super) _spent: Option<ResponseBody>,
 }
 
 /// Body bytes of one request handed to the writer in one go. The writer
@@ -293,6 +326,21 @@ pub(super) struct Tally {
     /// nothing more to wait for (see `Output::last`), so it is never kept
     /// in a future.
     receipt: Option<Receipt>,
+}
+
+/// Body bytes of one push of a request whose bytes are only summed (the
+/// metrics' BYTES_OUT, with the access log off): the writer adds what it
+/// wrote of them to the metrics. Plain numbers, no per-request state to
+/// share, which is what makes this cheaper than a `Tally`.
+pub(super) struct Count {
+    /// Body bytes in its output.
+    pub(super) body: u64,
+    /// Bytes of its output (records: head, body, framing).
+    pub(super) len: usize,
+    /// Where its output ends in the writer's batch (set by the queue).
+    pub(super) at: usize,
+    /// On a request's last count: the spent body (see `Receipt::_spent`).
+    pub(super) _spent: Option<ResponseBody>,
 }
 
 impl Tally {
@@ -408,7 +456,7 @@ pub(super) mod tests {
         let link = out.link.clone();
         let mut fin = Box::pin(async move {
             let room = out.finish(end).await;
-            out.last(end, room, None);
+            out.last(end, room, None, None);
         });
         assert!(futures_util::poll!(fin.as_mut()).is_pending(), "gate shut");
         assert!(!link.ended());

@@ -399,6 +399,7 @@ impl<R: ConnRead> Reader<R> {
             parts: &mut Vec::new(),
             buf: &mut records,
             tally: None,
+            count: None,
             close,
         };
         self.events.outbox.push(push, own_task).map_err(gone)

@@ -5,7 +5,8 @@
 use super::Engine;
 use super::events::{ConnEvents, WRITE_FAILED, WRITER_CLOSED};
 use super::outbox::{Pending, Taken};
-use super::output::Tally;
+use super::output::{Count, Tally};
+use crate::Transport;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use std::io::{self, IoSlice};
@@ -59,6 +60,13 @@ async fn write_until_done<W: AsyncWrite + Unpin>(mut w: W, engine: &Engine, even
         if !batch.tallies.is_empty() {
             settle(&mut batch.tallies, written);
         }
+        if !batch.counts.is_empty() {
+            let body = settle_counts(&mut batch.counts, written);
+            engine
+                .stats
+                .metrics
+                .add_body_bytes(Transport::FastCgi, body);
+        }
         if let Err(e) = failure {
             match e {
                 Some(e) => debug!("write failed, closing connection: {e}"),
@@ -83,11 +91,28 @@ async fn write_until_done<W: AsyncWrite + Unpin>(mut w: W, engine: &Engine, even
 /// written output is never credited more body than reached the socket.
 fn settle(tallies: &mut Vec<Tally>, written: usize) {
     for t in tallies.drain(..) {
-        let start = t.at.saturating_sub(t.len);
-        let data = written.saturating_sub(start).min(t.len) as u64;
-        let framing = (t.len as u64).saturating_sub(t.body);
-        t.credit(data.saturating_sub(framing));
+        t.credit(body_written(t.at, t.len, t.body, written));
     }
+}
+
+/// `settle` for counts: the body bytes written among them, summed (and
+/// the counts dropped).
+fn settle_counts(counts: &mut Vec<Count>, written: usize) -> u64 {
+    counts
+        .drain(..)
+        .map(|c| body_written(c.at, c.len, c.body, written))
+        .sum()
+}
+
+/// Of an output of `len` bytes (`body` of them body) ending at `at` in a
+/// batch of which `written` bytes were written, the body bytes written:
+/// the framing (the head, record headers) is taken off first, so a partly
+/// written output is never credited more body than reached the socket.
+fn body_written(at: usize, len: usize, body: u64, written: usize) -> u64 {
+    let start = at.saturating_sub(len);
+    let data = written.saturating_sub(start).min(len) as u64;
+    let framing = (len as u64).saturating_sub(body);
+    data.saturating_sub(framing)
 }
 
 /// Writes every buffer with as few syscalls as the socket allows, counting
@@ -206,6 +231,7 @@ mod tests {
                 parts: &mut parts,
                 buf: &mut buf,
                 tally: None,
+                count: None,
                 close,
             };
             events.outbox.push(push, false).ok().expect("queued");
@@ -221,6 +247,7 @@ mod tests {
             parts: &mut rest,
             buf: &mut bytes::BytesMut::from("5"),
             tally: None,
+            count: None,
             close: false,
         };
         assert!(
