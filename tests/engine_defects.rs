@@ -215,9 +215,25 @@ fn logged_bytes(log: &str, what: &str) -> Option<u64> {
     rest.trim_start().split('B').next()?.parse().ok()
 }
 
+/// PUTs a 4 MiB echo on a connection of its own, reads 1 KiB of the
+/// answer and leaves.
+async fn echo_4_mib_and_leave_after_1_kib(srv: &Server) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(&srv.sock)
+        .await
+        .expect("connect");
+    let req = raw::request(2, true, "PUT", "/echo", &[], &vec![b'x'; 4 << 20]);
+    within("send", s.write_all(&req))
+        .await
+        .expect("request sent");
+    let mut some = [0u8; 1024];
+    within("read", s.read_exact(&mut some))
+        .await
+        .expect("1 KiB of answer");
+}
+
 #[tokio::test]
 async fn bytes_out_counts_what_reached_the_socket_not_what_was_queued() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = Server::start(&[]);
     // A whole response: every body byte is counted.
     let mut c = Conn::connect(&srv.sock).await;
@@ -229,19 +245,7 @@ async fn bytes_out_counts_what_reached_the_socket_not_what_was_queued() {
     c.finish().await;
     // A 4 MiB echo to a client that reads 1 KiB of it and leaves: what
     // the log reports is what the socket took, far less than 4 MiB.
-    let body = vec![b'x'; 4 << 20];
-    let mut s = tokio::net::UnixStream::connect(&srv.sock)
-        .await
-        .expect("connect");
-    let req = raw::request(2, true, "PUT", "/echo", &[], &body);
-    within("send", s.write_all(&req))
-        .await
-        .expect("request sent");
-    let mut some = [0u8; 1024];
-    within("read", s.read_exact(&mut some))
-        .await
-        .expect("1 KiB of answer");
-    drop(s);
+    echo_4_mib_and_leave_after_1_kib(&srv).await;
     let log = wait_log(&srv, "PUT /echo 200");
     let n = logged_bytes(&log, "PUT /echo 200").expect("a byte count");
     eprintln!("BYTES_OUT {n}");
@@ -271,7 +275,6 @@ async fn metrics_body_bytes(srv: &Server) -> u64 {
 /// counted whole, one its client left after 1 KiB far from whole.
 #[tokio::test]
 async fn metrics_count_body_bytes_written_with_the_access_log_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = Server::start(&[
         "--metrics-path",
         "/metrics",
@@ -295,18 +298,7 @@ async fn metrics_count_body_bytes_written_with_the_access_log_off() {
         "a whole 300,000-byte echo grew the count by {grown}"
     );
     let before = metrics_body_bytes(&srv).await;
-    let mut s = tokio::net::UnixStream::connect(&srv.sock)
-        .await
-        .expect("connect");
-    let req = raw::request(2, true, "PUT", "/echo", &[], &vec![b'x'; 4 << 20]);
-    within("send", s.write_all(&req))
-        .await
-        .expect("request sent");
-    let mut some = [0u8; 1024];
-    within("read", s.read_exact(&mut some))
-        .await
-        .expect("1 KiB of answer");
-    drop(s);
+    echo_4_mib_and_leave_after_1_kib(&srv).await;
     raw::wait_status(&srv.sock, "active_connections", 1, Duration::from_secs(10)).await;
     let grown = metrics_body_bytes(&srv).await - before;
     eprintln!("body bytes counted for a 4 MiB echo left after 1 KiB: {grown}");

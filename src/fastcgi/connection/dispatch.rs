@@ -355,7 +355,7 @@ impl RequestTask {
         let mut body = self.head(call.await, out);
         if self.head_only {
             return match out.flush().await {
-                Ok(()) => Outcome::Complete(out.counting().ne(&Counting::Off).then_some(body)),
+                Ok(()) => Outcome::Complete((out.counting() != Counting::Off).then_some(body)),
                 Err(WriterGone) => Outcome::WriterGone,
             };
         }
@@ -375,7 +375,7 @@ impl RequestTask {
                     // a response held for its body must still yield to an
                     // ABORT_REQUEST (finish() would send it regardless).
                     out.wait_gate().await;
-                    return Outcome::Complete(out.counting().ne(&Counting::Off).then_some(body));
+                    return Outcome::Complete((out.counting() != Counting::Off).then_some(body));
                 }
                 Some(Err(e)) => return Outcome::BodyFailed(e.to_string()),
                 Some(Ok(frame)) => {

@@ -45,6 +45,19 @@ pub(super) struct Push<'a> {
     pub(super) close: bool,
 }
 
+impl<'a> Push<'a> {
+    /// A push that is not counted (the server's own records, tests).
+    pub(super) fn plain(parts: &'a mut Vec<Bytes>, buf: &'a mut BytesMut, close: bool) -> Self {
+        Push {
+            parts,
+            buf,
+            tally: None,
+            count: None,
+            close,
+        }
+    }
+}
+
 /// A batch the writer took: its size in bytes and whether it ends with
 /// the close.
 pub(super) struct Taken {
@@ -225,7 +238,7 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn take(ob: &Outbox) -> Poll<Option<(Vec<Bytes>, bool)>> {
@@ -236,7 +249,14 @@ mod tests {
             .map(|t| t.map(|t| (batch.bufs, t.close)))
     }
 
-    fn push_now(ob: &Outbox, parts: Vec<Bytes>, buf: &[u8], close: bool) -> Poll<bool> {
+    /// Waits for room (polled once) and pushes: `Ready(false)` once the
+    /// writer has ended, `Pending` while the queue is full.
+    pub(in crate::fastcgi::connection) fn push_now(
+        ob: &Outbox,
+        parts: Vec<Bytes>,
+        buf: &[u8],
+        close: bool,
+    ) -> Poll<bool> {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut room = std::pin::pin!(ob.room());
@@ -247,13 +267,7 @@ mod tests {
         };
         let mut parts = parts;
         let mut buf = BytesMut::from(buf);
-        let push = Push {
-            parts: &mut parts,
-            buf: &mut buf,
-            tally: None,
-            count: None,
-            close,
-        };
+        let push = Push::plain(&mut parts, &mut buf, close);
         Poll::Ready(ob.push(push, own).is_ok())
     }
 

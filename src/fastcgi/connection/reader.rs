@@ -395,13 +395,8 @@ impl<R: ConnRead> Reader<R> {
     async fn send(&mut self, mut records: BytesMut, close: bool) -> Result<(), CloseReason> {
         let gone = |_| CloseReason::Routine("writer is gone");
         let own_task = self.events.outbox.room().await.map_err(gone)?;
-        let push = Push {
-            parts: &mut Vec::new(),
-            buf: &mut records,
-            tally: None,
-            count: None,
-            close,
-        };
+        let mut no_parts = Vec::new();
+        let push = Push::plain(&mut no_parts, &mut records, close);
         self.events.outbox.push(push, own_task).map_err(gone)
     }
 

@@ -215,26 +215,20 @@ mod tests {
 
     #[tokio::test]
     async fn writes_pushes_in_order_then_closes_on_close() {
-        use super::super::outbox::Push;
+        use super::super::outbox::tests::push_now;
+        use std::task::Poll;
         let engine = super::super::demux::tests::engine();
         let events = Arc::new(ConnEvents::new(engine.clone()));
         let (a, mut b) = tokio::io::duplex(1024);
         let pushes: [(&[&str], &str, bool); 3] =
             [(&["1"], "", false), (&[], "2", false), (&["3"], "4", true)];
         for (parts, buf, close) in pushes {
-            let mut parts = parts
+            let parts = parts
                 .iter()
                 .map(|p| Bytes::copy_from_slice(p.as_bytes()))
                 .collect();
-            let mut buf = bytes::BytesMut::from(buf);
-            let push = Push {
-                parts: &mut parts,
-                buf: &mut buf,
-                tally: None,
-                count: None,
-                close,
-            };
-            events.outbox.push(push, false).ok().expect("queued");
+            let queued = push_now(&events.outbox, parts, buf.as_bytes(), close);
+            assert_eq!(queued, Poll::Ready(true), "queued");
         }
         run(a, engine.clone(), events.clone()).await;
         let mut s = String::new();
@@ -242,21 +236,7 @@ mod tests {
         assert_eq!(s, "1234");
         assert!(events.is_set(WRITER_CLOSED));
         assert_eq!(engine.stats.snapshot().bytes_out, 4);
-        let mut rest = Vec::new();
-        let push = Push {
-            parts: &mut rest,
-            buf: &mut bytes::BytesMut::from("5"),
-            tally: None,
-            count: None,
-            close: false,
-        };
-        assert!(
-            events.outbox.room().await.is_err(),
-            "no room after the close"
-        );
-        assert!(
-            events.outbox.push(push, false).is_err(),
-            "refused after the close"
-        );
+        let refused = push_now(&events.outbox, Vec::new(), b"5", false);
+        assert_eq!(refused, Poll::Ready(false), "refused after the close");
     }
 }
