@@ -497,7 +497,7 @@ fn poll_inline(slot: &mut Option<InlineRequest>) -> impl Future<Output = ()> + '
 /// Waits for data and reads it, holding a buffer only once data is there.
 async fn read_some<R: ConnRead>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.is_empty() {
-        io.readable().await?;
+        std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
     }
     if buf.capacity() == 0 {
         *buf = bufpool::take();
