@@ -166,13 +166,14 @@ impl Acceptor {
             Handler::FastCgi(engine) => {
                 let engine = engine.clone();
                 let (r, w) = stream.split();
-                // Boxed: the connection's future is nearly 2 KiB, and
-                // spawning moves it by value through several frames and
-                // into the task; boxed, each move is a pointer.
-                self.tracker.spawn(Box::pin(async move {
-                    connection::serve(r, w, engine, meta).await;
-                    drop(held);
-                }));
+                // Boxed: spawning moves a future by value through several
+                // frames and into the task; boxed, each move is a pointer.
+                // (The box is kept under 1 KiB, see `connection::serve`.)
+                let conn = connection::serve(r, w, engine, meta);
+                self.tracker
+                    .spawn(Box::pin(futures_util::FutureExt::map(conn, move |()| {
+                        drop(held)
+                    })));
             }
             Handler::Http(shared) => {
                 let shared = shared.clone();

@@ -5,7 +5,7 @@
 //! and the linger before close.
 
 use super::bufpool::{self, READ_CHUNK};
-use super::demux::{Action, Answer, BodyChunk, CloseReason, Demux};
+use super::demux::{Action, BodyChunk, CloseReason, Demux};
 use super::dispatch::{InlineRequest, Starter};
 use super::events::{
     ConnEvents, DRAINING, SHUTDOWN_POKED, TASK_ENDED, WRITE_FAILED, WRITER_CLOSED,
@@ -14,8 +14,10 @@ use super::outbox::Push;
 use super::writer::LINGER;
 use super::{ConnMeta, ConnRead, Engine};
 use crate::body::BodyError;
+use crate::body::BodyShared;
 use crate::fastcgi::record;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Sleep;
 use tracing::{debug, warn};
 
@@ -98,19 +101,24 @@ impl<R: ConnRead> Reader<R> {
     }
 
     /// Reads until the connection closes, then gives up what is in flight.
-    pub(super) async fn run(mut self) {
-        let reason = self.read_loop().await;
-        self.log_close(&reason);
-        // Dropping the entries cancels their tasks and opens their gates.
-        self.demux.clear();
-        // The inline request ends the same way (it sends its END_REQUEST
-        // and access-log line), promptly now that it is cancelled.
-        if let Some(req) = self.inline.take() {
-            req.await;
+    /// (An `async move` block, not an `async fn`: that would hold the
+    /// reader twice, as argument and as local.)
+    #[allow(clippy::manual_async_fn)] // see above: not an async fn on purpose
+    pub(super) fn run(mut self) -> impl Future<Output = ()> {
+        async move {
+            let reason = self.read_loop().await;
+            self.log_close(&reason);
+            // Dropping the entries cancels their tasks and opens their gates.
+            self.demux.clear();
+            // The inline request ends the same way (it sends its END_REQUEST
+            // and access-log line), promptly now that it is cancelled.
+            if let Some(req) = self.inline.take() {
+                req.await;
+            }
+            bufpool::give(std::mem::take(&mut self.buf));
+            // The writer ends once the requests' outputs are gone too.
+            self.events.outbox.drop_sender();
         }
-        bufpool::give(std::mem::take(&mut self.buf));
-        // The writer ends once the requests' outputs are gone too.
-        self.events.outbox.drop_sender();
     }
 
     fn log_close(&self, reason: &CloseReason) {
@@ -197,20 +205,27 @@ impl<R: ConnRead> Reader<R> {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(CloseReason::Protocol(e.to_string())),
             };
-            let mut to = Starter {
-                engine: &self.engine,
-                meta: &self.meta,
-                events: &self.events,
-                inline: &mut self.inline,
+            // Neither the dispatcher nor the action is kept across the
+            // awaits below (in the connection's future): the dispatcher
+            // ends with the block, and each arm makes its future from the
+            // action before awaiting it.
+            let wait = {
+                let mut to = Starter {
+                    engine: &self.engine,
+                    meta: &self.meta,
+                    events: &self.events,
+                    inline: &mut self.inline,
+                };
+                match self
+                    .demux
+                    .on_record(rec, &self.buf, self.read_at, &mut to)?
+                {
+                    Action::Nothing => continue,
+                    Action::Send(a) => Either::Left(self.send(a.records, a.close)),
+                    Action::Feed(chunk) => Either::Right(self.feed(chunk)),
+                }
             };
-            match self
-                .demux
-                .on_record(rec, &self.buf, self.read_at, &mut to)?
-            {
-                Action::Nothing => {}
-                Action::Send(answer) => self.send_answer(answer).await?,
-                Action::Feed(chunk) => self.feed(chunk).await?,
-            }
+            wait.await?;
         }
     }
 
@@ -392,52 +407,80 @@ impl<R: ConnRead> Reader<R> {
     /// Queues records the server wrote itself, and the close after them
     /// if `close`. (`&mut self`: the reader is Send but not Sync, `inline`
     /// holding a handler future, so no `&self` may live across an await.)
-    async fn send(&mut self, mut records: BytesMut, close: bool) -> Result<(), CloseReason> {
-        let gone = |_| CloseReason::Routine("writer is gone");
-        let own_task = self.events.outbox.room().await.map_err(gone)?;
-        let mut no_parts = Vec::new();
-        let push = Push::plain(&mut no_parts, &mut records, close);
-        self.events.outbox.push(push, own_task).map_err(gone)
-    }
-
-    /// Queues records the server wrote itself.
-    async fn send_answer(&mut self, answer: Answer) -> Result<(), CloseReason> {
-        self.send(answer.records, answer.close).await
+    /// (An `async move` block: an `async fn` would hold the records twice.)
+    #[allow(clippy::manual_async_fn)] // see above: not an async fn on purpose
+    fn send(
+        &mut self,
+        mut records: BytesMut,
+        close: bool,
+    ) -> impl Future<Output = Result<(), CloseReason>> + '_ {
+        async move {
+            let gone = |_| CloseReason::Routine("writer is gone");
+            let own_task = self.events.outbox.room().await.map_err(gone)?;
+            let mut no_parts = Vec::new();
+            let push = Push::plain(&mut no_parts, &mut records, close);
+            self.events.outbox.push(push, own_task).map_err(gone)
+        }
     }
 
     /// Passes body data to the handler, waiting (up to the stall timeout)
     /// while it has not read what it was given before.
-    async fn feed(&mut self, chunk: BodyChunk) -> Result<(), CloseReason> {
-        let BodyChunk {
-            id,
-            sender,
-            body,
-            data,
-        } = chunk;
-        let stall = self.engine.config.stall_timeout;
-        let events = self.events.clone();
-        let outcome = tokio::select! {
-            r = sender.send(data) => Some(r.is_ok()),
-            _ = tokio::time::sleep(stall) => None,
-            _ = events.wait(WRITE_FAILED) => return Err(CloseReason::Routine("write side failed")),
-        };
-        let still_wanted = match outcome {
-            Some(ok) => ok,
-            None => {
-                warn!(
-                    id,
-                    "handler left its request body unread for {stall:?}; discarding the rest \
-                     (responses wait for the whole body, so a handler must read it before answering)"
-                );
-                body.fail(BodyError::Aborted);
-                false
+    /// (An `async move` block: an `async fn` would hold the chunk twice.)
+    #[allow(clippy::manual_async_fn)] // see above: not an async fn on purpose
+    fn feed(&mut self, chunk: BodyChunk) -> impl Future<Output = Result<(), CloseReason>> + '_ {
+        async move {
+            let BodyChunk {
+                id,
+                sender,
+                body,
+                data,
+            } = chunk;
+            let still_wanted = match sender.try_send(data) {
+                Ok(()) => true,
+                Err(TrySendError::Closed(_)) => false,
+                // Boxed: the body's window is rarely full, and the wait's timer
+                // would otherwise sit in every connection's future.
+                Err(TrySendError::Full(data)) => {
+                    let events = &self.events;
+                    let stall = self.engine.config.stall_timeout;
+                    Box::pin(feed_when_read(id, sender, data, &body, events, stall)).await?
+                }
+            };
+            if !still_wanted {
+                self.demux.body_unwanted(id);
             }
-        };
-        if !still_wanted {
-            self.demux.body_unwanted(id);
+            Ok(())
         }
-        Ok(())
     }
+}
+
+/// Waits up to `stall` for the handler to take `data`; whether the
+/// handler still wants its body.
+async fn feed_when_read(
+    id: u16,
+    sender: mpsc::Sender<Bytes>,
+    data: Bytes,
+    body: &BodyShared,
+    events: &ConnEvents,
+    stall: Duration,
+) -> Result<bool, CloseReason> {
+    let outcome = tokio::select! {
+        r = sender.send(data) => Some(r.is_ok()),
+        _ = tokio::time::sleep(stall) => None,
+        _ = events.wait(WRITE_FAILED) => return Err(CloseReason::Routine("write side failed")),
+    };
+    Ok(match outcome {
+        Some(ok) => ok,
+        None => {
+            warn!(
+                id,
+                "handler left its request body unread for {stall:?}; discarding the rest \
+                 (responses wait for the whole body, so a handler must read it before answering)"
+            );
+            body.fail(BodyError::Aborted);
+            false
+        }
+    })
 }
 
 impl Waits<'_> {

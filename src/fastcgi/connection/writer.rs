@@ -8,11 +8,13 @@ use super::outbox::{Pending, Taken};
 use super::output::{Count, Tally};
 use crate::Transport;
 use bytes::{Buf, Bytes};
-use futures_util::FutureExt;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tracing::{debug, warn};
 
 /// How long a closing connection drains what the peer still sends, so the
@@ -23,63 +25,78 @@ const MAX_IOV: usize = 64;
 
 /// Writes what the connection queues until no sender is left, a write
 /// fails, or the close is written; then the queue refuses more.
-pub(super) async fn run<W: AsyncWrite + Unpin>(w: W, engine: Arc<Engine>, events: Arc<ConnEvents>) {
-    write_until_done(w, &engine, &events).await;
-    events.outbox.writer_gone();
+///
+/// (The futures here are `async move` blocks, not `async fn`s: an async
+/// fn keeps each argument twice, as argument and as local, and every byte
+/// counts in the connection's future, see `connection::serve`.)
+#[allow(clippy::manual_async_fn)] // see above: not an async fn on purpose
+pub(super) fn run<W: AsyncWrite + Unpin>(
+    w: W,
+    engine: Arc<Engine>,
+    events: Arc<ConnEvents>,
+) -> impl Future<Output = ()> {
+    async move {
+        write_until_done(w, &engine, &events).await;
+        events.outbox.writer_gone();
+    }
 }
 
-async fn write_until_done<W: AsyncWrite + Unpin>(mut w: W, engine: &Engine, events: &ConnEvents) {
-    let stall = engine.config.stall_timeout;
-    // Allocated on first use: an idle connection holds no batch.
-    let mut batch = Pending::default();
-    loop {
-        let taken = std::future::poll_fn(|cx| events.outbox.poll_take(cx, &mut batch)).await;
-        let Some(Taken { size, close }) = taken else {
-            return;
-        };
-        let mut written = 0;
-        // Err(None): the stall timeout.
-        let failure: Result<(), Option<io::Error>> = if size > 0 {
-            // The timer only when the socket does not take it all at once
-            // (setting one up reads the clock and touches the timer wheel).
-            let write = write_all_vectored(&mut w, &mut batch.bufs, &mut written);
-            tokio::pin!(write);
-            let result = match (&mut write).now_or_never() {
-                Some(r) => Ok(r),
-                None => tokio::time::timeout(stall, write).await,
+#[allow(clippy::manual_async_fn)] // not an async fn on purpose, see `run`
+fn write_until_done<'a, W: AsyncWrite + Unpin + 'a>(
+    mut w: W,
+    engine: &'a Engine,
+    events: &'a ConnEvents,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        let stall = engine.config.stall_timeout;
+        // Allocated on first use: an idle connection holds no batch.
+        let mut batch = Pending::default();
+        loop {
+            let taken = std::future::poll_fn(|cx| events.outbox.poll_take(cx, &mut batch)).await;
+            let Some(Taken { size, close }) = taken else {
+                return;
             };
-            match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Some(e)),
-                Err(_) => Err(None),
+            let mut written = 0;
+            // None: the stall timeout.
+            let result = if size > 0 {
+                let mut at = 0;
+                within(stall, |cx| {
+                    poll_write_all(&mut w, &mut batch.bufs, &mut at, &mut written, cx)
+                })
+                .await
+            } else {
+                Some(Ok(()))
+            };
+            let failure = match result {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(Some(e)),
+                None => Err(None),
+            };
+            engine.stats.add_bytes_out(written as u64);
+            if !batch.tallies.is_empty() {
+                settle(&mut batch.tallies, written);
             }
-        } else {
-            Ok(())
-        };
-        engine.stats.add_bytes_out(written as u64);
-        if !batch.tallies.is_empty() {
-            settle(&mut batch.tallies, written);
-        }
-        if !batch.counts.is_empty() {
-            let body = settle_counts(&mut batch.counts, written);
-            engine
-                .stats
-                .metrics
-                .add_body_bytes(Transport::FastCgi, body);
-        }
-        if let Err(e) = failure {
-            match e {
-                Some(e) => debug!("write failed, closing connection: {e}"),
-                None => warn!("peer left our output unread for {stall:?}; closing connection"),
+            if !batch.counts.is_empty() {
+                let body = settle_counts(&mut batch.counts, written);
+                engine
+                    .stats
+                    .metrics
+                    .add_body_bytes(Transport::FastCgi, body);
             }
-            events.raise(WRITE_FAILED);
-            return;
-        }
-        batch.bufs.clear();
-        if close {
-            let _ = tokio::time::timeout(LINGER, w.shutdown()).await;
-            events.raise(WRITER_CLOSED);
-            return;
+            if let Err(e) = failure {
+                match e {
+                    Some(e) => debug!("write failed, closing connection: {e}"),
+                    None => warn!("peer left our output unread for {stall:?}; closing connection"),
+                }
+                events.raise(WRITE_FAILED);
+                return;
+            }
+            batch.bufs.clear();
+            if close {
+                let _ = within(LINGER, |cx| Pin::new(&mut w).poll_shutdown(cx)).await;
+                events.raise(WRITER_CLOSED);
+                return;
+            }
         }
     }
 }
@@ -115,45 +132,72 @@ fn body_written(at: usize, len: usize, body: u64, written: usize) -> u64 {
     data.saturating_sub(framing)
 }
 
-/// Writes every buffer with as few syscalls as the socket allows, counting
-/// in `written` what the socket took (also when it then fails).
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
+/// Polls `f` until it is ready, for at most `limit`; None when the time
+/// is up. The timer is set up only if the first poll is pending: a socket
+/// takes a small response at once, and a timer reads the clock and
+/// touches the timer wheel. Boxed, so the connection's future does not
+/// carry a timer it rarely needs (it stays small enough for the
+/// allocator's per-thread cache).
+fn within<T>(
+    limit: Duration,
+    mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> impl Future<Output = Option<T>> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(v) = f(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        t.as_mut().poll(cx).map(|()| None)
+    })
+}
+
+/// Writes `bufs[*at..]` with as few syscalls as the socket allows, then
+/// flushes; `*at` and `written` (what the socket took, also when it then
+/// fails) carry the progress from one poll to the next. A poll function,
+/// not an async one: the slices live on the stack of one poll, so no
+/// state crosses an await and nothing is allocated per batch.
+fn poll_write_all<W: AsyncWrite + Unpin>(
     w: &mut W,
     bufs: &mut [Bytes],
+    at: &mut usize,
     written: &mut usize,
-) -> io::Result<()> {
-    let mut i = 0;
-    while i < bufs.len() {
-        if bufs[i].is_empty() {
-            i += 1;
-            continue;
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        while bufs.get(*at).is_some_and(Bytes::is_empty) {
+            *at += 1;
         }
-        let n = {
-            let slices: Vec<IoSlice<'_>> = bufs[i..]
-                .iter()
-                .filter(|b| !b.is_empty())
-                .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            w.write_vectored(&slices).await?
-        };
+        if *at == bufs.len() {
+            return Pin::new(&mut *w).poll_flush(cx);
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut k = 0;
+        for b in bufs[*at..].iter().filter(|b| !b.is_empty()).take(MAX_IOV) {
+            slices[k] = IoSlice::new(b);
+            k += 1;
+        }
+        let n = ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k]))?;
         if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         *written += n;
-        let mut n = n;
-        while n > 0 && i < bufs.len() {
-            let len = bufs[i].len();
-            if n >= len {
-                n -= len;
-                i += 1;
-            } else {
-                bufs[i].advance(n);
-                n = 0;
-            }
+        advance(bufs, at, n);
+    }
+}
+
+/// Consumes `n` written bytes from `bufs[*at..]`.
+fn advance(bufs: &mut [Bytes], at: &mut usize, mut n: usize) {
+    while n > 0 && *at < bufs.len() {
+        let len = bufs[*at].len();
+        if n >= len {
+            n -= len;
+            *at += 1;
+        } else {
+            bufs[*at].advance(n);
+            n = 0;
         }
     }
-    w.flush().await
 }
 
 #[cfg(test)]
@@ -173,8 +217,8 @@ mod tests {
             let mut s = String::new();
             b.read_to_string(&mut s).await.map(|_| s)
         });
-        let mut n = 0;
-        write_all_vectored(&mut a, &mut bufs, &mut n)
+        let (mut n, mut at) = (0, 0);
+        std::future::poll_fn(|cx| poll_write_all(&mut a, &mut bufs, &mut at, &mut n, cx))
             .await
             .expect("written");
         assert_eq!(n, 21, "every byte counted");
