@@ -2,6 +2,7 @@
 //! transport the server chose for it, within `--max-connections`.
 
 use crate::ConnMeta;
+use crate::fastcgi::connection::linger::Lingerer;
 use crate::fastcgi::connection::{self, Engine};
 use crate::http_server::{self, HttpShared};
 use crate::stats::Stats;
@@ -31,7 +32,12 @@ pub(crate) struct Acceptor {
     pub meta: ConnMeta,
     /// Cleared if the loop dies (for the watchdog).
     pub alive: Arc<AtomicBool>,
+    /// The lingering closes of this listener's FastCGI connections.
+    pub lingerer: Arc<Lingerer<Held>>,
 }
+
+/// What an open connection holds: its slot and its statistics guard.
+pub(crate) type Held = (Slot, crate::stats::ConnGuard);
 
 /// Clears an accept loop's `alive` if the loop dies by a panic. Not when
 /// its task is aborted: that is the shutdown, through whose drain the
@@ -170,9 +176,14 @@ impl Acceptor {
                 // frames and into the task; boxed, each move is a pointer.
                 // (The box is kept under 1 KiB, see `connection::serve`.)
                 let conn = connection::serve(r, w, engine, meta);
+                let lingerer = self.lingerer.clone();
                 self.tracker
-                    .spawn(Box::pin(futures_util::FutureExt::map(conn, move |()| {
-                        drop(held)
+                    .spawn(Box::pin(futures_util::FutureExt::map(conn, move |s| {
+                        // A lingering socket keeps its slot: it is still
+                        // an open file.
+                        if let Some(s) = s {
+                            lingerer.close_later(s, held);
+                        }
                     })));
             }
             Handler::Http(shared) => {
@@ -188,7 +199,7 @@ impl Acceptor {
 
 /// A stream that splits into owned halves for the FastCGI engine.
 trait Split: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
-    type Read: connection::ConnRead;
+    type Read: connection::ConnRead + connection::Reunite<Self::Write>;
     type Write: tokio::io::AsyncWrite + Unpin + Send + 'static;
     fn split(self) -> (Self::Read, Self::Write);
 }

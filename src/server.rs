@@ -208,6 +208,7 @@ impl Server {
                     inherited: l.inherited.is_some(),
                 },
                 alive,
+                lingerer: crate::fastcgi::connection::linger::Lingerer::new(),
             };
             let gate =
                 crate::allow::AllowList::gate(self.config.allowed_clients.as_ref(), &l.address);

@@ -16,8 +16,8 @@
 //!
 //! Files, each one idea (the shape of hyper's `proto/h1`: buffering and I/O,
 //! a state machine that knows nothing of the service, the service calls):
-//! - `reader`: socket reads, timers, drain on shutdown, linger; hands each
-//!   record to the demultiplexer and does what it asks.
+//! - `reader`: socket reads, timers, drain on shutdown; hands each record
+//!   to the demultiplexer and does what it asks.
 //! - `bufpool`: spare read buffers per worker thread.
 //! - `demux`: the synchronous demultiplexer: records in, actions out
 //!   (begin, params, stdin, abort, get-values), admission caps, the
@@ -27,6 +27,8 @@
 //! - `output`: one request's response on its way to the writer (records,
 //!   the gate that holds it until its body is read).
 //! - `writer`: the one writer of the connection (vectored batches).
+//! - `linger`: the lingering close after a response without KEEP_CONN,
+//!   off the connection's task (one sweeper per listener).
 //! - `events`: the connection's event bits and the reader's wake-ups.
 //! - `link`: the flags a request task and the reader share.
 //!
@@ -64,6 +66,7 @@ mod bufpool;
 mod demux;
 mod dispatch;
 mod events;
+pub(crate) mod linger;
 mod link;
 mod outbox;
 mod output;
@@ -138,7 +141,38 @@ impl<T: AsyncRead + Send + Sync + 'static> ConnRead for tokio::io::ReadHalf<T> {
 
 impl ConnRead for tokio::io::DuplexStream {}
 
-/// Serves one connection until it closes.
+/// Puts a connection's two halves back together as one socket out of the
+/// runtime, for its lingering close (`linger`). Streams that are no
+/// socket (in-memory ones, in tests) just close.
+pub trait Reunite<W>: Sized {
+    fn reunite_socket(self, _w: W) -> Option<linger::Socket> {
+        None
+    }
+}
+
+impl Reunite<tokio::net::unix::OwnedWriteHalf> for tokio::net::unix::OwnedReadHalf {
+    fn reunite_socket(self, w: tokio::net::unix::OwnedWriteHalf) -> Option<linger::Socket> {
+        // `into_std` takes the socket out of the poller: a lingering socket
+        // wakes nobody.
+        let s = self.reunite(w).ok()?.into_std().ok()?;
+        Some(linger::Socket::Unix(s))
+    }
+}
+
+impl Reunite<tokio::net::tcp::OwnedWriteHalf> for tokio::net::tcp::OwnedReadHalf {
+    fn reunite_socket(self, w: tokio::net::tcp::OwnedWriteHalf) -> Option<linger::Socket> {
+        let s = self.reunite(w).ok()?.into_std().ok()?;
+        Some(linger::Socket::Tcp(s))
+    }
+}
+
+impl<T> Reunite<tokio::io::WriteHalf<T>> for tokio::io::ReadHalf<T> {}
+
+impl Reunite<tokio::io::DuplexStream> for tokio::io::DuplexStream {}
+
+/// Serves one connection until it closes. Returns its socket if it is to
+/// linger (after a response without KEEP_CONN): the caller hands it to
+/// its listener's `linger::Lingerer`.
 ///
 /// Not an `async fn`: the returned future is the join of the two halves
 /// and nothing else, no copies of the arguments beside them. Its size is
@@ -151,9 +185,9 @@ pub fn serve<R, W>(
     writer: W,
     engine: Arc<Engine>,
     meta: ConnMeta,
-) -> impl Future<Output = ()> + Send
+) -> impl Future<Output = Option<linger::Socket>> + Send
 where
-    R: ConnRead,
+    R: ConnRead + Reunite<W>,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let events = Arc::new(ConnEvents::new(engine.clone()));
@@ -161,7 +195,12 @@ where
     // One task for both halves. The reader goes first on every wake-up, so
     // output that an inline request (see `dispatch`) produced is written in
     // the same pass.
-    futures_util::future::join(reader.run(), writer::run(writer, engine, events)).map(|_| ())
+    futures_util::future::join(reader.run(), writer::run(writer, engine, events)).map(|halves| {
+        match halves {
+            (Some(r), Some(w)) => r.reunite_socket(w),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The reader: socket reads into one buffer (given back while idle),
 //! records handed to the demultiplexer, what it asks carried out (answers
 //! queued, body data fed with backpressure), the inline request polled,
-//! timers (stall, idle, buffer release, drain grace), the drain on shutdown
-//! and the linger before close.
+//! timers (stall, idle, buffer release, drain grace), the drain on shutdown,
+//! and whether the socket lingers after the close (see `linger`).
 
 use super::bufpool::{self, READ_CHUNK};
 use super::demux::{Action, BodyChunk, CloseReason, Demux};
@@ -11,7 +11,6 @@ use super::events::{
     ConnEvents, DRAINING, SHUTDOWN_POKED, TASK_ENDED, WRITE_FAILED, WRITER_CLOSED,
 };
 use super::outbox::Push;
-use super::writer::LINGER;
 use super::{ConnMeta, ConnRead, Engine};
 use crate::body::BodyError;
 use crate::body::BodyShared;
@@ -58,6 +57,9 @@ pub(super) struct Reader<R> {
     inline: Option<InlineRequest>,
     /// When the drain grace ends (set when shutdown begins).
     drain: Option<Instant>,
+    /// The connection ended after a response without KEEP_CONN: its
+    /// socket lingers (see `linger`).
+    lingers: bool,
 }
 
 /// The futures the reader's loop waits on, made once per connection:
@@ -97,14 +99,16 @@ impl<R: ConnRead> Reader<R> {
             events,
             inline: None,
             drain: None,
+            lingers: false,
         }
     }
 
     /// Reads until the connection closes, then gives up what is in flight.
+    /// Gives the socket's read half back if it is to linger.
     /// (An `async move` block, not an `async fn`: that would hold the
     /// reader twice, as argument and as local.)
     #[allow(clippy::manual_async_fn)] // see above: not an async fn on purpose
-    pub(super) fn run(mut self) -> impl Future<Output = ()> {
+    pub(super) fn run(mut self) -> impl Future<Output = Option<R>> {
         async move {
             let reason = self.read_loop().await;
             self.log_close(&reason);
@@ -118,6 +122,7 @@ impl<R: ConnRead> Reader<R> {
             bufpool::give(std::mem::take(&mut self.buf));
             // The writer ends once the requests' outputs are gone too.
             self.events.outbox.drop_sender();
+            self.lingers.then_some(self.io)
         }
     }
 
@@ -281,7 +286,7 @@ impl<R: ConnRead> Reader<R> {
             return Err(CloseReason::Routine("write side failed"));
         }
         if bits & WRITER_CLOSED != 0 {
-            self.linger(w).await;
+            self.lingers = true;
             return Err(CloseReason::Routine(
                 "request without FCGI_KEEP_CONN finished",
             ));
@@ -385,25 +390,6 @@ impl<R: ConnRead> Reader<R> {
         Ok(())
     }
 
-    /// Reads and discards for a short while after our side has shut down,
-    /// so a peer still sending gets a FIN and not a reset. Into the read
-    /// buffer, which has no further use (no zeroed scratch buffer to
-    /// allocate), and on the loop's own timer (no second one to register).
-    async fn linger(&mut self, w: &mut Waits<'_>) {
-        w.arm_exact(Instant::now() + LINGER);
-        self.buf.clear();
-        loop {
-            tokio::select! {
-                biased;
-                r = read_some(&mut self.io, &mut self.buf) => match r {
-                    Ok(n) if n > 0 => self.buf.clear(),
-                    _ => return,
-                },
-                () = w.timer() => return,
-            }
-        }
-    }
-
     /// Queues records the server wrote itself, and the close after them
     /// if `close`. (`&mut self`: the reader is Send but not Sync, `inline`
     /// holding a handler future, so no `&self` may live across an await.)
@@ -497,11 +483,6 @@ impl Waits<'_> {
         } else if fired {
             self.armed = Instant::now() + FAR;
         }
-    }
-
-    /// Sets the timer for `deadline`, whatever it was set for.
-    fn arm_exact(&mut self, deadline: Instant) {
-        self.armed = deadline;
     }
 
     /// Waits for the timer, setting it to `armed` first if it is not.

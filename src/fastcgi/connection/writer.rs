@@ -4,6 +4,7 @@
 
 use super::Engine;
 use super::events::{ConnEvents, WRITE_FAILED, WRITER_CLOSED};
+use super::linger::LINGER;
 use super::outbox::{Pending, Taken};
 use super::output::{Count, Tally};
 use crate::Transport;
@@ -17,14 +18,12 @@ use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tracing::{debug, warn};
 
-/// How long a closing connection drains what the peer still sends, so the
-/// peer gets a FIN and not a reset (golang.org/issue/4183).
-pub(super) const LINGER: Duration = Duration::from_secs(2);
 /// Buffers handed to one `write_vectored` call at most.
 const MAX_IOV: usize = 64;
 
 /// Writes what the connection queues until no sender is left, a write
-/// fails, or the close is written; then the queue refuses more.
+/// fails, or the close is written; then the queue refuses more. Gives the
+/// socket's write half back after the close (it lingers, see `linger`).
 ///
 /// (The futures here are `async move` blocks, not `async fn`s: an async
 /// fn keeps each argument twice, as argument and as local, and every byte
@@ -34,10 +33,11 @@ pub(super) fn run<W: AsyncWrite + Unpin>(
     w: W,
     engine: Arc<Engine>,
     events: Arc<ConnEvents>,
-) -> impl Future<Output = ()> {
+) -> impl Future<Output = Option<W>> {
     async move {
-        write_until_done(w, &engine, &events).await;
+        let closed = write_until_done(w, &engine, &events).await;
         events.outbox.writer_gone();
+        closed
     }
 }
 
@@ -46,16 +46,14 @@ fn write_until_done<'a, W: AsyncWrite + Unpin + 'a>(
     mut w: W,
     engine: &'a Engine,
     events: &'a ConnEvents,
-) -> impl Future<Output = ()> + 'a {
+) -> impl Future<Output = Option<W>> + 'a {
     async move {
         let stall = engine.config.stall_timeout;
         // Allocated on first use: an idle connection holds no batch.
         let mut batch = Pending::default();
         loop {
             let taken = std::future::poll_fn(|cx| events.outbox.poll_take(cx, &mut batch)).await;
-            let Some(Taken { size, close }) = taken else {
-                return;
-            };
+            let Taken { size, close } = taken?;
             let mut written = 0;
             // None: the stall timeout.
             let result = if size > 0 {
@@ -89,13 +87,13 @@ fn write_until_done<'a, W: AsyncWrite + Unpin + 'a>(
                     None => warn!("peer left our output unread for {stall:?}; closing connection"),
                 }
                 events.raise(WRITE_FAILED);
-                return;
+                return None;
             }
             batch.bufs.clear();
             if close {
                 let _ = within(LINGER, |cx| Pin::new(&mut w).poll_shutdown(cx)).await;
                 events.raise(WRITER_CLOSED);
-                return;
+                return Some(w);
             }
         }
     }

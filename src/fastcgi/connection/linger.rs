@@ -1,0 +1,231 @@
+//! The lingering close of a connection that ends after its response (a
+//! request without FCGI_KEEP_CONN). The writer has already shut our side
+//! down, so the peer has its response and our FIN; what the peer still
+//! sends is read and dropped until it closes too, or for `LINGER` at most,
+//! so that it never gets a reset (a TCP peer can lose a response it has not
+//! read yet to one: golang.org/issue/4183).
+//!
+//! The connection's task does not wait for that itself: it hands its
+//! socket here, taken out of the runtime's poller, and ends. One sweeper
+//! per listener looks at the lingering sockets every `SWEEP` and closes
+//! those whose peer has closed or whose time is up. Waiting in the task
+//! cost every fresh connection a timer, a poller event for the peer's
+//! close and a task wake-up (a context switch when the worker slept); here
+//! it costs a read at the next sweep.
+//!
+//! A lingering socket keeps what it was given (the connection's slot and
+//! statistics guard) until it closes: it is still an open file.
+
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a closing connection drains what the peer still sends.
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
+/// How often the lingering sockets are looked at: nginx closes its side
+/// within microseconds of the response, so most sockets close at the
+/// first sweep, and a sweep is one read per socket.
+const SWEEP: Duration = Duration::from_millis(10);
+/// Bytes drained from one socket in one sweep at most, so that a peer that
+/// keeps sending cannot hold the sweeper.
+const DRAIN_PER_SWEEP: usize = 256 * 1024;
+
+/// A connection's socket, out of the runtime (non-blocking).
+pub enum Socket {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.read(buf),
+            Socket::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+/// The lingering sockets of one listener, each with what it holds (`H`).
+pub(crate) struct Lingerer<H> {
+    state: Mutex<State<H>>,
+}
+
+struct State<H> {
+    sockets: Vec<Lingering<H>>,
+    /// A sweeper task is running (it ends when the list is empty).
+    sweeping: bool,
+}
+
+struct Lingering<H> {
+    socket: Socket,
+    until: Instant,
+    _held: H,
+}
+
+impl<H: Send + 'static> Lingerer<H> {
+    pub(crate) fn new() -> Arc<Lingerer<H>> {
+        Arc::new(Lingerer {
+            state: Mutex::new(State {
+                sockets: Vec::new(),
+                sweeping: false,
+            }),
+        })
+    }
+
+    /// Closes `socket` (and drops `held`) once the peer has closed, or
+    /// after `LINGER`. Must be called within the runtime.
+    pub(crate) fn close_later(self: &Arc<Self>, socket: Socket, held: H) {
+        let Ok(mut st) = self.state.lock() else {
+            return; // poisoned by a panic: close now
+        };
+        st.sockets.push(Lingering {
+            socket,
+            until: Instant::now() + LINGER,
+            _held: held,
+        });
+        if !st.sweeping {
+            st.sweeping = true;
+            drop(st);
+            tokio::spawn(self.clone().sweep());
+        }
+    }
+
+    /// Sockets lingering now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state.lock().map(|s| s.sockets.len()).unwrap_or(0)
+    }
+
+    async fn sweep(self: Arc<Self>) {
+        let mut running = Running {
+            lingerer: &self,
+            done: false,
+        };
+        let mut scratch = vec![0u8; 16 * 1024];
+        loop {
+            tokio::time::sleep(SWEEP).await;
+            // Looked at outside the lock: the connections handing over
+            // their sockets meanwhile do not wait on the reads.
+            let mut batch = match self.state.lock() {
+                Ok(mut st) => std::mem::take(&mut st.sockets),
+                Err(_) => return,
+            };
+            let now = Instant::now();
+            batch.retain_mut(|l| still_lingering(l, now, &mut scratch));
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            st.sockets.append(&mut batch);
+            if st.sockets.is_empty() {
+                st.sweeping = false;
+                running.done = true;
+                return;
+            }
+        }
+    }
+}
+
+/// Clears `sweeping` if the sweeper is dropped unfinished (the runtime
+/// shutting down), so a later socket starts a new one.
+struct Running<'a, H> {
+    lingerer: &'a Lingerer<H>,
+    done: bool,
+}
+
+impl<H> Drop for Running<'_, H> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Ok(mut st) = self.lingerer.state.lock() {
+                st.sweeping = false;
+            }
+        }
+    }
+}
+
+/// Drains what the peer sent; false once it has closed (or failed), or
+/// the socket's time is up.
+fn still_lingering<H>(l: &mut Lingering<H>, now: Instant, scratch: &mut [u8]) -> bool {
+    let mut drained = 0;
+    while drained < DRAIN_PER_SWEEP {
+        match l.socket.read(scratch) {
+            Ok(0) => return false,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    now < l.until
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (Socket, UnixStream) {
+        let (ours, peer) = UnixStream::pair().expect("pair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        (Socket::Unix(ours), peer)
+    }
+
+    /// Waits up to 2 s for `lingerer` to hold `n` sockets.
+    async fn until_len(lingerer: &Lingerer<()>, n: usize) {
+        for _ in 0..200 {
+            if lingerer.len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} sockets lingering, want {n}", lingerer.len());
+    }
+
+    #[tokio::test]
+    async fn a_socket_closes_once_its_peer_has_and_what_it_sent_is_drained() {
+        let lingerer = Lingerer::<()>::new();
+        let (ours, mut peer) = pair();
+        lingerer.close_later(ours, ());
+        // The peer may still send after our response: accepted, not reset.
+        peer.write_all(&[7u8; 100_000])
+            .expect("sent while lingering");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peer.write_all(b"more").expect("sent while lingering");
+        assert_eq!(lingerer.len(), 1, "the peer has not closed yet");
+        drop(peer);
+        until_len(&lingerer, 0).await;
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_closes_is_closed_after_the_linger() {
+        let lingerer = Lingerer::<()>::new();
+        let (ours, mut peer) = pair();
+        lingerer.close_later(ours, ());
+        tokio::time::sleep(LINGER - Duration::from_millis(300)).await;
+        assert_eq!(lingerer.len(), 1, "closed before LINGER");
+        until_len(&lingerer, 0).await;
+        // Our side is gone: the peer reads EOF, not a reset (nothing it
+        // sent was left unread).
+        peer.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut b = [0u8; 8];
+        assert_eq!(peer.read(&mut b).expect("EOF, not a reset"), 0);
+    }
+
+    #[tokio::test]
+    async fn what_a_socket_holds_is_released_when_it_closes() {
+        let lingerer = Lingerer::<Arc<()>>::new();
+        let held = Arc::new(());
+        let (ours, peer) = pair();
+        lingerer.close_later(ours, held.clone());
+        assert_eq!(Arc::strong_count(&held), 2, "held while lingering");
+        drop(peer);
+        for _ in 0..200 {
+            if Arc::strong_count(&held) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("still held after the peer closed");
+    }
+}
