@@ -6,26 +6,34 @@
 //! read yet to one: golang.org/issue/4183).
 //!
 //! The connection's task does not wait for that itself: it hands its
-//! socket here, taken out of the runtime's poller, and ends. One sweeper
-//! per listener looks at the lingering sockets every `SWEEP` and closes
-//! those whose peer has closed or whose time is up. Waiting in the task
-//! cost every fresh connection a timer, a poller event for the peer's
-//! close and a task wake-up (a context switch when the worker slept); here
-//! it costs a read at the next sweep.
+//! socket here, taken out of the runtime's poller, and ends. Each socket
+//! handed over first looks at the oldest few lingering before it: by then
+//! their peers (nginx closes within microseconds of the response) have
+//! most likely closed, so they are read and closed right there, and the
+//! work stays spread over the connections as it was. A sweeper, alive
+//! while any socket lingers, looks at all of them every `SWEEP` for the
+//! rest (the last ones before a pause, peers that keep the connection
+//! open). Waiting in the task cost every fresh connection a timer, a poller
+//! event for the peer's close and a task wake-up (a context switch when
+//! the worker slept); here it costs the read that finds the close.
+//! (Closing them all at a sweep instead put bursts of hundreds of closes
+//! on one worker: requests queued behind them.)
 //!
 //! A lingering socket keeps what it was given (the connection's slot and
 //! statistics guard) until it closes: it is still an open file.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a closing connection drains what the peer still sends.
 pub(crate) const LINGER: Duration = Duration::from_secs(2);
-/// How often the lingering sockets are looked at: nginx closes its side
-/// within microseconds of the response, so most sockets close at the
-/// first sweep, and a sweep is one read per socket.
-const SWEEP: Duration = Duration::from_millis(10);
+/// How often the sweeper looks at every lingering socket.
+const SWEEP: Duration = Duration::from_millis(50);
+/// How many of the oldest lingering sockets each handed-over one looks at:
+/// more than one, so that the list shrinks under a steady load.
+const LOOK_AT: usize = 2;
 /// Bytes drained from one socket in one sweep at most, so that a peer that
 /// keeps sending cannot hold the sweeper.
 const DRAIN_PER_SWEEP: usize = 256 * 1024;
@@ -51,7 +59,8 @@ pub(crate) struct Lingerer<H> {
 }
 
 struct State<H> {
-    sockets: Vec<Lingering<H>>,
+    /// Oldest first.
+    sockets: VecDeque<Lingering<H>>,
     /// A sweeper task is running (it ends when the list is empty).
     sweeping: bool,
 }
@@ -66,7 +75,7 @@ impl<H: Send + 'static> Lingerer<H> {
     pub(crate) fn new() -> Arc<Lingerer<H>> {
         Arc::new(Lingerer {
             state: Mutex::new(State {
-                sockets: Vec::new(),
+                sockets: VecDeque::new(),
                 sweeping: false,
             }),
         })
@@ -75,18 +84,33 @@ impl<H: Send + 'static> Lingerer<H> {
     /// Closes `socket` (and drops `held`) once the peer has closed, or
     /// after `LINGER`. Must be called within the runtime.
     pub(crate) fn close_later(self: &Arc<Self>, socket: Socket, held: H) {
-        let Ok(mut st) = self.state.lock() else {
-            return; // poisoned by a panic: close now
-        };
-        st.sockets.push(Lingering {
-            socket,
-            until: Instant::now() + LINGER,
-            _held: held,
-        });
-        if !st.sweeping {
-            st.sweeping = true;
-            drop(st);
-            tokio::spawn(self.clone().sweep());
+        let now = Instant::now();
+        let mut oldest: [Option<Lingering<H>>; LOOK_AT] = Default::default();
+        {
+            let Ok(mut st) = self.state.lock() else {
+                return; // poisoned by a panic: close now
+            };
+            for slot in &mut oldest {
+                *slot = st.sockets.pop_front();
+            }
+            st.sockets.push_back(Lingering {
+                socket,
+                until: now + LINGER,
+                _held: held,
+            });
+            if !st.sweeping {
+                st.sweeping = true;
+                tokio::spawn(self.clone().sweep());
+            }
+        }
+        // Read (and mostly closed) outside the lock.
+        let mut scratch = [0u8; 1024];
+        for mut l in oldest.into_iter().flatten() {
+            if still_lingering(&mut l, now, &mut scratch) {
+                if let Ok(mut st) = self.state.lock() {
+                    st.sockets.push_back(l);
+                }
+            }
         }
     }
 
@@ -112,10 +136,12 @@ impl<H: Send + 'static> Lingerer<H> {
             };
             let now = Instant::now();
             batch.retain_mut(|l| still_lingering(l, now, &mut scratch));
+            // Those handed over meanwhile are younger: after the batch.
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
-            st.sockets.append(&mut batch);
+            batch.append(&mut st.sockets);
+            st.sockets = batch;
             if st.sockets.is_empty() {
                 st.sweeping = false;
                 running.done = true;
@@ -210,6 +236,23 @@ mod tests {
             .expect("timeout");
         let mut b = [0u8; 8];
         assert_eq!(peer.read(&mut b).expect("EOF, not a reset"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_socket_handed_over_closes_the_oldest_whose_peer_has_closed() {
+        let lingerer = Lingerer::<Arc<()>>::new();
+        let held = Arc::new(());
+        let (first, first_peer) = pair();
+        lingerer.close_later(first, held.clone());
+        drop(first_peer);
+        let (second, _second_peer) = pair();
+        lingerer.close_later(second, Arc::new(()));
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "closed by the next hand-over, not at a sweep"
+        );
+        assert_eq!(lingerer.len(), 1, "the second lingers");
     }
 
     #[tokio::test]
