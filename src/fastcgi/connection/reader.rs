@@ -12,8 +12,7 @@ use super::events::{
 };
 use super::outbox::Push;
 use super::{ConnMeta, ConnRead, Engine};
-use crate::body::BodyError;
-use crate::body::BodyShared;
+use crate::body::{BodyError, BodyShared};
 use crate::fastcgi::record;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
