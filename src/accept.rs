@@ -32,12 +32,10 @@ pub(crate) struct Acceptor {
     pub meta: ConnMeta,
     /// Cleared if the loop dies (for the watchdog).
     pub alive: Arc<AtomicBool>,
-    /// The lingering closes of this listener's FastCGI connections.
-    pub lingerer: Arc<Lingerer<Held>>,
+    /// The lingering closes of this listener's FastCGI connections (each
+    /// socket with its slot).
+    pub lingerer: Arc<Lingerer<Slot>>,
 }
-
-/// What an open connection holds: its slot and its statistics guard.
-pub(crate) type Held = (Slot, crate::stats::ConnGuard);
 
 /// Clears an accept loop's `alive` if the loop dies by a panic. Not when
 /// its task is aborted: that is the shutdown, through whose drain the
@@ -179,10 +177,13 @@ impl Acceptor {
                 let lingerer = self.lingerer.clone();
                 self.tracker
                     .spawn(Box::pin(futures_util::FutureExt::map(conn, move |s| {
-                        // A lingering socket keeps its slot: it is still
-                        // an open file.
+                        let (slot, open) = held;
+                        // A lingering socket is done with (no longer an open
+                        // connection in the statistics), but keeps its slot:
+                        // it is still a file descriptor.
+                        drop(open);
                         if let Some(s) = s {
-                            lingerer.close_later(s, held);
+                            lingerer.close_later(s, slot);
                         }
                     })));
             }

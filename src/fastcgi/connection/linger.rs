@@ -19,8 +19,10 @@
 //! (Closing them all at a sweep instead put bursts of hundreds of closes
 //! on one worker: requests queued behind them.)
 //!
-//! A lingering socket keeps what it was given (the connection's slot and
-//! statistics guard) until it closes: it is still an open file.
+//! A lingering socket keeps what it was given (the connection's
+//! `--max-connections` slot) until it closes: it is still a file
+//! descriptor. It is no longer an open connection in the statistics: its
+//! response is done, and its peer has usually closed already.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
