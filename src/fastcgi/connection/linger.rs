@@ -39,6 +39,10 @@ const LOOK_AT: usize = 2;
 /// Bytes drained from one socket in one sweep at most, so that a peer that
 /// keeps sending cannot hold the sweeper.
 const DRAIN_PER_SWEEP: usize = 256 * 1024;
+/// Bytes drained from one socket at a hand-over at most: the connection
+/// handing over does one or two reads for the others, never a peer's
+/// flood (that is left to the sweeper).
+const DRAIN_AT_HAND_OVER: usize = 1024;
 
 /// A connection's socket, out of the runtime (non-blocking).
 pub enum Socket {
@@ -108,7 +112,7 @@ impl<H: Send + 'static> Lingerer<H> {
         // Read (and mostly closed) outside the lock.
         let mut scratch = [0u8; 1024];
         for mut l in oldest.into_iter().flatten() {
-            if still_lingering(&mut l, now, &mut scratch) {
+            if still_lingering(&mut l, now, &mut scratch, DRAIN_AT_HAND_OVER) {
                 if let Ok(mut st) = self.state.lock() {
                     st.sockets.push_back(l);
                 }
@@ -137,7 +141,7 @@ impl<H: Send + 'static> Lingerer<H> {
                 Err(_) => return,
             };
             let now = Instant::now();
-            batch.retain_mut(|l| still_lingering(l, now, &mut scratch));
+            batch.retain_mut(|l| still_lingering(l, now, &mut scratch, DRAIN_PER_SWEEP));
             // Those handed over meanwhile are younger: after the batch.
             let Ok(mut st) = self.state.lock() else {
                 return;
@@ -170,11 +174,16 @@ impl<H> Drop for Running<'_, H> {
     }
 }
 
-/// Drains what the peer sent; false once it has closed (or failed), or
-/// the socket's time is up.
-fn still_lingering<H>(l: &mut Lingering<H>, now: Instant, scratch: &mut [u8]) -> bool {
+/// Drains what the peer sent, up to `budget` bytes; false once it has
+/// closed (or failed), or the socket's time is up.
+fn still_lingering<H>(
+    l: &mut Lingering<H>,
+    now: Instant,
+    scratch: &mut [u8],
+    budget: usize,
+) -> bool {
     let mut drained = 0;
-    while drained < DRAIN_PER_SWEEP {
+    while drained < budget {
         match l.socket.read(scratch) {
             Ok(0) => return false,
             Ok(n) => drained += n,
@@ -255,6 +264,26 @@ mod tests {
             "closed by the next hand-over, not at a sweep"
         );
         assert_eq!(lingerer.len(), 1, "the second lingers");
+    }
+
+    #[tokio::test]
+    async fn a_hand_over_leaves_a_peers_flood_to_the_sweeper() {
+        let lingerer = Lingerer::<()>::new();
+        let (first, mut first_peer) = pair();
+        lingerer.close_later(first, ());
+        first_peer
+            .write_all(&[7u8; 100_000])
+            .expect("sent while lingering");
+        drop(first_peer);
+        let (second, _second_peer) = pair();
+        lingerer.close_later(second, ());
+        assert_eq!(
+            lingerer.len(),
+            2,
+            "the hand-over read 100 KB for another connection"
+        );
+        // The sweeper drains the rest, finds the close, and closes it.
+        until_len(&lingerer, 1).await;
     }
 
     #[tokio::test]

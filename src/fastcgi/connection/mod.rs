@@ -118,7 +118,7 @@ pub struct Engine {
 /// cost no buffers). It polls the socket's own read-readiness slot, the one
 /// `poll_read` uses, not `readable()`'s waiter list: the reader is the only
 /// one waiting, and the list's lock and entry cost about 1,000 instructions
-/// per wait (two waits per fresh connection: its request and the linger).
+/// per wait (one per request).
 pub trait ConnRead: AsyncRead + Unpin + Send + Sync + 'static {
     fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
