@@ -207,15 +207,21 @@ mod tests {
         (Socket::Unix(ours), peer)
     }
 
-    /// Waits up to 2 s for `lingerer` to hold `n` sockets.
-    async fn until_len(lingerer: &Lingerer<()>, n: usize) {
+    /// Waits up to 2 s for `done`; false if it never came.
+    async fn eventually(done: impl Fn() -> bool) -> bool {
         for _ in 0..200 {
-            if lingerer.len() == n {
-                return;
+            if done() {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("{} sockets lingering, want {n}", lingerer.len());
+        false
+    }
+
+    /// Waits up to 2 s for `lingerer` to hold `n` sockets.
+    async fn until_len(lingerer: &Lingerer<()>, n: usize) {
+        let held = eventually(|| lingerer.len() == n).await;
+        assert!(held, "{} sockets lingering, want {n}", lingerer.len());
     }
 
     #[tokio::test]
@@ -294,12 +300,7 @@ mod tests {
         lingerer.close_later(ours, held.clone());
         assert_eq!(Arc::strong_count(&held), 2, "held while lingering");
         drop(peer);
-        for _ in 0..200 {
-            if Arc::strong_count(&held) == 1 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("still held after the peer closed");
+        let released = eventually(|| Arc::strong_count(&held) == 1).await;
+        assert!(released, "still held after the peer closed");
     }
 }
