@@ -29,7 +29,7 @@ pub fn head_len_estimate(parts: &Parts) -> usize {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    // "Status: 200 OK\r\n", a content-length line, the blank line.
+    // A status line, a content-length line, the blank line.
     64 + headers
 }
 
@@ -49,23 +49,27 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
     out.put_slice(&digits[i..]);
 }
 
-/// Appends the CGI head (status, headers, blank line) to `out`.
+/// Appends the CGI head (status unless 200, headers, blank line) to `out`.
 ///
 /// `exact_len` is the body's exact size when known: it becomes a
 /// `Content-Length` if the service set none, which lets nginx keep the
 /// client connection alive without chunking.
 pub fn encode_head(out: &mut BytesMut, parts: &Parts, exact_len: Option<u64>) {
-    out.put_slice(b"Status: ");
-    out.put_slice(parts.status.as_str().as_bytes());
-    if let Some(reason) = parts.status.canonical_reason() {
-        out.put_u8(b' ');
-        out.put_slice(reason.as_bytes());
+    // CGI's default status is 200, or 302 with a Location (RFC 3875
+    // 6.3.3; nginx, Apache and Caddy all apply it), so a plain 200 goes
+    // without a `Status:` line, as php-fpm sends it: nginx then skips a
+    // header line's parse and lookup on most responses.
+    let start = out.len();
+    let ok = parts.status == http::StatusCode::OK;
+    if !ok {
+        put_status(out, parts.status);
     }
-    out.put_slice(b"\r\n");
+    let mut location = false;
     for (name, value) in parts.headers.iter() {
         if is_hop_by_hop(name) {
             continue;
         }
+        location |= name == header::LOCATION;
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
@@ -80,6 +84,24 @@ pub fn encode_head(out: &mut BytesMut, parts: &Parts, exact_len: Option<u64>) {
             put_decimal(out, n);
             out.put_slice(b"\r\n");
         }
+    }
+    // A 200 states its status after all when a Location would make it a
+    // 302, or when it has no other line (a head needs one). Rare: the
+    // lines written are moved to make room for it at the front.
+    if ok && (location || out.len() == start) {
+        let lines = out.split_off(start);
+        put_status(out, parts.status);
+        out.extend_from_slice(&lines);
+    }
+    out.put_slice(b"\r\n");
+}
+
+fn put_status(out: &mut BytesMut, status: http::StatusCode) {
+    out.put_slice(b"Status: ");
+    out.put_slice(status.as_str().as_bytes());
+    if let Some(reason) = status.canonical_reason() {
+        out.put_u8(b' ');
+        out.put_slice(reason.as_bytes());
     }
     out.put_slice(b"\r\n");
 }
@@ -109,6 +131,31 @@ mod tests {
         assert_eq!(text.matches("set-cookie").count(), 2);
         assert!(text.contains("content-length: 3\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_plain_200_has_no_status_line_a_redirect_or_other_status_has_one() {
+        let head = |b: http::response::Builder| {
+            let (parts, ()) = b.body(()).unwrap().into_parts();
+            let mut out = BytesMut::new();
+            encode_head(&mut out, &parts, Some(0));
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let ok = head(http::Response::builder().header("content-type", "text/plain"));
+        assert_eq!(ok, "content-type: text/plain\r\ncontent-length: 0\r\n\r\n");
+        // Without a Status, a Location would make it a 302.
+        let moved = head(http::Response::builder().header("location", "/x"));
+        assert!(moved.starts_with("Status: 200 OK\r\n"), "{moved}");
+        // A head needs a line: a bare 200 of unknown length keeps Status.
+        let (parts, ()) = http::Response::new(()).into_parts();
+        let mut bare = BytesMut::new();
+        encode_head(&mut bare, &parts, None);
+        assert_eq!(&bare[..], b"Status: 200 OK\r\n\r\n");
+        let created = head(http::Response::builder().status(201));
+        assert!(created.starts_with("Status: 201 Created\r\n"), "{created}");
+        // What the server's own FastCGI client reads back.
+        let (status, _, _) = crate::fastcgi::client::parse_cgi(ok.as_bytes()).unwrap();
+        assert_eq!(status, 200);
     }
 
     #[test]
