@@ -10,7 +10,7 @@
 //! two queues where one does.
 
 use super::output::{Count, Tally, WriterGone};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,9 +25,39 @@ pub(super) const QUEUE_BYTES: usize = 256 * 1024;
 /// uncredited if a write fails.
 #[derive(Default)]
 pub(super) struct Pending {
-    pub(super) bufs: Vec<Bytes>,
+    pub(super) bufs: Vec<Chunk>,
     pub(super) tallies: Vec<Tally>,
     pub(super) counts: Vec<Count>,
+}
+
+/// One buffer of a batch: records a sender encoded in place, moved in
+/// whole, or a body chunk passed by reference. The first kind stays a
+/// `BytesMut`: freezing a buffer with spare capacity into `Bytes`
+/// allocates a shared header for it, one allocation more a response.
+pub(super) enum Chunk {
+    Owned(BytesMut),
+    Shared(Bytes),
+}
+
+impl Chunk {
+    /// Drops the first `n` bytes (written).
+    pub(super) fn advance(&mut self, n: usize) {
+        match self {
+            Chunk::Owned(b) => b.advance(n),
+            Chunk::Shared(b) => b.advance(n),
+        }
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(b) => b,
+            Chunk::Shared(b) => b,
+        }
+    }
 }
 
 /// What one push appends, in this order (each part may be empty).
@@ -137,12 +167,11 @@ impl Outbox {
         let q = &mut *q;
         for b in push.parts.drain(..) {
             q.size += b.len();
-            q.batch.bufs.push(b);
+            q.batch.bufs.push(Chunk::Shared(b));
         }
         if !push.buf.is_empty() {
-            let b = std::mem::take(push.buf).freeze();
-            q.size += b.len();
-            q.batch.bufs.push(b);
+            q.size += push.buf.len();
+            q.batch.bufs.push(Chunk::Owned(std::mem::take(push.buf)));
         }
         if let Some(mut t) = push.tally {
             t.at = q.size;
@@ -241,7 +270,7 @@ impl Outbox {
 pub(super) mod tests {
     use super::*;
 
-    fn take(ob: &Outbox) -> Poll<Option<(Vec<Bytes>, bool)>> {
+    fn take(ob: &Outbox) -> Poll<Option<(Vec<Chunk>, bool)>> {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut batch = Pending::default();

@@ -438,7 +438,7 @@ pub(super) mod tests {
     }
 
     /// What the writer would take now.
-    fn taken(events: &ConnEvents) -> Vec<Bytes> {
+    fn taken(events: &ConnEvents) -> Vec<super::super::outbox::Chunk> {
         let waker = futures_util::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         let mut batch = super::super::outbox::Pending::default();

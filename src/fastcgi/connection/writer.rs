@@ -5,10 +5,9 @@
 use super::Engine;
 use super::events::{ConnEvents, WRITE_FAILED, WRITER_CLOSED};
 use super::linger::LINGER;
-use super::outbox::{Pending, Taken};
+use super::outbox::{Chunk, Pending, Taken};
 use super::output::{Count, Tally};
 use crate::Transport;
-use bytes::{Buf, Bytes};
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -157,13 +156,13 @@ fn within<T>(
 /// state crosses an await and nothing is allocated per batch.
 fn poll_write_all<W: AsyncWrite + Unpin>(
     w: &mut W,
-    bufs: &mut [Bytes],
+    bufs: &mut [Chunk],
     at: &mut usize,
     written: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
     loop {
-        while bufs.get(*at).is_some_and(Bytes::is_empty) {
+        while bufs.get(*at).is_some_and(|b| b.is_empty()) {
             *at += 1;
         }
         if *at == bufs.len() {
@@ -185,7 +184,7 @@ fn poll_write_all<W: AsyncWrite + Unpin>(
 }
 
 /// Consumes `n` written bytes from `bufs[*at..]`.
-fn advance(bufs: &mut [Bytes], at: &mut usize, mut n: usize) {
+fn advance(bufs: &mut [Chunk], at: &mut usize, mut n: usize) {
     while n > 0 && *at < bufs.len() {
         let len = bufs[*at].len();
         if n >= len {
@@ -201,15 +200,21 @@ fn advance(bufs: &mut [Bytes], at: &mut usize, mut n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn vectored_writes_survive_short_writes_and_empty_buffers() {
         // A 7-byte pipe forces many partial writes across buffer edges.
         let (mut a, mut b) = tokio::io::duplex(7);
-        let mut bufs: Vec<Bytes> = ["abc", "", "defghij", "k", "", "lmnopqrstu"]
+        // Both kinds of buffer, owned and shared.
+        let mut bufs: Vec<Chunk> = ["abc", "", "defghij", "k", "", "lmnopqrstu"]
             .iter()
-            .map(|s| Bytes::from_static(s.as_bytes()))
+            .enumerate()
+            .map(|(i, s)| match i % 2 {
+                0 => Chunk::Owned(bytes::BytesMut::from(s.as_bytes())),
+                _ => Chunk::Shared(Bytes::from_static(s.as_bytes())),
+            })
             .collect();
         let reader = tokio::spawn(async move {
             let mut s = String::new();
