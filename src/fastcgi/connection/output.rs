@@ -37,9 +37,6 @@ pub(super) struct Output {
     counting: Counting,
     /// Body bytes encoded since the last hand-over.
     body_pending: u64,
-    /// Where the STDOUT record that ends `buf` begins, when `buf` ends
-    /// with one (padding included): small body data joins that record.
-    tail: Option<usize>,
 }
 
 impl Output {
@@ -55,7 +52,6 @@ impl Output {
             opened: false,
             counting: Counting::Off,
             body_pending: 0,
-            tail: None,
         }
     }
 
@@ -88,7 +84,6 @@ impl Output {
         self.parts.clear();
         self.parts_len = 0;
         self.body_pending = 0;
-        self.tail = None;
     }
 
     /// Waits until the request's STDIN is complete (once); never resolves
@@ -129,41 +124,16 @@ impl Output {
             let (h, pad) = record::header_bytes(record::STDOUT, self.id, len);
             self.buf[start..start + record::HEADER_LEN].copy_from_slice(&h);
             self.buf.extend_from_slice(&[0u8; 8][..pad]);
-            self.tail = Some(start);
         } else {
             // A head over 64 KiB (nginx would refuse it anyway): split it.
             let head = self.buf.split_off(start + record::HEADER_LEN);
             self.buf.truncate(start);
-            record::put_stream(&mut self.buf, record::STDOUT, self.id, &head);
+            self.stdout_copy(&head);
         }
     }
 
-    /// Appends `data` (at most a record's worth) to the STDOUT record that
-    /// ends `buf`, or as a record of its own that then ends it. nginx
-    /// parses each record and links a buffer for its content, so a small
-    /// response goes out as one record, head and body: the record count,
-    /// not the bytes, is what costs nginx here.
     fn stdout_copy(&mut self, data: &[u8]) {
-        debug_assert!(data.len() <= record::STREAM_CHUNK);
-        if let Some(start) = self.tail.take() {
-            let at = start + record::HEADER_LEN;
-            let len = usize::from(u16::from_be_bytes([
-                self.buf[start + 4],
-                self.buf[start + 5],
-            ]));
-            if len + data.len() <= record::STREAM_CHUNK {
-                self.buf.truncate(at + len);
-                self.buf.extend_from_slice(data);
-                let (h, pad) = record::header_bytes(record::STDOUT, self.id, len + data.len());
-                self.buf[start..at].copy_from_slice(&h);
-                self.buf.extend_from_slice(&[0u8; 8][..pad]);
-                self.tail = Some(start);
-                return;
-            }
-        }
-        let start = self.buf.len();
         record::put_stream(&mut self.buf, record::STDOUT, self.id, data);
-        self.tail = (!data.is_empty()).then_some(start);
     }
 
     /// Appends body data as STDOUT records.
@@ -173,7 +143,6 @@ impl Output {
             self.stdout_copy(&data);
             return;
         }
-        self.tail = None;
         let mut rest = data;
         while !rest.is_empty() {
             let chunk = rest.split_to(rest.len().min(record::STREAM_CHUNK));
@@ -232,7 +201,6 @@ impl Output {
             }
         };
         self.parts_len = 0;
-        self.tail = None;
         let push = Push {
             parts: &mut self.parts,
             buf: &mut self.buf,
@@ -260,7 +228,6 @@ impl Output {
             self.link.wait_gate().await;
             self.opened = true;
         }
-        self.tail = None;
         if end.stdout_end {
             record::put_stream_end(&mut self.buf, record::STDOUT, self.id);
         }
@@ -474,55 +441,6 @@ pub(super) mod tests {
         assert_eq!(out.buffered(), out.buf.len() + out.parts_len);
         out.discard();
         assert_eq!(out.buffered(), 0);
-    }
-
-    #[test]
-    fn a_small_response_is_one_stdout_record_head_and_body() {
-        let (mut out, _events) = output();
-        let resp = http::Response::builder()
-            .header("content-type", "text/plain")
-            .body(())
-            .unwrap();
-        let (parts, ()) = resp.into_parts();
-        out.head(&parts, Some(5));
-        out.stdout(Bytes::from_static(b"hel"));
-        out.stdout(Bytes::from_static(b"lo"));
-        let recs = decode_all(out.buf.clone());
-        assert_eq!(recs.len(), 1, "head and both chunks in one record");
-        let text = String::from_utf8_lossy(&recs[0].content);
-        assert!(text.starts_with("content-type: text/plain\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
-        assert_eq!(out.buf.len() % 8, 0, "padded to 8");
-
-        // A chunk passed by reference ends the record; what follows it
-        // starts a new one, and later small chunks join that.
-        out.stdout(Bytes::from(vec![b'x'; ZERO_COPY_MIN]));
-        out.stdout(Bytes::from_static(b"a"));
-        out.stdout(Bytes::from_static(b"b"));
-        let mut all = BytesMut::new();
-        for p in &out.parts {
-            all.extend_from_slice(p);
-        }
-        all.extend_from_slice(&out.buf);
-        let recs = decode_all(all);
-        let lens: Vec<usize> = recs.iter().map(|r| r.content.len()).collect();
-        assert_eq!(lens[1..], [ZERO_COPY_MIN, 2]);
-        assert_eq!(&recs[2].content[..], b"ab");
-    }
-
-    #[test]
-    fn a_record_that_would_overflow_is_not_joined() {
-        let (mut out, _events) = output();
-        let chunk = vec![b'y'; ZERO_COPY_MIN - 1];
-        let n = record::STREAM_CHUNK / chunk.len() + 1;
-        for _ in 0..n {
-            out.stdout(Bytes::from(chunk.clone()));
-        }
-        let recs = decode_all(out.buf.clone());
-        assert_eq!(recs.len(), 2);
-        assert!(recs.iter().all(|r| r.content.len() <= record::STREAM_CHUNK));
-        let total: usize = recs.iter().map(|r| r.content.len()).sum();
-        assert_eq!(total, n * chunk.len());
     }
 
     #[tokio::test]
