@@ -9,10 +9,12 @@
 #
 # With FRESH=1 every request opens its own connection without KEEP_CONN
 # (nginx with no upstream keepalive), so the figure is instructions per
-# connection: accept, the request, the close.
+# connection: accept, the request, the close. With DEBIAN=1 the params are
+# those of nginx with Debian's `fastcgi_params` (the bench's configuration
+# (c)) instead of the package snippet's.
 #
 # usage: bench/callgrind.sh [BIN]   (default target/release/myflask)
-# env:   N1 (1000), N2 (6000), URI (/), EXTRA (more serve flags for both), FRESH,
+# env:   N1 (1000), N2 (6000), URI (/), EXTRA (more serve flags for both), FRESH, DEBIAN,
 #        LOG (--log-level, default warn; "warn,myflask::access=off" is the bench peers' setting:
 #        with the access log off no request tallies its written bytes)
 set -euo pipefail
@@ -36,7 +38,7 @@ run() {
   local pid=$!
   for _ in $(seq 600); do [ -S "$sock" ] && break; sleep 0.1; done
   [ -S "$sock" ] || { cat "$dir/$label.$n.log" >&2; exit 1; }
-  python3 bench/fcgi_count.py ${FRESH:+--fresh} "$sock" "$n" "$URI" >/dev/null
+  python3 bench/fcgi_count.py ${FRESH:+--fresh} ${DEBIAN:+--debian} "$sock" "$n" "$URI" >/dev/null
   kill -TERM "$pid"
   wait "$pid" || true
   awk '/^(summary|totals):/ {print $2; exit}' "$out"
@@ -54,6 +56,6 @@ per_request() {
 off=$(per_request off --status-path "" --metrics-path "" --ping-path "")
 metrics=$(per_request metrics --status-path "" --ping-path "")
 all=$(per_request all)
-echo "instructions per ${FRESH:+connection (one }GET $URI${FRESH:+)}: off $off, metrics only $metrics, all three on $all"
+echo "instructions per ${FRESH:+connection (one }GET $URI${FRESH:+)}${DEBIAN:+ (Debian params)}: off $off, metrics only $metrics, all three on $all"
 awk -v off="$off" -v m="$metrics" -v a="$all" 'BEGIN {
   printf "throughput ratio ~ off/on: metrics only %.4f, all three %.4f\n", off / m, off / a }'

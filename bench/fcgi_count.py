@@ -5,7 +5,11 @@ waiting for the server's close, as nginx does without upstream keepalive),
 and checks each answers 200: a fixed request count for instruction
 counting (bench/callgrind.sh), where the load generator runs for a duration.
 
-usage: fcgi_count.py [--fresh] SOCKET_PATH N [URI]
+With --debian the params are the ones nginx sends for wrk's `GET /` with
+Debian's `include fastcgi_params;` and the bench's SCRIPT_FILENAME (the
+bench's configuration (c)) instead of the package snippet's short list.
+
+usage: fcgi_count.py [--fresh] [--debian] SOCKET_PATH N [URI]
 """
 import socket
 import struct
@@ -22,15 +26,32 @@ def pair(k, v):
     return n(k) + n(v) + k + v
 
 
-def request(uri, keep=True):
+def debian_params(uri):
+    """What nginx 1.22 sends with Debian 12's fastcgi_params, in its order."""
     path, _, query = uri.partition("?")
-    params = b"".join(pair(k.encode(), v.encode()) for k, v in [
-        ("REQUEST_METHOD", "GET"), ("REQUEST_URI", uri), ("SCRIPT_NAME", path),
-        ("QUERY_STRING", query), ("SERVER_PROTOCOL", "HTTP/1.1"),
-        ("SERVER_NAME", "localhost"), ("SERVER_PORT", "80"),
-        ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "40000"),
-        ("HTTP_HOST", "localhost"), ("HTTP_USER_AGENT", "fcgi_count"),
-    ])
+    return [
+        ("QUERY_STRING", query), ("REQUEST_METHOD", "GET"), ("CONTENT_TYPE", ""),
+        ("CONTENT_LENGTH", ""), ("SCRIPT_NAME", path), ("REQUEST_URI", uri),
+        ("DOCUMENT_URI", path), ("DOCUMENT_ROOT", "/usr/share/nginx/html"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"), ("REQUEST_SCHEME", "http"),
+        ("GATEWAY_INTERFACE", "CGI/1.1"), ("SERVER_SOFTWARE", "nginx/1.22.1"),
+        ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "40000"), ("REMOTE_USER", ""),
+        ("SERVER_ADDR", "127.0.0.1"), ("SERVER_PORT", "8080"), ("SERVER_NAME", "localhost"),
+        ("REDIRECT_STATUS", "200"), ("HTTP_HOST", "localhost"),
+        ("SCRIPT_FILENAME", "/var/www/index.php"),
+    ]
+
+
+def request(uri, keep=True, debian=False):
+    path, _, query = uri.partition("?")
+    params = b"".join(pair(k.encode(), v.encode()) for k, v in debian_params(uri) if debian) or \
+        b"".join(pair(k.encode(), v.encode()) for k, v in [
+            ("REQUEST_METHOD", "GET"), ("REQUEST_URI", uri), ("SCRIPT_NAME", path),
+            ("QUERY_STRING", query), ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("SERVER_NAME", "localhost"), ("SERVER_PORT", "80"),
+            ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "40000"),
+            ("HTTP_HOST", "localhost"), ("HTTP_USER_AGENT", "fcgi_count"),
+        ])
     begin = struct.pack(">HB5x", 1, 1 if keep else 0)  # RESPONDER, KEEP_CONN or not
     return record(1, 1, begin) + record(4, 1, params) + record(4, 1) + record(5, 1)
 
@@ -61,11 +82,12 @@ def answer(s, buf, i):
 
 def main():
     args = sys.argv[1:]
-    fresh = args[:1] == ["--fresh"]
-    args = args[1:] if fresh else args
+    fresh = "--fresh" in args
+    debian = "--debian" in args
+    args = [a for a in args if a not in ("--fresh", "--debian")]
     path, n = args[0], int(args[1])
     uri = args[2] if len(args) > 2 else "/"
-    req, buf = request(uri, keep=not fresh), b""
+    req, buf = request(uri, keep=not fresh, debian=debian), b""
     s = None if fresh else connect(path)
     for i in range(n):
         if fresh:
