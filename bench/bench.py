@@ -352,10 +352,12 @@ def cpu_sample():
     return time.time(), busy, t.user + t.system + t.children_user + t.children_system
 
 
-def cpu_delta(a, b):
-    """Machine busy % and the background (not this benchmark) in cores."""
+def cpu_delta(a, b, live=0.0):
+    """Machine busy % and the background (not this benchmark) in cores.
+    `live`: CPU s the benchmark's still running processes used between `a`
+    and `b` (os.times() counts a child only once it is reaped)."""
     wall = b[0] - a[0]
-    busy, ours = b[1] - a[1], b[2] - a[2]
+    busy, ours = b[1] - a[1], b[2] - a[2] + live
     if wall <= 0:
         return 0.0, 0.0
     return 100.0 * busy / (wall * os.cpu_count()), max(0.0, busy - ours) / wall
@@ -421,6 +423,16 @@ def cpu_ticks(pids):
         except (OSError, ValueError, IndexError):
             pass
     return total
+
+
+def peers_cpu_s(peers):
+    """CPU seconds the running peers' servers and nginxes have used so far."""
+    pids = []
+    for p in peers:
+        for proc in (p.server, p.nginx):
+            if proc:
+                pids += tree_pids(proc.pid)
+    return cpu_ticks(pids) / CLK
 
 
 class RssSampler:
@@ -869,11 +881,11 @@ def head_to_head(tmp, names, rows):
         for p in peers:
             run_wrk(p.port, 16, WARMUP)
         for rnd in range(H2H_ROUNDS):
-            cpu0, la0 = cpu_sample(), loadavg()
+            cpu0, la0, live0 = cpu_sample(), loadavg(), peers_cpu_s(peers)
             for section, c, body, who in round_points(peers, rnd):
                 for p in who:
                     rows.append(wrk_point(p, section, c, body, body, round=rnd))
-            busy, bg = cpu_delta(cpu0, cpu_sample())
+            busy, bg = cpu_delta(cpu0, cpu_sample(), peers_cpu_s(peers) - live0)
             rows.append(dict(section="round_load", peer="", round=rnd, load_before=la0, load_after=loadavg(),
                              cpu_busy=busy, background=bg))
             log(f"   round {rnd + 1}: " + "; ".join(
