@@ -42,16 +42,21 @@ def debian_params(uri):
     ]
 
 
-def request(uri, keep=True, debian=False):
+def short_params(uri):
+    """The short list: about what the package's nginx snippet sends."""
     path, _, query = uri.partition("?")
-    params = b"".join(pair(k.encode(), v.encode()) for k, v in debian_params(uri) if debian) or \
-        b"".join(pair(k.encode(), v.encode()) for k, v in [
-            ("REQUEST_METHOD", "GET"), ("REQUEST_URI", uri), ("SCRIPT_NAME", path),
-            ("QUERY_STRING", query), ("SERVER_PROTOCOL", "HTTP/1.1"),
-            ("SERVER_NAME", "localhost"), ("SERVER_PORT", "80"),
-            ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "40000"),
-            ("HTTP_HOST", "localhost"), ("HTTP_USER_AGENT", "fcgi_count"),
-        ])
+    return [
+        ("REQUEST_METHOD", "GET"), ("REQUEST_URI", uri), ("SCRIPT_NAME", path),
+        ("QUERY_STRING", query), ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("SERVER_NAME", "localhost"), ("SERVER_PORT", "80"),
+        ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "40000"),
+        ("HTTP_HOST", "localhost"), ("HTTP_USER_AGENT", "fcgi_count"),
+    ]
+
+
+def request(uri, keep=True, debian=False):
+    pairs = debian_params(uri) if debian else short_params(uri)
+    params = b"".join(pair(k.encode(), v.encode()) for k, v in pairs)
     begin = struct.pack(">HB5x", 1, 1 if keep else 0)  # RESPONDER, KEEP_CONN or not
     return record(1, 1, begin) + record(4, 1, params) + record(4, 1) + record(5, 1)
 
